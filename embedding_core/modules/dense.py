@@ -1,0 +1,104 @@
+"""The Dense module: a linear layer + activation applied to the sentence embedding."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+_ACTIVATION_PREFIXES = ("torch.nn.modules.activation.", "torch.nn.modules.linear.", "torch.nn.")
+
+
+def activation_from_name(name: str) -> nn.Module:
+    """Build an activation from its dotted class name, such as ``torch.nn.modules.activation.Tanh``.
+
+    Only classes from ``torch.nn`` are accepted: a config file must never make us import
+    arbitrary code.
+    """
+    class_name = name
+    for prefix in _ACTIVATION_PREFIXES:
+        if name.startswith(prefix):
+            class_name = name[len(prefix) :]
+            break
+    activation = getattr(nn, class_name, None) if "." not in class_name else None
+    if activation is None or not (isinstance(activation, type) and issubclass(activation, nn.Module)):
+        raise ValueError(f"Unsupported Dense activation_function {name!r}: expected a torch.nn module class.")
+    return activation()
+
+
+def activation_name(activation: nn.Module) -> str:
+    cls = type(activation)
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+class Dense(nn.Module):
+    """``activation(linear(sentence_embedding))``, as in a sentence-transformers Dense folder."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activation_function: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bias = bias
+        self.activation_function = activation_function if activation_function is not None else nn.Tanh()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.out_features
+
+    def forward(self, features: dict[str, Any]) -> dict[str, Any]:
+        features["sentence_embedding"] = self.activation_function(self.linear(features["sentence_embedding"]))
+        return features
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias,
+            "activation_function": activation_name(self.activation_function),
+        }
+
+    def save(self, output_path: str) -> None:
+        from safetensors.torch import save_file
+
+        os.makedirs(output_path, exist_ok=True)
+        with open(os.path.join(output_path, "config.json"), "w", encoding="utf-8") as fh:
+            json.dump(self.get_config_dict(), fh, indent=2)
+        state = {key: value.contiguous() for key, value in self.linear.state_dict().items()}
+        save_file({f"linear.{key}": value for key, value in state.items()}, os.path.join(output_path, "model.safetensors"))
+
+    @classmethod
+    def load(cls, input_path: str) -> Dense:
+        config_path = os.path.join(input_path, "config.json")
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"Dense module folder {input_path} has no config.json.")
+        with open(config_path, encoding="utf-8") as fh:
+            config = json.load(fh)
+        module = cls(
+            in_features=int(config["in_features"]),
+            out_features=int(config["out_features"]),
+            bias=bool(config.get("bias", True)),
+            activation_function=activation_from_name(
+                config.get("activation_function", "torch.nn.modules.activation.Tanh")
+            ),
+        )
+        safetensors_path = os.path.join(input_path, "model.safetensors")
+        if os.path.exists(safetensors_path):
+            from safetensors.torch import load_file
+
+            state = load_file(safetensors_path)
+        else:
+            state = torch.load(
+                os.path.join(input_path, "pytorch_model.bin"), map_location="cpu", weights_only=True
+            )
+        linear_state = {key.removeprefix("linear."): value for key, value in state.items()}
+        module.linear.load_state_dict(linear_state)
+        return module
