@@ -1,0 +1,102 @@
+"""Fixtures for the encoder tests: real texts, the reference oracle, model folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import read_jsonl_texts
+
+
+@pytest.fixture(scope="session")
+def parity_texts() -> list[str]:
+    """A few hundred real texts: Python-doc paragraphs of every length plus package summaries."""
+    mixed = read_jsonl_texts("mixed_texts.jsonl")
+    short = read_jsonl_texts("short_texts.jsonl")
+    by_length = sorted(mixed, key=len)
+    # Every 12th paragraph by length spans the whole range, 10 to 900+ words.
+    return by_length[::12] + short[::40]
+
+
+@pytest.fixture(scope="session")
+def reference(bundled_model_path):
+    from sentence_transformers import SentenceTransformer as ReferenceModel
+
+    return ReferenceModel(bundled_model_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def model(bundled_model_path):
+    from embedding_core import SentenceTransformer
+
+    return SentenceTransformer(bundled_model_path, device="cpu")
+
+
+def row_cosines(a, b) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def assert_rows_match(ours, theirs, min_cosine: float = 0.99999) -> None:
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    assert ours.shape == theirs.shape
+    cosines = row_cosines(ours, theirs)
+    worst = int(np.argmin(cosines))
+    assert cosines[worst] >= min_cosine, f"row {worst} cosine {cosines[worst]:.7f} < {min_cosine}"
+
+
+def linked_copy(source: str | Path, target: Path) -> Path:
+    """A copy of a model folder whose large files are symlinks, so variants cost no disk."""
+    source = Path(source)
+    for path in source.rglob("*"):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+        elif path.suffix in {".safetensors", ".bin"}:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(path, destination)
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, destination)
+    return target
+
+
+def write_json(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, bundled_model_path) -> Path:
+    """A randomly initialised 2-layer BERT with the real vocabulary, as a sentence-transformers folder."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(bundled_model_path).save_pretrained(folder)
+    write_json(
+        folder / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ],
+    )
+    write_json(folder / "sentence_bert_config.json", {"max_seq_length": 64, "do_lower_case": False})
+    write_json(folder / "1_Pooling" / "config.json", {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
+    return folder
