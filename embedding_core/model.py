@@ -24,7 +24,14 @@ from tqdm.auto import tqdm
 
 from embedding_core.batching import length_order, pad_batch, plan_batches
 from embedding_core.hub import ResolvedModel, resolve_model
-from embedding_core.modules import MODULE_CLASSES, SAVED_TYPE_NAMES, Dense, Normalize, Pooling, Transformer
+from embedding_core.modules import (
+    MODULE_CLASSES,
+    SAVED_TYPE_NAMES,
+    Dense,
+    Normalize,
+    Pooling,
+    Transformer,
+)
 from embedding_core.quantization import check_precision, quantize_embeddings
 from embedding_core.util import SIMILARITY_ALIASES, SIMILARITY_FUNCTIONS
 
