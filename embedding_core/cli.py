@@ -1,0 +1,77 @@
+"""`embedding-search`: semantic search over an embedding store from the command line.
+
+    embedding-search "how do I read a file line by line" --store store --top-k 5
+
+Encodes the query with the store's current model snapshot (its `query` prompt when it has
+one) and ranks the current vectors of that model with DuckDB.
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from embedding_core.store import EmbeddingStore, ModelSnapshot, SearchHit
+
+
+def search(store: EmbeddingStore, query: str, model_key: str | None = None, top_k: int = 5,
+           prompt_name: str | None = None, device: str | None = None) -> tuple[ModelSnapshot, list[SearchHit]]:
+    """Encode `query` with the store's model (or `model_key`'s) and return the best hits."""
+    snapshot = _pick_snapshot(store, model_key)
+    model = snapshot.load(device=device)
+    if prompt_name is None and "query" in snapshot.prompts:
+        prompt_name = "query"
+    query_vector = model.encode([query], prompt_name=prompt_name, show_progress_bar=False)[0]
+    return snapshot, store.search(query_vector, snapshot.model, top_k=top_k,
+                                  similarity_fn=snapshot.similarity_fn)
+
+
+def _pick_snapshot(store: EmbeddingStore, model_key: str | None) -> ModelSnapshot:
+    if model_key is not None:
+        snapshot = store.current_model_snapshot(model_key)
+        if snapshot is None:
+            known = [s.model_key for s in store.current_model_snapshots()]
+            raise SystemExit(f"no model {model_key!r} in {store.catalog_path}; known: {known}")
+        return snapshot
+    snapshots = store.current_model_snapshots()
+    if len(snapshots) != 1:
+        raise SystemExit(
+            f"{store.catalog_path} holds {len(snapshots)} models "
+            f"{[s.model_key for s in snapshots]}; choose one with --model"
+        )
+    return snapshots[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="embedding-search", description=__doc__.split("\n\n")[0])
+    parser.add_argument("query", help="the text to search for")
+    parser.add_argument("--store", default=os.environ.get("EMBEDDING_STORE_ROOT", "store"),
+                        help="store root folder or URI (default: $EMBEDDING_STORE_ROOT or ./store)")
+    parser.add_argument("--catalog", default=os.environ.get("EMBEDDING_CATALOG_PATH"),
+                        help="local catalog file (needed for remote stores)")
+    parser.add_argument("--model", help="model name as configured, when the store holds several")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--prompt-name", help="encode the query with this prompt of the model")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: best available)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per hit")
+    args = parser.parse_args(argv)
+
+    if "://" not in args.store and not os.path.isfile(args.catalog or os.path.join(args.store, "catalog.duckdb")):
+        parser.error(f"no embedding catalog under {args.store!r}; run `make demo` or materialize first")
+    store = EmbeddingStore(args.store, catalog_path=args.catalog)
+    snapshot, hits = search(store, args.query, args.model, args.top_k, args.prompt_name, args.device)
+    if args.json:
+        for hit in hits:
+            print(json.dumps({"score": hit.score, "id": hit.id, "partition": hit.partition,
+                              "text": hit.text}))
+        return 0
+    print(f"{snapshot.model}@{snapshot.revision[:19]}  catalog: {store.catalog_path}")
+    for rank, hit in enumerate(hits, start=1):
+        text = " ".join((hit.text or "").split())
+        print(f"{rank:>2}. {hit.score:.4f}  [{hit.partition}] {hit.id}\n    {text[:160]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Read a corpus file (JSONL, CSV, Parquet or plain text) into a normalized table.
+
+The normalized table has the columns `id`, `text` and `text_sha256` (see
+`embedding_core.store.corpus_table`). Rows that cannot be embedded are left out and
+reported, each with its position in the file and the reason:
+
+* ``invalid_json`` / ``not_an_object``: a JSONL line that is not a JSON object;
+* ``missing_id`` / ``duplicate_id``: no usable id, or an id seen earlier in the file;
+* ``non_text`` / ``empty_text``: the text field is not a string, or only whitespace.
+
+Example::
+
+    shard = read_corpus_file("landing/python_docs.jsonl")
+    shard.table.num_rows, shard.rejected_counts()
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from embedding_core.store import corpus_table
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "CorpusFormatError",
+    "CorpusShard",
+    "RejectedRow",
+    "read_corpus_file",
+]
+
+SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".parquet", ".txt")
+
+
+class CorpusFormatError(ValueError):
+    """A corpus file that cannot be read at all (as opposed to single bad rows)."""
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """A source row left out of the corpus: `row` is its 1-based line (JSONL, text) or record
+    number (CSV, Parquet)."""
+
+    row: int
+    id: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class CorpusShard:
+    """A normalized corpus table and the rows of the source file that were left out."""
+
+    source: str
+    table: pa.Table
+    rejected: tuple[RejectedRow, ...]
+
+    def rejected_counts(self) -> dict[str, int]:
+        """Number of rejected rows per reason."""
+        return dict(sorted(Counter(row.reason for row in self.rejected).items()))
+
+    def rejection_report(self, limit: int = 10) -> str:
+        """One line per rejected row (the first `limit`), naming the file, row and id."""
+        lines = [
+            f"{self.source} {_position_word(self.source)} {row.row}: {row.reason}"
+            + (f" (id {row.id!r})" if row.id is not None else "")
+            for row in self.rejected[:limit]
+        ]
+        if len(self.rejected) > limit:
+            lines.append(f"... and {len(self.rejected) - limit} more")
+        return "\n".join(lines)
+
+
+def read_corpus_file(
+    path: str | os.PathLike, filesystem: pafs.FileSystem | None = None,
+    id_field: str = "id", text_field: str = "text",
+) -> CorpusShard:
+    """Read one corpus file into a normalized `CorpusShard`.
+
+    JSONL rows are objects with `id_field` and `text_field`; CSV files have a header
+    naming them; Parquet files have such columns; a plain text file holds one text per
+    line (blank lines skipped) and its ids are ``<file stem>:<line number>``. A file
+    whose rows all lack the id field gets those line-number ids too.
+
+    Raises `CorpusFormatError` naming the file when no row has the text field, the
+    format is unknown, or the bytes are not UTF-8.
+    """
+    path = os.fspath(path)
+    filesystem = filesystem or pafs.LocalFileSystem()
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise CorpusFormatError(
+            f"{path}: unsupported corpus format {suffix or '(no suffix)'!r}; "
+            f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if suffix == ".parquet":
+        records = _parquet_records(path, filesystem)
+    else:
+        content = _read_text(path, filesystem)
+        if suffix == ".csv":
+            records = _csv_records(path, content)
+        elif suffix == ".txt":
+            records = [(line_no, {text_field: line}) for line_no, line in _numbered_lines(content)]
+        else:
+            records = _jsonl_records(content)
+    return _normalize(path, records, id_field, text_field)
+
+
+def _position_word(path: str) -> str:
+    return "line" if path.lower().endswith((".jsonl", ".ndjson", ".txt")) else "row"
+
+
+def _read_text(path: str, filesystem: pafs.FileSystem) -> str:
+    with filesystem.open_input_stream(path) as stream:
+        data = stream.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CorpusFormatError(
+            f"{path}: not UTF-8 text (byte {error.start}: {error.reason})"
+        ) from error
+
+
+def _numbered_lines(content: str) -> list[tuple[int, str]]:
+    return [(number, line) for number, line in enumerate(content.splitlines(), start=1)
+            if line.strip()]
+
+
+def _jsonl_records(content: str) -> list[tuple[int, object]]:
+    records: list[tuple[int, object]] = []
+    for line_no, line in _numbered_lines(content):
+        try:
+            records.append((line_no, json.loads(line)))
+        except json.JSONDecodeError:
+            records.append((line_no, _INVALID_JSON))
+    return records
+
+
+def _csv_records(path: str, content: str) -> list[tuple[int, object]]:
+    reader = csv.DictReader(io.StringIO(content, newline=""))
+    try:
+        return list(enumerate(reader, start=1))
+    except csv.Error as error:
+        raise CorpusFormatError(f"{path}: malformed CSV near record {reader.line_num}: {error}") from error
+
+
+def _parquet_records(path: str, filesystem: pafs.FileSystem) -> list[tuple[int, object]]:
+    try:
+        table = pq.read_table(path, filesystem=filesystem)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise CorpusFormatError(f"{path}: not a readable Parquet file: {error}") from error
+    return list(enumerate(table.to_pylist(), start=1))
+
+
+_INVALID_JSON = object()
+
+
+def _normalize(path: str, records: list[tuple[int, object]], id_field: str, text_field: str) -> CorpusShard:
+    objects = [record for _, record in records if isinstance(record, dict)]
+    if objects and not any(text_field in record for record in objects):
+        fields = sorted({key for record in objects for key in record})
+        raise CorpusFormatError(
+            f"{path}: no row has the text field {text_field!r} (fields found: {fields})"
+        )
+    generate_ids = not any(record.get(id_field) not in (None, "") for record in objects)
+    stem = os.path.splitext(os.path.basename(path))[0]
+
+    ids: list[str] = []
+    texts: list[str] = []
+    seen: set[str] = set()
+    rejected: list[RejectedRow] = []
+    for row, record in records:
+        if record is _INVALID_JSON:
+            rejected.append(RejectedRow(row, None, "invalid_json"))
+            continue
+        if not isinstance(record, dict):
+            rejected.append(RejectedRow(row, None, "not_an_object"))
+            continue
+        raw_id = f"{stem}:{row}" if generate_ids else record.get(id_field)
+        if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or raw_id == "":
+            rejected.append(RejectedRow(row, None, "missing_id"))
+            continue
+        row_id = str(raw_id)
+        text = record.get(text_field)
+        if not isinstance(text, str):
+            rejected.append(RejectedRow(row, row_id, "non_text"))
+        elif not text.strip():
+            rejected.append(RejectedRow(row, row_id, "empty_text"))
+        elif row_id in seen:
+            rejected.append(RejectedRow(row, row_id, "duplicate_id"))
+        else:
+            seen.add(row_id)
+            ids.append(row_id)
+            texts.append(text)
+    return CorpusShard(source=path, table=corpus_table(ids, texts), rejected=tuple(rejected))
