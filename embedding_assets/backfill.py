@@ -1,0 +1,131 @@
+"""Backfill embeddings from one command line: the CI entry point after a model revision bump.
+
+    python -m embedding_assets.backfill --model-revision <commit> --from a.jsonl --to z.jsonl
+
+Steps: add a partition for every landing file the instance does not know yet; materialize
+`model_snapshot` (pinning the requested revision); then materialize `corpus` + `embeddings`
+for the selected partitions in runs of at most `MAX_PARTITIONS_PER_RUN` contiguous shards
+(the assets' backfill policy). Runs execute in this process and are recorded in the
+instance under `$DAGSTER_HOME` (an in-memory instance when it is unset). The exit status is
+non-zero when any run fails. Settings come from the EMBEDDING_* variables
+(`embedding_assets.definitions`).
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from embedding_assets.partitions import MAX_PARTITIONS_PER_RUN, corpus_partitions
+
+SHARD_ASSETS = (AssetKey("corpus"), AssetKey("embeddings"))
+
+
+def register_landing_partitions(defs: Definitions, instance: DagsterInstance) -> list[str]:
+    """Add a partition for every corpus file in the landing folder; return all partitions
+    in the instance's order."""
+    corpus_source = defs.resources["corpus_source"]
+    known = set(instance.get_dynamic_partitions(corpus_partitions.name))
+    new_keys = [key for key in corpus_source.list_files() if key not in known]
+    if new_keys:
+        instance.add_dynamic_partitions(corpus_partitions.name, new_keys)
+    return list(instance.get_dynamic_partitions(corpus_partitions.name))
+
+
+def contiguous_chunks(all_keys: Sequence[str], selected: Sequence[str], size: int) -> list[list[str]]:
+    """Group `selected` into runs of at most `size` keys that are adjacent in `all_keys`,
+    so each chunk is one partition range."""
+    position = {key: index for index, key in enumerate(all_keys)}
+    unknown = [key for key in selected if key not in position]
+    if unknown:
+        raise ValueError(f"unknown partition(s) {unknown}; known: {list(all_keys)}")
+    chunks: list[list[str]] = []
+    for key in sorted(set(selected), key=position.__getitem__):
+        last = chunks[-1] if chunks else None
+        if last and len(last) < size and position[key] == position[last[-1]] + 1:
+            last.append(key)
+        else:
+            chunks.append([key])
+    return chunks
+
+
+def materialize_selection(
+    defs: Definitions, instance: DagsterInstance, asset_keys: Sequence[AssetKey],
+    partition_keys: Sequence[str] | None = None, tags: dict[str, str] | None = None,
+    max_partitions_per_run: int = MAX_PARTITIONS_PER_RUN, log_level: str = "INFO",
+) -> list:
+    """Materialize `asset_keys` (with their checks) in process: once when unpartitioned, else
+    one run per contiguous chunk of `partition_keys`. Returns the run results."""
+    assets = [*defs.assets, *defs.asset_checks]
+    selection = AssetSelection.assets(*asset_keys)
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    if partition_keys is None:
+        return [materialize(assets, instance=instance, resources=defs.resources, run_config=run_config,
+                            selection=selection, tags=tags, raise_on_error=False)]
+    all_keys = instance.get_dynamic_partitions(corpus_partitions.name)
+    results = []
+    for chunk in contiguous_chunks(all_keys, partition_keys, max_partitions_per_run):
+        range_tags = {**(tags or {}), ASSET_PARTITION_RANGE_START_TAG: chunk[0],
+                      ASSET_PARTITION_RANGE_END_TAG: chunk[-1]}
+        results.append(materialize(assets, instance=instance, resources=defs.resources,
+                                   run_config=run_config, selection=selection, tags=range_tags,
+                                   raise_on_error=False))
+    return results
+
+
+def select_partitions(all_keys: Sequence[str], first: str | None, last: str | None,
+                      listed: str | None) -> list[str]:
+    """Partitions named by --partitions, or the inclusive range --from/--to (default: all)."""
+    if listed:
+        return [key.strip() for key in listed.split(",") if key.strip()]
+    for name, key in (("--from", first), ("--to", last)):
+        if key is not None and key not in all_keys:
+            raise ValueError(f"{name} {key!r} is not a partition; known: {list(all_keys)}")
+    start = all_keys.index(first) if first else 0
+    end = all_keys.index(last) if last else len(all_keys) - 1
+    return list(all_keys[start:end + 1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m embedding_assets.backfill",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-revision", help="branch, tag or commit to pin (sets "
+                        "EMBEDDING_MODEL_REVISION)")
+    parser.add_argument("--from", dest="first", help="first partition of the range")
+    parser.add_argument("--to", dest="last", help="last partition of the range (inclusive)")
+    parser.add_argument("--partitions", help="comma-separated partitions instead of a range")
+    args = parser.parse_args(argv)
+    if args.model_revision:
+        os.environ["EMBEDDING_MODEL_REVISION"] = args.model_revision
+
+    from embedding_assets.definitions import definitions_from_env
+
+    defs = definitions_from_env()
+    with (DagsterInstance.get() if os.environ.get("DAGSTER_HOME")
+          else DagsterInstance.ephemeral()) as instance:
+        all_keys = register_landing_partitions(defs, instance)
+        try:
+            selected = select_partitions(all_keys, args.first, args.last, args.partitions)
+        except ValueError as error:
+            parser.error(str(error))
+        tags = {"embedding/trigger": "backfill-cli"}
+        results = materialize_selection(defs, instance, [AssetKey("model_snapshot")], tags=tags)
+        if results[0].success:
+            results += materialize_selection(defs, instance, SHARD_ASSETS, selected, tags=tags)
+        store = defs.resources["embedding_store"].open()
+        for result in results:
+            status = "ok" if result.success else "FAILED"
+            print(f"run {result.run_id} {result.dagster_run.tags.get(ASSET_PARTITION_RANGE_START_TAG, '')}"
+                  f"...{result.dagster_run.tags.get(ASSET_PARTITION_RANGE_END_TAG, '')}: {status}")
+        print(f"{len(selected)} partition(s); catalog: {store.catalog_path}")
+        return 0 if all(result.success for result in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

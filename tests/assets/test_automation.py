@@ -1,0 +1,147 @@
+"""The Definitions object, the sensors and the schedule, evaluated against real stores."""
+
+import json
+
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+)
+from dagster._core.definitions.backfill_policy import BackfillPolicyType
+
+from embedding_assets.backfill import (
+    contiguous_chunks,
+    materialize_selection,
+    register_landing_partitions,
+)
+from embedding_assets.definitions import build_definitions, definitions_from_env
+from embedding_assets.partitions import MAX_PARTITIONS_PER_RUN, STORE_WRITE_POOL
+from embedding_assets.resources import EncoderResource
+from embedding_assets.schedules import refresh_stale_embeddings
+from embedding_assets.sensors import corpus_landing_sensor, model_revision_sensor
+from embedding_core.hub import DEFAULT_MODEL_NAME
+from embedding_core.store import ModelSnapshot
+from tests.assets.conftest import SHARDS, materialize_everything
+
+
+def test_definitions_hold_the_lineage_graph_checks_automation_and_policies():
+    defs = definitions_from_env({"EMBEDDING_STORE_ROOT": "/tmp/unused-store",
+                                 "EMBEDDING_TARGET_DEVICES": "cuda:0,cuda:1",
+                                 "EMBEDDING_NORMALIZE": "true"})
+    graph = defs.resolve_asset_graph()
+    assert graph.get(AssetKey("embeddings")).parent_keys == {AssetKey("corpus"), AssetKey("model_snapshot")}
+    assert {key.name for key in graph.asset_check_keys} == {
+        "rows_valid", "encodes_canary", "complete", "embeddings_match_model"}
+    for key in ("corpus", "embeddings"):
+        node = graph.get(AssetKey(key))
+        assert node.partitions_def.name == "corpus_shards"
+        assert node.backfill_policy.policy_type == BackfillPolicyType.MULTI_RUN
+        assert node.backfill_policy.max_partitions_per_run == MAX_PARTITIONS_PER_RUN
+    assert {graph.get(AssetKey(key)).pools.pop() for key in ("corpus", "model_snapshot", "embeddings")} == {
+        STORE_WRITE_POOL}
+    assert sorted(s.name for s in defs.sensors) == ["corpus_landing_sensor", "model_revision_sensor"]
+    assert [s.name for s in defs.schedules] == ["refresh_stale_embeddings"]
+    encoder = defs.resources["encoder"]
+    assert (encoder.target_devices, encoder.normalize_embeddings) == (["cuda:0", "cuda:1"], True)
+    assert defs.resources["embedding_store"].root == "/tmp/unused-store"
+
+
+def test_backfill_chunks_are_contiguous_ranges_of_at_most_the_policy_size():
+    keys = [f"p{i}" for i in range(20)]
+    chunks = contiguous_chunks(keys, [*keys[:10], "p12", "p13", "p19"], size=4)
+    assert chunks == [["p0", "p1", "p2", "p3"], ["p4", "p5", "p6", "p7"], ["p8", "p9"],
+                      ["p12", "p13"], ["p19"]]
+    with pytest.raises(ValueError, match=r"unknown partition\(s\) \['nope'\]"):
+        contiguous_chunks(keys, ["nope"], size=4)
+
+
+def evaluate_landing_sensor(defs, instance: DagsterInstance, cursor: str | None):
+    context = build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                   resources=defs.resources)
+    return corpus_landing_sensor(context)
+
+
+def test_landing_sensor_adds_partitions_and_requests_only_new_or_changed_files(defs, landing, instance):
+    # No model snapshot yet: the sensor asks for one and leaves the files for later.
+    first = evaluate_landing_sensor(defs, instance, None)
+    assert [(r.asset_selection, r.partition_key) for r in first.run_requests] == [
+        ([AssetKey("model_snapshot")], None)]
+    assert first.cursor is None
+
+    materialize_selection(defs, instance, [AssetKey("model_snapshot")])
+    second = evaluate_landing_sensor(defs, instance, None)
+    assert isinstance(second, SensorResult)
+    assert [r.partition_key for r in second.run_requests] == list(SHARDS)
+    assert all(r.asset_selection == [AssetKey("corpus"), AssetKey("embeddings")] for r in second.run_requests)
+    (add_request,) = second.dynamic_partitions_requests
+    assert list(add_request.partition_keys) == list(SHARDS)
+
+    instance.add_dynamic_partitions("corpus_shards", list(add_request.partition_keys))
+    quiet = evaluate_landing_sensor(defs, instance, second.cursor)
+    assert isinstance(quiet, SkipReason) and "no new or changed files among 3" in quiet.skip_message
+
+    (landing / "new_batch.jsonl").write_text(json.dumps({"id": "n1", "text": "A new text."}) + "\n")
+    with open(landing / "python_docs.jsonl", "a", encoding="utf-8") as appended:
+        appended.write(json.dumps({"id": "extra", "text": "One more paragraph."}) + "\n")
+    third = evaluate_landing_sensor(defs, instance, second.cursor)
+    assert [r.partition_key for r in third.run_requests] == ["new_batch.jsonl", "python_docs.jsonl"]
+    assert list(third.dynamic_partitions_requests[0].partition_keys) == ["new_batch.jsonl"]
+    assert len({r.run_key for r in [*second.run_requests, *third.run_requests]}) == 5
+
+
+def test_model_revision_sensor_is_quiet_offline_for_hub_models(tmp_path, instance, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    defs = build_definitions(store_root=str(tmp_path / "store"),
+                             encoder=EncoderResource(model_name="some-org/some-model"))
+    defs.resources["embedding_store"].open().record_model_snapshot(ModelSnapshot(
+        model_key="some-org/some-model", model="some-org/some-model", revision="a" * 40,
+        source="hub", path=str(tmp_path / "nowhere"), dim=8))
+    context = build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
+    result = model_revision_sensor(context)
+    assert isinstance(result, SkipReason)
+    assert result.skip_message == "offline (HF_HUB_OFFLINE or local_files_only): hub not asked"
+
+
+def test_model_revision_sensor_requests_a_snapshot_when_a_local_model_changes(tmp_path, landing, instance):
+    from tests.assets.test_pipeline import local_model_copy
+
+    model_dir = local_model_copy(tmp_path / "model")
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing),
+                             encoder=EncoderResource(model_name=str(model_dir)))
+    context = build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
+    assert isinstance(model_revision_sensor(context), RunRequest)  # nothing recorded yet
+
+    materialize_selection(defs, instance, [AssetKey("model_snapshot")])
+    unchanged = model_revision_sensor(context)
+    assert isinstance(unchanged, SkipReason) and "is still at sha256:" in unchanged.skip_message
+
+    (model_dir / "NOTES.md").write_text("changed\n")
+    request = model_revision_sensor(context)
+    assert isinstance(request, RunRequest)
+    old = defs.resources["embedding_store"].open().current_model_snapshot(str(model_dir)).revision
+    assert request.run_key.startswith(f"model_snapshot:{model_dir}:sha256:")
+    assert old not in request.run_key
+
+
+def test_schedule_requests_exactly_the_stale_partitions(defs, landing, instance):
+    context = build_schedule_context(instance=instance, resources=defs.resources)
+    assert "no model snapshot" in refresh_stale_embeddings(context).skip_message
+
+    materialize_everything(defs, instance)
+    context = build_schedule_context(instance=instance, resources=defs.resources)
+    assert "all embeddings are current" in refresh_stale_embeddings(context).skip_message
+
+    with open(landing / "python_docs.jsonl", "a", encoding="utf-8") as appended:
+        appended.write(json.dumps({"id": "extra", "text": "One more paragraph."}) + "\n")
+    keys = register_landing_partitions(defs, instance)
+    assert materialize_selection(defs, instance, [AssetKey("corpus")], keys)[0].success
+    requests = refresh_stale_embeddings(build_schedule_context(instance=instance, resources=defs.resources))
+    assert [r.partition_key for r in requests] == ["python_docs.jsonl"]
+    store = defs.resources["embedding_store"].open()
+    snapshot = store.current_model_snapshot(DEFAULT_MODEL_NAME)
+    assert requests[0].run_key.startswith(f"python_docs.jsonl:{snapshot.revision}:")

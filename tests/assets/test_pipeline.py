@@ -1,0 +1,239 @@
+"""corpus -> model_snapshot -> embeddings materialized in process against a temporary store."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dagster import AssetCheckSeverity, AssetKey, AssetSelection, DagsterInstance, materialize
+from dagster._core.definitions.data_version import StaleStatus
+from dagster._utils.test.data_versions import get_stale_status_resolver
+
+from embedding_assets.backfill import materialize_selection, register_landing_partitions
+from embedding_assets.checks import embeddings_match_model
+from embedding_assets.definitions import build_definitions
+from embedding_assets.resources import EncoderResource
+from embedding_core.hub import DEFAULT_MODEL_NAME, bundled_model_path, folder_content_hash
+from embedding_core.store import EmbeddingParams, corpus_table
+from tests.assets.conftest import ROWS_PER_SHARD, SHARDS, materialize_everything
+
+
+def latest_materialization(instance: DagsterInstance, key: str, partition: str | None = None):
+    from dagster import AssetRecordsFilter
+
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(key), asset_partitions=[partition] if partition else None),
+        limit=1,
+    ).records
+    return records[0].asset_materialization
+
+
+def test_whole_graph_stores_vectors_equal_to_sentence_transformers(defs, instance, oracle):
+    materialize_everything(defs, instance)
+    store = defs.resources["embedding_store"].open()
+    snapshot = store.current_model_snapshot(DEFAULT_MODEL_NAME)
+    assert (snapshot.source, snapshot.dim, snapshot.revision) == (
+        "bundled", 384, folder_content_hash(bundled_model_path()))
+
+    with store.connect() as con:
+        rows = con.execute(
+            "SELECT e.partition, e.id, d.text, e.embedding, e.revision FROM embeddings e "
+            "JOIN documents d USING (partition, id) ORDER BY e.partition, e.id"
+        ).fetchall()
+    assert sorted({row[0] for row in rows}) == list(SHARDS)
+    assert len(rows) == ROWS_PER_SHARD * len(SHARDS)
+    assert {row[4] for row in rows} == {snapshot.revision}
+    expected = oracle.encode([row[2] for row in rows], convert_to_numpy=True)
+    np.testing.assert_allclose(np.array([row[3] for row in rows]), expected, atol=2e-5)
+
+
+def test_materializations_carry_rows_revision_dim_throughput_path_and_preview(defs, instance):
+    materialize_everything(defs, instance)
+    store = defs.resources["embedding_store"].open()
+    revision = store.current_model_snapshot(DEFAULT_MODEL_NAME).revision
+
+    snapshot_event = latest_materialization(instance, "model_snapshot")
+    assert snapshot_event.metadata["revision"].value == revision
+    assert snapshot_event.metadata["dim"].value == 384
+    assert snapshot_event.metadata["pooling"].value == "mean"
+    assert snapshot_event.tags["dagster/data_version"] == revision
+
+    corpus_event = latest_materialization(instance, "corpus", "python_docs.jsonl")
+    assert corpus_event.metadata["rows"].value == ROWS_PER_SHARD
+    assert corpus_event.metadata["corpus_version"].value == store.corpus_version("python_docs.jsonl").corpus_version
+
+    event = latest_materialization(instance, "embeddings", "stdlib_docstrings.txt")
+    metadata = {key: value.value for key, value in event.metadata.items()}
+    version = store.current_embedding_version("stdlib_docstrings.txt", DEFAULT_MODEL_NAME)
+    assert metadata["rows"] == metadata["encoded_rows"] == ROWS_PER_SHARD
+    assert (metadata["revision"], metadata["dim"], metadata["dtype"]) == (revision, 384, "float32")
+    assert metadata["path"] == version.uri and Path(version.uri).is_file()
+    assert metadata["bytes"] == Path(version.uri).stat().st_size
+    assert metadata["sentences_per_second"] > 0
+    assert "| stdlib_docstrings:1 |" in metadata["preview"]
+
+
+def test_rematerializing_unchanged_inputs_encodes_nothing(defs, instance):
+    materialize_everything(defs, instance)
+    store = defs.resources["embedding_store"].open()
+    before = [v.version_id for v in store.embedding_versions()]
+    materialize_everything(defs, instance)
+    assert [v.version_id for v in store.embedding_versions()] == before
+    event = latest_materialization(instance, "embeddings", "python_docs.jsonl")
+    assert (event.metadata["encoded_rows"].value, event.metadata["new_version"].value) == (0, False)
+
+
+def test_single_partition_run_sets_content_data_versions(defs, instance):
+    register_landing_partitions(defs, instance)
+    assets = [*defs.assets, *defs.asset_checks]
+    materialize(assets, instance=instance, resources=defs.resources, selection=[AssetKey("model_snapshot")])
+    result = materialize(assets, instance=instance, resources=defs.resources,
+                         selection=[AssetKey("corpus"), AssetKey("embeddings")],
+                         partition_key="python_docs.jsonl")
+    assert result.success
+    store = defs.resources["embedding_store"].open()
+    corpus_event = latest_materialization(instance, "corpus", "python_docs.jsonl")
+    assert corpus_event.tags["dagster/data_version"] == store.corpus_version("python_docs.jsonl").corpus_version
+    embeddings_event = latest_materialization(instance, "embeddings", "python_docs.jsonl")
+    version = store.current_embedding_version("python_docs.jsonl", DEFAULT_MODEL_NAME)
+    assert embeddings_event.tags["dagster/data_version"] == version.version_id
+
+
+def test_texts_shared_between_shards_are_reused_not_reencoded(tmp_path, landing, instance):
+    (landing / "copy_of_docs.jsonl").write_text((landing / "python_docs.jsonl").read_text())
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
+    materialize_everything(defs, instance)
+    first = latest_materialization(instance, "embeddings", "copy_of_docs.jsonl")
+    second = latest_materialization(instance, "embeddings", "python_docs.jsonl")
+    # Partitions run in landing order (sorted): the copy comes first and encodes.
+    assert (first.metadata["encoded_rows"].value, first.metadata["reused_rows"].value) == (ROWS_PER_SHARD, 0)
+    assert (second.metadata["encoded_rows"].value, second.metadata["reused_rows"].value) == (0, ROWS_PER_SHARD)
+
+
+def local_model_copy(folder: Path) -> Path:
+    """The bundled model as a local folder (files linked, not copied)."""
+    source = Path(bundled_model_path())
+    for path in source.rglob("*"):
+        target = folder / path.relative_to(source)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path)
+    return folder
+
+
+def test_model_revision_bump_marks_embeddings_stale_and_adds_versions(tmp_path, landing, instance):
+    model_dir = local_model_copy(tmp_path / "model")
+    encoder = EncoderResource(model_name=str(model_dir))
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing), encoder=encoder)
+    materialize_everything(defs, instance)
+    store = defs.resources["embedding_store"].open()
+    old = store.current_model_snapshot(str(model_dir))
+    assert old.source == "local"
+
+    (model_dir / "NOTES.md").write_text("a new file: a new content revision\n")
+    materialize_selection(defs, instance, [AssetKey("model_snapshot")])
+    new = store.current_model_snapshot(str(model_dir))
+    assert new.revision != old.revision
+    assert latest_materialization(instance, "model_snapshot").tags["dagster/data_version"] == new.revision
+
+    resolver = get_stale_status_resolver(instance, [*defs.assets])
+    assert resolver.get_status(AssetKey("embeddings"), "python_docs.jsonl") == StaleStatus.STALE
+    assert store.stale_partitions(new, encoder.params(new)) == sorted(SHARDS)
+
+    keys = register_landing_partitions(defs, instance)
+    assert all(r.success for r in materialize_selection(defs, instance, [AssetKey("embeddings")], keys))
+    versions = store.embedding_versions("python_docs.jsonl")
+    assert [v.revision for v in versions] == [old.revision, new.revision]
+    assert all(Path(v.uri).is_file() for v in versions)
+    assert store.stale_partitions(new, encoder.params(new)) == []
+    resolver = get_stale_status_resolver(instance, [*defs.assets])
+    assert resolver.get_status(AssetKey("embeddings"), "python_docs.jsonl") == StaleStatus.FRESH
+
+
+def test_rejected_rows_are_counted_and_the_warning_check_fails(tmp_path, instance):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "messy.jsonl").write_text("\n".join([
+        json.dumps({"id": "a", "text": "A fine sentence."}),
+        json.dumps({"id": "a", "text": "The same id again."}),
+        json.dumps({"id": "b", "text": ""}),
+        "{broken",
+        json.dumps({"id": "c", "text": "Another fine sentence."}),
+    ]) + "\n")
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
+    register_landing_partitions(defs, instance)
+    result = materialize([*defs.assets], instance=instance, resources=defs.resources,
+                         selection=[AssetKey("corpus")], partition_key="messy.jsonl")
+    event = latest_materialization(instance, "corpus", "messy.jsonl")
+    assert event.metadata["rows"].value == 2
+    assert event.metadata["rejected_by_reason"].value == {"duplicate_id": 1, "empty_text": 1, "invalid_json": 1}
+    (check,) = result.get_asset_check_evaluations()
+    assert (check.check_name, check.passed, check.severity) == ("rows_valid", False, AssetCheckSeverity.WARN)
+    warnings = [e.message for e in instance.all_logs(result.run_id) if e.level == 30]
+    assert any("messy.jsonl line 2: duplicate_id (id 'a')" in message for message in warnings)
+
+
+def test_unreadable_landing_file_fails_the_run_naming_the_file_and_keeps_the_store(tmp_path, landing, instance):
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
+    materialize_everything(defs, instance)
+    store = defs.resources["embedding_store"].open()
+    before = store.corpus_version("package_summaries.csv")
+
+    (landing / "package_summaries.csv").write_text("id,summary\npypi-x,no text column\n")
+    result = materialize([*defs.assets], instance=instance, resources=defs.resources,
+                         selection=[AssetKey("corpus")], partition_key="package_summaries.csv",
+                         raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "package_summaries.csv: no row has the text field 'text'" in failure.step_failure_data.error.to_string()
+    assert store.corpus_version("package_summaries.csv") == before
+
+
+def test_embeddings_before_model_snapshot_fail_with_the_step_to_take(defs, instance):
+    register_landing_partitions(defs, instance)
+    result = materialize([*defs.assets], instance=instance, resources=defs.resources,
+                         selection=[AssetKey("corpus"), AssetKey("embeddings")],
+                         partition_key="python_docs.jsonl", raise_on_error=False)
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "materialize model_snapshot first" in failure.step_failure_data.error.to_string()
+
+
+def test_model_check_fails_when_stored_vectors_are_not_the_models(defs, instance):
+    materialize_everything(defs, instance)
+    store = defs.resources["embedding_store"].open()
+    snapshot = store.current_model_snapshot(DEFAULT_MODEL_NAME)
+    edited = corpus_table([f"edited-{i}" for i in range(6)], [f"Edited text number {i}." for i in range(6)])
+    # Vectors from elsewhere registered under this model's revision: what the check is for.
+    store.write_embeddings(
+        "python_docs.jsonl", store.write_corpus("python_docs.jsonl", edited), snapshot,
+        EmbeddingParams(max_seq_length=snapshot.max_seq_length),
+        lambda texts: np.random.default_rng(0).standard_normal((len(texts), 384), dtype=np.float32),
+    )
+    result = materialize([*defs.assets, *defs.asset_checks], instance=instance, resources=defs.resources,
+                         selection=AssetSelection.checks(embeddings_match_model))
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.check_name == "embeddings_match_model" and not evaluation.passed
+    assert evaluation.metadata["min_agreement"].value < 0.5
+
+
+@pytest.mark.slow
+def test_multi_process_pool_stores_the_same_vectors(tmp_path, landing, instance, oracle):
+    encoder = EncoderResource(model_name=DEFAULT_MODEL_NAME, target_devices=["cpu", "cpu"])
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing), encoder=encoder)
+    materialize_everything(defs, instance)
+    store = defs.resources["embedding_store"].open()
+    corpus = store.read_corpus(store.corpus_version("python_docs.jsonl"))
+    _, vectors = store.read_embeddings(store.current_embedding_version("python_docs.jsonl", DEFAULT_MODEL_NAME))
+    np.testing.assert_allclose(vectors, oracle.encode(corpus.column("text").to_pylist()), atol=2e-5)
+
+
+def test_landing_folder_from_a_uri_and_a_copied_store(tmp_path, landing, instance):
+    defs = build_definitions(store_root=f"file://{tmp_path / 'store'}", landing_dir=f"file://{landing}")
+    materialize_everything(defs, instance)
+    shutil.copytree(tmp_path / "store", tmp_path / "store_copy")
+    store = build_definitions(store_root=str(tmp_path / "store_copy")).resources["embedding_store"].open()
+    with store.connect() as con:
+        assert con.execute("SELECT count(*) FROM embeddings").fetchone() == (ROWS_PER_SHARD * len(SHARDS),)
