@@ -21,6 +21,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
+from sqlalchemy.exc import IntegrityError
 
 from embedding_assets.partitions import MAX_PARTITIONS_PER_RUN, corpus_partitions
 
@@ -34,7 +35,11 @@ def register_landing_partitions(defs: Definitions, instance: DagsterInstance) ->
     known = set(instance.get_dynamic_partitions(corpus_partitions.name))
     new_keys = [key for key in corpus_source.list_files() if key not in known]
     if new_keys:
-        instance.add_dynamic_partitions(corpus_partitions.name, new_keys)
+        try:
+            instance.add_dynamic_partitions(corpus_partitions.name, new_keys)
+        except IntegrityError:
+            # A concurrent backfill or the sensor added some of them first; add the rest.
+            instance.add_dynamic_partitions(corpus_partitions.name, new_keys)
     return list(instance.get_dynamic_partitions(corpus_partitions.name))
 
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow.fs as pafs
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from embedding_assets.partitions import PartitionKeyCollisionError, partition_key_for_file
 from embedding_core.corpus import SUPPORTED_SUFFIXES, CorpusShard, read_corpus_file
 from embedding_core.store import EmbeddingParams, EmbeddingStore, ModelSnapshot
 
-__all__ = ["CorpusSourceResource", "EmbeddingStoreResource", "EncoderResource"]
+__all__ = ["CorpusSourceResource", "EmbeddingStoreResource", "EncoderResource", "LandingFile"]
 
 
 class EmbeddingStoreResource(ConfigurableResource):
@@ -36,11 +37,22 @@ class EmbeddingStoreResource(ConfigurableResource):
         return EmbeddingStore(self.root, catalog_path=self.catalog_path)
 
 
+@dataclass(frozen=True)
+class LandingFile:
+    """A corpus file in the landing folder: its path relative to the folder, the partition
+    key that path maps to, and a fingerprint (size and modification time) of its content."""
+
+    partition_key: str
+    relative_path: str
+    fingerprint: str
+
+
 class CorpusSourceResource(ConfigurableResource):
     """The landing folder whose files are the corpus shards: one partition per file.
 
-    A partition key is the file's path relative to the folder (``python_docs.jsonl``,
-    ``2024/batch-7.csv``).
+    A partition key is the file's path relative to the folder, made safe by
+    `partition_key_for_file` (``python_docs.jsonl`` stays, ``2024/My Notes.csv`` becomes
+    ``2024__My_Notes.csv``); a key is mapped back to its file by scanning the folder.
     """
 
     landing_dir: str = Field(description="Local folder or pyarrow filesystem URI.")
@@ -53,32 +65,69 @@ class CorpusSourceResource(ConfigurableResource):
             return filesystem, root.rstrip("/")
         return pafs.LocalFileSystem(), os.path.abspath(self.landing_dir)
 
-    def list_files(self) -> dict[str, str]:
-        """Partition key -> fingerprint (size and modification time) of every corpus file."""
+    def _files_by_key(self) -> dict[str, list[LandingFile]]:
         filesystem, root = self._filesystem()
         selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-        files = {}
+        files: dict[str, list[LandingFile]] = {}
         for info in filesystem.get_file_info(selector):
-            key = info.path[len(root) + 1:]
-            hidden = any(part.startswith(".") for part in key.split("/"))
-            if info.type == pafs.FileType.File and not hidden and key.lower().endswith(SUPPORTED_SUFFIXES):
-                files[key] = f"{info.size}:{info.mtime_ns}"
-        return dict(sorted(files.items()))
+            relative_path = info.path[len(root) + 1:]
+            hidden = any(part.startswith(".") for part in relative_path.split("/"))
+            if (info.type == pafs.FileType.File and not hidden
+                    and relative_path.lower().endswith(SUPPORTED_SUFFIXES)):
+                key = partition_key_for_file(relative_path)
+                files.setdefault(key, []).append(
+                    LandingFile(key, relative_path, f"{info.size}:{info.mtime_ns}"))
+        return {key: sorted(same_key, key=lambda file: file.relative_path)
+                for key, same_key in sorted(files.items())}
+
+    def _collision_error(self, collisions: dict[str, list[LandingFile]]) -> PartitionKeyCollisionError:
+        lines = [
+            " and ".join(repr(file.relative_path) for file in files)
+            + f" map to the same partition key {key!r}"
+            for key, files in collisions.items()
+        ]
+        return PartitionKeyCollisionError(
+            f"landing files in {self.landing_dir} collide: " + "; ".join(lines)
+            + ". Rename one file of each group."
+        )
+
+    def landing_files(self) -> dict[str, LandingFile]:
+        """Every corpus file of the landing folder by partition key, sorted by key.
+
+        Raises `PartitionKeyCollisionError` naming the files when two names map to one key.
+        """
+        files = self._files_by_key()
+        collisions = {key: same_key for key, same_key in files.items() if len(same_key) > 1}
+        if collisions:
+            raise self._collision_error(collisions)
+        return {key: same_key[0] for key, same_key in files.items()}
+
+    def list_files(self) -> dict[str, str]:
+        """Partition key -> fingerprint (size and modification time) of every corpus file."""
+        return {key: file.fingerprint for key, file in self.landing_files().items()}
+
+    def landing_file(self, partition_key: str) -> LandingFile:
+        """The file behind a partition key (raises when there is none, or several)."""
+        same_key = self._files_by_key().get(partition_key, [])
+        if not same_key:
+            raise FileNotFoundError(
+                f"corpus partition {partition_key!r} has no file in {self.landing_dir}"
+            )
+        if len(same_key) > 1:
+            raise self._collision_error({partition_key: same_key})
+        return same_key[0]
 
     def uri(self, partition_key: str) -> str:
+        """Where the file behind a partition key is: a local path or a filesystem URI."""
         filesystem, root = self._filesystem()
-        path = f"{root}/{partition_key}"
+        path = f"{root}/{self.landing_file(partition_key).relative_path}"
         return path if isinstance(filesystem, pafs.LocalFileSystem) else f"{self.landing_dir.split('://')[0]}://{path}"
 
     def read(self, partition_key: str) -> CorpusShard:
         """Read and normalize the file behind a partition key."""
         filesystem, root = self._filesystem()
-        path = f"{root}/{partition_key}"
-        if filesystem.get_file_info(path).type != pafs.FileType.File:
-            raise FileNotFoundError(
-                f"corpus partition {partition_key!r} has no file {self.uri(partition_key)}"
-            )
-        return read_corpus_file(path, filesystem=filesystem, id_field=self.id_field,
+        return read_corpus_file(f"{root}/{self.landing_file(partition_key).relative_path}",
+                                filesystem=filesystem, id_field=self.id_field,
                                 text_field=self.text_field)
 
 

@@ -5,8 +5,11 @@ The normalized table has the columns `id`, `text` and `text_sha256` (see
 reported, each with its position in the file and the reason:
 
 * ``invalid_json`` / ``not_an_object``: a JSONL line that is not a JSON object;
-* ``missing_id`` / ``duplicate_id``: no usable id, or an id seen earlier in the file;
+* ``missing_id``: no usable id;
 * ``non_text`` / ``empty_text``: the text field is not a string, or only whitespace.
+
+An id used by more than one row is not a bad row but a bad file: which text is meant is
+unknowable, so `read_corpus_file` raises `DuplicateIdError` naming the ids and their rows.
 
 Example::
 
@@ -33,6 +36,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "CorpusFormatError",
     "CorpusShard",
+    "DuplicateIdError",
     "RejectedRow",
     "read_corpus_file",
 ]
@@ -42,6 +46,28 @@ SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".parquet", ".txt")
 
 class CorpusFormatError(ValueError):
     """A corpus file that cannot be read at all (as opposed to single bad rows)."""
+
+
+class DuplicateIdError(CorpusFormatError):
+    """A corpus file in which some ids name more than one row.
+
+    `duplicates` maps each repeated id to the 1-based rows (lines for JSONL and text,
+    records for CSV and Parquet) that use it, in file order.
+    """
+
+    SHOWN = 5
+
+    def __init__(self, source: str, duplicates: dict[str, tuple[int, ...]]) -> None:
+        self.source = source
+        self.duplicates = duplicates
+        word = _position_word(source) + "s"
+        shown = ", ".join(f"{row_id!r} ({word} {', '.join(map(str, rows))})"
+                          for row_id, rows in list(duplicates.items())[: self.SHOWN])
+        more = f", ... and {len(duplicates) - self.SHOWN} more" if len(duplicates) > self.SHOWN else ""
+        super().__init__(
+            f"{source}: {len(duplicates)} duplicate id(s), each used by more than one row: "
+            f"{shown}{more}; ids must be unique within a file"
+        )
 
 
 @dataclass(frozen=True)
@@ -90,7 +116,8 @@ def read_corpus_file(
     whose rows all lack the id field gets those line-number ids too.
 
     Raises `CorpusFormatError` naming the file when no row has the text field, the
-    format is unknown, or the bytes are not UTF-8.
+    format is unknown, or the bytes are not UTF-8, and its subclass `DuplicateIdError`
+    when an id names more than one row.
     """
     path = os.fspath(path)
     filesystem = filesystem or pafs.LocalFileSystem()
@@ -174,7 +201,7 @@ def _normalize(path: str, records: list[tuple[int, object]], id_field: str, text
 
     ids: list[str] = []
     texts: list[str] = []
-    seen: set[str] = set()
+    rows_by_id: dict[str, list[int]] = {}
     rejected: list[RejectedRow] = []
     for row, record in records:
         if record is _INVALID_JSON:
@@ -188,15 +215,17 @@ def _normalize(path: str, records: list[tuple[int, object]], id_field: str, text
             rejected.append(RejectedRow(row, None, "missing_id"))
             continue
         row_id = str(raw_id)
+        rows_by_id.setdefault(row_id, []).append(row)
         text = record.get(text_field)
         if not isinstance(text, str):
             rejected.append(RejectedRow(row, row_id, "non_text"))
         elif not text.strip():
             rejected.append(RejectedRow(row, row_id, "empty_text"))
-        elif row_id in seen:
-            rejected.append(RejectedRow(row, row_id, "duplicate_id"))
         else:
-            seen.add(row_id)
             ids.append(row_id)
             texts.append(text)
+    # Rows left out for their text count too: the file still says two things about the id.
+    duplicates = {row_id: tuple(rows) for row_id, rows in rows_by_id.items() if len(rows) > 1}
+    if duplicates:
+        raise DuplicateIdError(path, duplicates)
     return CorpusShard(source=path, table=corpus_table(ids, texts), rejected=tuple(rejected))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -56,6 +57,7 @@ __all__ = [
     "SearchHit",
     "corpus_table",
     "text_sha256",
+    "vector_width",
 ]
 
 CATALOG_FILE_NAME = "catalog.duckdb"
@@ -65,8 +67,9 @@ CORPUS_SCHEMA = pa.schema(
 # precision -> (Arrow value type, values per vector given the embedding dimension)
 _PRECISIONS: dict[str, tuple[pa.DataType, Callable[[int], int]]] = {
     "float32": (pa.float32(), lambda dim: dim),
-    "binary": (pa.int8(), lambda dim: dim // 8),
-    "ubinary": (pa.uint8(), lambda dim: dim // 8),
+    # Packed sign bits, the last byte zero-padded when dim is not a multiple of 8.
+    "binary": (pa.int8(), lambda dim: math.ceil(dim / 8)),
+    "ubinary": (pa.uint8(), lambda dim: math.ceil(dim / 8)),
 }
 _FILE_METADATA_KEY = b"embedding_store"
 _TEMP_SUFFIX = ".tmp"
@@ -153,6 +156,14 @@ def corpus_table(ids: Sequence[str], texts: Sequence[str]) -> pa.Table:
          pa.array([text_sha256(t) for t in texts], pa.string())],
         schema=CORPUS_SCHEMA,
     )
+
+
+def vector_width(precision: str, dim: int) -> int:
+    """Values per stored vector: `dim` floats for float32, ``ceil(dim / 8)`` bytes of packed
+    bits for binary and ubinary."""
+    if precision not in _PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(_PRECISIONS)}")
+    return _PRECISIONS[precision][1](dim)
 
 
 def _sha256_json(value: object) -> str:
@@ -682,9 +693,9 @@ class EmbeddingStore:
             return EmbeddingWriteResult(existing, created=False, encoded_rows=0,
                                         reused_rows=existing.rows, encode_seconds=0.0)
 
-        value_type, width_for = _PRECISIONS[params.precision]
+        value_type = _PRECISIONS[params.precision][0]
         dim = params.truncate_dim or snapshot.dim
-        width = width_for(dim)
+        width = vector_width(params.precision, dim)
         rows = self.read_corpus(corpus)
         row_shas = rows.column("text_sha256")
         unique_shas, first_rows = _unique_with_first_index(row_shas)

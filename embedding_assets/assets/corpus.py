@@ -27,8 +27,8 @@ ROWS_VALID_CHECK = "rows_valid"
     check_specs=[
         AssetCheckSpec(
             ROWS_VALID_CHECK, asset="corpus",
-            description="Every source row was usable: no invalid JSON, missing or duplicate "
-            "ids, empty or non-text texts.",
+            description="Every source row was usable: no invalid JSON, missing ids, empty "
+            "or non-text texts.",
         )
     ],
 )
@@ -40,13 +40,16 @@ def corpus(
     """Normalized corpus shard (`id`, `text`, `text_sha256`) of one landing file.
 
     Its data version is the content hash of the ids and texts, so an unchanged file does
-    not make its embeddings stale. Rejected rows are left out and counted.
+    not make its embeddings stale. Rejected rows are left out and counted; a file that
+    cannot be read, or that repeats an id, fails the step before any shard of the run is
+    stored, so the current versions stay as they were.
     """
     store = embedding_store.open()
+    shards = {partition_key: corpus_source.read(partition_key)
+              for partition_key in context.partition_keys}
     rejected: dict[str, dict[str, int]] = {}
     versions = []
-    for partition_key in context.partition_keys:
-        shard = corpus_source.read(partition_key)
+    for partition_key, shard in shards.items():
         if shard.rejected:
             rejected[partition_key] = shard.rejected_counts()
             context.log.warning(

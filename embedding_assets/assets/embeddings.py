@@ -4,7 +4,6 @@ immutable version and registered in the catalog."""
 import numpy as np
 import pyarrow as pa
 from dagster import (
-    AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
     DataVersion,
@@ -15,12 +14,11 @@ from dagster import (
 
 from embedding_assets.assets.corpus import corpus
 from embedding_assets.assets.model_snapshot import model_snapshot
+from embedding_assets.checks import SHARD_CHECKS, StoredShard, shard_check_results
 from embedding_assets.metadata import markdown_table
 from embedding_assets.partitions import STORE_WRITE_POOL, backfill_policy, corpus_partitions
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
 from embedding_core.store import EmbeddingVersion
-
-COMPLETE_CHECK = "complete"
 
 
 @asset(
@@ -31,13 +29,9 @@ COMPLETE_CHECK = "complete"
     group_name="embeddings",
     kinds={"parquet", "duckdb"},
     code_version="1",
-    check_specs=[
-        AssetCheckSpec(
-            COMPLETE_CHECK, asset="embeddings",
-            description="Read back from the store: one finite vector of the model's dimension "
-            "for every corpus row, ids in corpus order.",
-        )
-    ],
+    # Each runs on the files the step just stored, read back (embedding_assets.checks).
+    check_specs=[AssetCheckSpec(check.name, asset="embeddings", description=check.description)
+                 for check in SHARD_CHECKS],
 )
 def embeddings(
     context: AssetExecutionContext,
@@ -62,7 +56,7 @@ def embeddings(
             "materialize model_snapshot first"
         )
     params = encoder.params(snapshot)
-    failures: dict[str, str] = {}
+    stored_shards: list[StoredShard] = []
     versions: list[EmbeddingVersion] = []
     with encoder.encoder(snapshot, params, log=context.log.info) as encode:
         for partition_key in context.partition_keys:
@@ -75,10 +69,11 @@ def embeddings(
             version = result.version
             versions.append(version)
             ids, vectors = store.read_embeddings(version)
-            corpus_ids = store.read_corpus(corpus_version).column("id")
-            problem = _completeness_problem(version, ids, vectors, corpus_ids)
-            if problem:
-                failures[partition_key] = problem
+            stored_shards.append(StoredShard(
+                version=version, ids=ids.column("id").to_pylist(), vectors=vectors,
+                corpus_ids=store.read_corpus(corpus_version).column("id").to_pylist(),
+                snapshot=snapshot, params=params,
+            ))
             rate = result.encoded_rows / result.encode_seconds if result.encode_seconds else None
             context.add_asset_metadata(
                 {
@@ -109,25 +104,8 @@ def embeddings(
             )
     return MaterializeResult(
         data_version=DataVersion(versions[0].version_id) if len(versions) == 1 else None,
-        check_results=[
-            AssetCheckResult(check_name=COMPLETE_CHECK, passed=not failures,
-                             metadata={"failures": failures,
-                                       "partitions_checked": len(versions)})
-        ],
+        check_results=shard_check_results(stored_shards),
     )
-
-
-def _completeness_problem(
-    version: EmbeddingVersion, ids: pa.Table, vectors: np.ndarray, corpus_ids: pa.ChunkedArray
-) -> str | None:
-    if not ids.column("id").equals(corpus_ids):
-        return f"{ids.num_rows} stored ids do not match the {len(corpus_ids)} corpus ids"
-    expected_width = version.dim if version.dtype == "float32" else version.dim // 8
-    if vectors.shape != (len(corpus_ids), expected_width):
-        return f"vectors have shape {vectors.shape}, expected ({len(corpus_ids)}, {expected_width})"
-    if vectors.dtype.kind == "f" and not np.isfinite(vectors).all():
-        return f"{int((~np.isfinite(vectors).all(axis=1)).sum())} vector(s) are not finite"
-    return None
 
 
 def _preview(ids: pa.Table, vectors: np.ndarray, rows: int = 5) -> MetadataValue:

@@ -1,6 +1,8 @@
 """The Definitions object, the sensors and the schedule, evaluated against real stores."""
 
+import hashlib
 import json
+import re
 
 import pytest
 from dagster import (
@@ -11,6 +13,7 @@ from dagster import (
     SkipReason,
     build_schedule_context,
     build_sensor_context,
+    materialize,
 )
 from dagster._core.definitions.backfill_policy import BackfillPolicyType
 
@@ -20,7 +23,12 @@ from embedding_assets.backfill import (
     register_landing_partitions,
 )
 from embedding_assets.definitions import build_definitions, definitions_from_env
-from embedding_assets.partitions import MAX_PARTITIONS_PER_RUN, STORE_WRITE_POOL
+from embedding_assets.partitions import (
+    MAX_PARTITIONS_PER_RUN,
+    STORE_WRITE_POOL,
+    PartitionKeyCollisionError,
+    partition_key_for_file,
+)
 from embedding_assets.resources import EncoderResource
 from embedding_assets.schedules import refresh_stale_embeddings
 from embedding_assets.sensors import corpus_landing_sensor, model_revision_sensor
@@ -36,7 +44,8 @@ def test_definitions_hold_the_lineage_graph_checks_automation_and_policies():
     graph = defs.resolve_asset_graph()
     assert graph.get(AssetKey("embeddings")).parent_keys == {AssetKey("corpus"), AssetKey("model_snapshot")}
     assert {key.name for key in graph.asset_check_keys} == {
-        "rows_valid", "encodes_canary", "complete", "embeddings_match_model"}
+        "rows_valid", "encodes_canary", "rows_match_corpus", "dim_matches_model", "vectors_finite",
+        "unit_norm", "embeddings_match_model"}
     for key in ("corpus", "embeddings"):
         node = graph.get(AssetKey(key))
         assert node.partitions_def.name == "corpus_shards"
@@ -145,3 +154,71 @@ def test_schedule_requests_exactly_the_stale_partitions(defs, landing, instance)
     store = defs.resources["embedding_store"].open()
     snapshot = store.current_model_snapshot(DEFAULT_MODEL_NAME)
     assert requests[0].run_key.startswith(f"python_docs.jsonl:{snapshot.revision}:")
+
+
+@pytest.mark.parametrize(
+    ("relative_path", "key"),
+    [
+        ("python_docs.jsonl", "python_docs.jsonl"),
+        ("My Notes (v2).jsonl", "My_Notes_v2_.jsonl"),
+        ("sub dir/ünïcode.csv", "sub_dir__unicode.csv"),
+        ("2024/q1/batch...7.parquet", "2024__q1__batch.7.parquet"),
+        ("日本語.txt", "_-e1422b28.txt"),
+        ("x" * 150 + ".jsonl", "x" * 85 + "-" + hashlib.sha256(("x" * 150 + ".jsonl").encode()).hexdigest()[:8] + ".jsonl"),
+    ],
+)
+def test_partition_keys_of_landing_files_are_dagster_and_path_safe(relative_path, key):
+    assert partition_key_for_file(relative_path) == key
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,100}", key) and "..." not in key
+
+
+def test_landing_sensor_gives_odd_file_names_safe_keys_that_materialize_from_their_files(tmp_path, instance):
+    landing = tmp_path / "landing"
+    (landing / "sub dir").mkdir(parents=True)
+    (landing / "My Notes (v2).jsonl").write_text(
+        "".join(json.dumps({"id": f"note-{i}", "text": f"Note number {i} about pandas."}) + "\n" for i in range(3)))
+    (landing / "sub dir" / "ünïcode.csv").write_text("id,text\nu1,Crème brûlée recipe.\nu2,Naïve café.\n")
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
+    materialize_selection(defs, instance, [AssetKey("model_snapshot")])
+
+    result = evaluate_landing_sensor(defs, instance, None)
+    assert [r.partition_key for r in result.run_requests] == ["My_Notes_v2_.jsonl", "sub_dir__unicode.csv"]
+    (add_request,) = result.dynamic_partitions_requests
+    instance.add_dynamic_partitions("corpus_shards", list(add_request.partition_keys))
+
+    assets = [*defs.assets, *defs.asset_checks]
+    for key in add_request.partition_keys:
+        assert materialize(assets, instance=instance, resources=defs.resources,
+                           selection=[AssetKey("corpus"), AssetKey("embeddings")], partition_key=key).success
+    store = defs.resources["embedding_store"].open()
+    notes = store.corpus_version("My_Notes_v2_.jsonl")
+    assert notes.source_uri == str(landing / "My Notes (v2).jsonl")
+    assert store.corpus_version("sub_dir__unicode.csv").source_uri == str(landing / "sub dir" / "ünïcode.csv")
+    assert store.read_corpus(notes).column("id").to_pylist() == ["note-0", "note-1", "note-2"]
+    with store.connect() as con:
+        assert con.execute("SELECT partition, count(*) FROM embeddings GROUP BY 1 ORDER BY 1").fetchall() == [
+            ("My_Notes_v2_.jsonl", 3), ("sub_dir__unicode.csv", 2)]
+        assert con.execute("SELECT text FROM documents WHERE id = 'u2'").fetchone() == ("Naïve café.",)
+
+
+def test_two_files_with_the_same_key_are_an_error_naming_both(tmp_path, instance):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    for name in ("My Notes (v2).jsonl", "My_Notes_v2_.jsonl", "fine.jsonl"):
+        (landing / name).write_text(json.dumps({"id": "n1", "text": f"From {name}."}) + "\n")
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
+    collision = (r"'My Notes \(v2\).jsonl' and 'My_Notes_v2_.jsonl' map to the same partition key "
+                 r"'My_Notes_v2_.jsonl'\. Rename one file of each group\.")
+    materialize_selection(defs, instance, [AssetKey("model_snapshot")])
+    with pytest.raises(PartitionKeyCollisionError, match=collision):
+        evaluate_landing_sensor(defs, instance, None)
+
+    instance.add_dynamic_partitions("corpus_shards", ["My_Notes_v2_.jsonl", "fine.jsonl"])
+    assets = [*defs.assets]
+    failed = materialize(assets, instance=instance, resources=defs.resources, selection=[AssetKey("corpus")],
+                         partition_key="My_Notes_v2_.jsonl", raise_on_error=False)
+    (failure,) = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert re.search(collision, failure.step_failure_data.error.to_string())
+    assert materialize(assets, instance=instance, resources=defs.resources, selection=[AssetKey("corpus")],
+                       partition_key="fine.jsonl").success
+    assert defs.resources["embedding_store"].open().corpus_partitions() == ["fine.jsonl"]

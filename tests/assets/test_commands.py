@@ -63,3 +63,51 @@ def test_search_command_without_a_catalog_says_what_to_do(tmp_path, command_env)
                   "--store", str(tmp_path / "empty")], command_env)
     assert result.returncode == 2
     assert "no embedding catalog under" in result.stderr and "make demo" in result.stderr
+
+
+def test_definitions_validate_loads_the_workspace(command_env):
+    result = run([str(Path(sys.executable).with_name("dagster")), "definitions", "validate",
+                  "-w", "workspace.yaml"], command_env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Validation successful for code location embeddings." in output
+    assert "All code locations passed validation." in output
+
+
+@pytest.mark.slow
+def test_two_concurrent_backfill_processes_of_different_partitions_are_both_recorded(tmp_path, command_env,
+                                                                                    monkeypatch):
+    partitions = ("package_summaries.csv", "python_docs.jsonl")
+    # Dagster creates its SQLite tables on first use, which two processes must not race for.
+    initialized = run([str(Path(sys.executable).with_name("dagster")), "instance", "info"], command_env)
+    assert initialized.returncode == 0, initialized.stderr[-3000:]
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "embedding_assets.backfill", "--partitions", partition],
+                         env=command_env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for partition in partitions
+    ]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for partition, process, (stdout, stderr) in zip(partitions, processes, outputs, strict=True):
+        assert process.returncode == 0, stderr[-3000:]
+        assert f"{partition}...{partition}: ok" in stdout and "FAILED" not in stdout
+
+    store = EmbeddingStore(tmp_path / "store")
+    versions = store.embedding_versions()
+    assert sorted(v.partition for v in versions) == list(partitions)
+    assert all(v.rows == 6 and Path(v.uri).is_file() for v in versions)
+    with store.connect() as con:
+        assert con.execute(
+            "SELECT partition, version_id, count(*), min(array_length(embedding)) FROM embeddings "
+            "GROUP BY 1, 2 ORDER BY 1").fetchall() == [(v.partition, v.version_id, 6, 384)
+                                                       for v in sorted(versions, key=lambda v: v.partition)]
+
+    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
+
+    monkeypatch.setenv("DAGSTER_HOME", command_env["DAGSTER_HOME"])  # dagster.yaml reads it
+    with DagsterInstance.get() as instance:
+        runs = instance.get_runs(RunsFilter(tags={"embedding/trigger": "backfill-cli"}))
+        assert len(runs) == 4 and {run.status for run in runs} == {DagsterRunStatus.SUCCESS}
+        materialized = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("embeddings")), limit=10).records
+        assert sorted(r.partition_key for r in materialized) == list(partitions)

@@ -158,10 +158,11 @@ def test_rejected_rows_are_counted_and_the_warning_check_fails(tmp_path, instanc
     landing.mkdir()
     (landing / "messy.jsonl").write_text("\n".join([
         json.dumps({"id": "a", "text": "A fine sentence."}),
-        json.dumps({"id": "a", "text": "The same id again."}),
+        json.dumps({"text": "No id at all."}),
         json.dumps({"id": "b", "text": ""}),
         "{broken",
         json.dumps({"id": "c", "text": "Another fine sentence."}),
+        json.dumps({"id": "d", "text": ["not", "a", "string"]}),
     ]) + "\n")
     defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
     register_landing_partitions(defs, instance)
@@ -169,11 +170,49 @@ def test_rejected_rows_are_counted_and_the_warning_check_fails(tmp_path, instanc
                          selection=[AssetKey("corpus")], partition_key="messy.jsonl")
     event = latest_materialization(instance, "corpus", "messy.jsonl")
     assert event.metadata["rows"].value == 2
-    assert event.metadata["rejected_by_reason"].value == {"duplicate_id": 1, "empty_text": 1, "invalid_json": 1}
+    assert event.metadata["rejected_by_reason"].value == {
+        "empty_text": 1, "invalid_json": 1, "missing_id": 1, "non_text": 1}
+    store = defs.resources["embedding_store"].open()
+    stored = store.read_corpus(store.corpus_version("messy.jsonl"))
+    assert stored.column("id").to_pylist() == ["a", "c"]
     (check,) = result.get_asset_check_evaluations()
     assert (check.check_name, check.passed, check.severity) == ("rows_valid", False, AssetCheckSeverity.WARN)
     warnings = [e.message for e in instance.all_logs(result.run_id) if e.level == 30]
-    assert any("messy.jsonl line 2: duplicate_id (id 'a')" in message for message in warnings)
+    assert any("messy.jsonl line 2: missing_id" in message for message in warnings)
+    assert any("messy.jsonl line 6: non_text (id 'd')" in message for message in warnings)
+
+
+def test_duplicate_ids_fail_the_corpus_run_naming_them_and_keep_the_stored_version(tmp_path, landing, instance):
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
+    materialize_everything(defs, instance)
+    store = defs.resources["embedding_store"].open()
+    before = store.corpus_version("python_docs.jsonl")
+    before_rows = store.read_corpus(before)
+    with store.connect() as con:
+        embedded_before = con.execute(
+            "SELECT count(*) FROM embeddings WHERE partition = 'python_docs.jsonl'").fetchone()
+
+    records = [json.loads(line) for line in (landing / "python_docs.jsonl").read_text().splitlines()]
+    records += [{**records[0], "text": "A second text under the first id."}, records[2]]
+    (landing / "python_docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = materialize([*defs.assets], instance=instance, resources=defs.resources,
+                         selection=[AssetKey("corpus"), AssetKey("embeddings")],
+                         partition_key="python_docs.jsonl", raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "corpus"
+    message = failure.step_failure_data.error.to_string()
+    assert (f"DuplicateIdError: {landing / 'python_docs.jsonl'}: 2 duplicate id(s), each used by more "
+            f"than one row: {records[0]['id']!r} (lines 1, {ROWS_PER_SHARD + 1}), "
+            f"{records[2]['id']!r} (lines 3, {ROWS_PER_SHARD + 2}); ids must be unique") in message
+
+    assert store.corpus_version("python_docs.jsonl") == before
+    assert store.read_corpus(before).equals(before_rows)
+    with store.connect() as con:
+        assert con.execute("SELECT count(*) FROM documents WHERE partition = 'python_docs.jsonl'"
+                           ).fetchone() == (ROWS_PER_SHARD,)
+        assert con.execute("SELECT count(*) FROM embeddings WHERE partition = 'python_docs.jsonl'"
+                           ).fetchone() == embedded_before == (ROWS_PER_SHARD,)
 
 
 def test_unreadable_landing_file_fails_the_run_naming_the_file_and_keeps_the_store(tmp_path, landing, instance):

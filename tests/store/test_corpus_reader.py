@@ -8,7 +8,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from embedding_core.corpus import CorpusFormatError, read_corpus_file
+from embedding_core.corpus import CorpusFormatError, DuplicateIdError, read_corpus_file
 from embedding_core.store import text_sha256
 
 SAMPLE_CORPUS = Path(__file__).parents[2] / "embedding_assets" / "sample_corpus"
@@ -36,7 +36,7 @@ def test_bad_jsonl_rows_are_left_out_and_reported_by_line_and_reason(tmp_path):
         json.dumps({"id": "a", "text": "first"}),
         "{not json",
         json.dumps({"id": "b", "text": "   "}),
-        json.dumps({"id": "a", "text": "again"}),
+        json.dumps({"id": "d", "text": "fourth"}),
         "",
         json.dumps({"id": "c", "text": 42}),
         json.dumps(["a", "list"]),
@@ -44,14 +44,41 @@ def test_bad_jsonl_rows_are_left_out_and_reported_by_line_and_reason(tmp_path):
         json.dumps({"id": 7, "text": "integer id"}),
     ]) + "\n")
     shard = read_corpus_file(path)
-    assert shard.table.column("id").to_pylist() == ["a", "7"]
+    assert shard.table.column("id").to_pylist() == ["a", "d", "7"]
     assert [(r.row, r.id, r.reason) for r in shard.rejected] == [
-        (2, None, "invalid_json"), (3, "b", "empty_text"), (4, "a", "duplicate_id"),
+        (2, None, "invalid_json"), (3, "b", "empty_text"),
         (6, "c", "non_text"), (7, None, "not_an_object"), (8, None, "missing_id"),
     ]
-    assert shard.rejected_counts() == {"duplicate_id": 1, "empty_text": 1, "invalid_json": 1,
+    assert shard.rejected_counts() == {"empty_text": 1, "invalid_json": 1,
                                        "missing_id": 1, "non_text": 1, "not_an_object": 1}
-    assert f"{path} line 4: duplicate_id (id 'a')" in shard.rejection_report()
+    assert f"{path} line 3: empty_text (id 'b')" in shard.rejection_report()
+
+
+def test_duplicate_ids_are_an_error_naming_the_file_ids_and_lines(tmp_path):
+    path = tmp_path / "shard.jsonl"
+    rows = [{"id": "a", "text": "first"}, {"id": "b", "text": "second"},
+            {"id": "a", "text": "first again"}, {"id": "c", "text": "third"},
+            {"id": "b", "text": ""}, {"id": "a", "text": "first, a third time"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DuplicateIdError) as raised:
+        read_corpus_file(path)
+    assert isinstance(raised.value, CorpusFormatError)
+    # The empty text of 'b' is still a second row claiming the id.
+    assert raised.value.duplicates == {"a": (1, 3, 6), "b": (2, 5)}
+    assert str(raised.value) == (
+        f"{path}: 2 duplicate id(s), each used by more than one row: 'a' (lines 1, 3, 6), "
+        "'b' (lines 2, 5); ids must be unique within a file")
+
+
+def test_many_duplicate_ids_show_the_first_few_and_the_total(tmp_path):
+    path = tmp_path / "shard.csv"
+    path.write_text("id,text\n" + "".join(f"id-{i % 8},text {i}\n" for i in range(16)))
+    with pytest.raises(DuplicateIdError, match=(
+        r"shard.csv: 8 duplicate id\(s\), each used by more than one row: 'id-0' \(rows 1, 9\), "
+        r"'id-1' \(rows 2, 10\), .*'id-4' \(rows 5, 13\), \.\.\. and 3 more; ids must be unique"
+    )) as raised:
+        read_corpus_file(path)
+    assert len(raised.value.duplicates) == 8 and "'id-5'" not in str(raised.value)
 
 
 def test_csv_parquet_and_remote_filesystems_read_alike(tmp_path):

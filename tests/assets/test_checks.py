@@ -1,0 +1,125 @@
+"""The asset checks of `embeddings`: each passes on real materializations and fails on real
+vectors that break it."""
+
+import numpy as np
+
+from embedding_assets.checks import (
+    MIN_COSINE,
+    SHARD_CHECKS,
+    StoredShard,
+    dim_problem,
+    non_finite_problem,
+    rows_match_corpus_problem,
+    shard_check_results,
+    unit_norm_problem,
+)
+from embedding_assets.definitions import build_definitions
+from embedding_assets.resources import EncoderResource
+from embedding_core.hub import DEFAULT_MODEL_NAME
+from tests.assets.conftest import ROWS_PER_SHARD, SHARDS, materialize_everything
+
+EMBEDDINGS_CHECKS = {"rows_match_corpus", "dim_matches_model", "vectors_finite", "unit_norm",
+                     "embeddings_match_model"}
+
+
+def embeddings_check_evaluations(results) -> dict:
+    evaluations = {e.check_name: e for result in results for e in result.get_asset_check_evaluations()
+                   if e.asset_key.path == ["embeddings"]}
+    assert set(evaluations) == EMBEDDINGS_CHECKS
+    return evaluations
+
+
+def stored_shard(store, partition: str, params_from: EncoderResource) -> StoredShard:
+    """A partition's current embeddings read back, judged against `params_from`'s parameters."""
+    snapshot = store.current_model_snapshot(DEFAULT_MODEL_NAME)
+    version = store.current_embedding_version(partition, DEFAULT_MODEL_NAME)
+    ids, vectors = store.read_embeddings(version)
+    corpus_ids = store.read_corpus(store.corpus_version(partition)).column("id").to_pylist()
+    return StoredShard(version, ids.column("id").to_pylist(), vectors, corpus_ids, snapshot,
+                       params_from.params(snapshot))
+
+
+def test_every_embeddings_check_passes_on_normalized_truncated_vectors(tmp_path, landing, instance):
+    encoder = EncoderResource(model_name=DEFAULT_MODEL_NAME, normalize_embeddings=True, truncate_dim=64)
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing), encoder=encoder)
+    evaluations = embeddings_check_evaluations(materialize_everything(defs, instance))
+    assert {name: e.passed for name, e in evaluations.items()} == dict.fromkeys(EMBEDDINGS_CHECKS, True)
+    for check in SHARD_CHECKS:
+        metadata = evaluations[check.name].metadata
+        assert (metadata["partitions_checked"].value, metadata["failures"].value) == (len(SHARDS), {})
+    spot = evaluations["embeddings_match_model"].metadata
+    assert spot["threshold"].value == MIN_COSINE == 0.9999
+    assert spot["min_agreement"].value >= 0.9999 and spot["texts_compared"].value == 4 * len(SHARDS)
+
+    store = defs.resources["embedding_store"].open()
+    _, vectors = store.read_embeddings(store.current_embedding_version("python_docs.jsonl", DEFAULT_MODEL_NAME))
+    assert vectors.shape == (ROWS_PER_SHARD, 64) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_unit_norm_and_dim_checks_fail_on_real_vectors_that_break_them(tmp_path, landing, instance):
+    # MiniLM ends in a Normalize module, so only truncation gives vectors off unit length.
+    truncating = EncoderResource(model_name=DEFAULT_MODEL_NAME, truncate_dim=64)
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing), encoder=truncating)
+    evaluations = embeddings_check_evaluations(materialize_everything(defs, instance))
+    # normalize_embeddings is off: the unit-norm check applies to no partition and passes.
+    assert evaluations["unit_norm"].passed
+    assert (evaluations["unit_norm"].metadata["partitions_checked"].value,
+            evaluations["unit_norm"].metadata["not_applicable"].value) == (0, len(SHARDS))
+
+    store = defs.resources["embedding_store"].open()
+    shard = stored_shard(store, "python_docs.jsonl", truncating)
+    norms = np.linalg.norm(shard.vectors, axis=1)
+    assert (norms < 0.99).all()
+    problem = unit_norm_problem(shard.vectors, shard.ids)
+    assert problem.startswith(f"{ROWS_PER_SHARD} of {ROWS_PER_SHARD} vectors are off unit norm by more than 0.0001")
+    worst = int(np.argmin(norms))
+    assert f"worst id {shard.ids[worst]!r} has norm {norms[worst]:.6f}" in problem
+    assert unit_norm_problem(shard.vectors / norms[:, None], shard.ids) is None
+
+    assert dim_problem(shard.vectors, shard.version.dim, "float32", 64) is None
+    # The same stored version judged against untruncated parameters: the dim check fails,
+    # the others still pass.
+    untruncated = stored_shard(store, "python_docs.jsonl", EncoderResource(model_name=DEFAULT_MODEL_NAME))
+    results = {r.check_name: r for r in shard_check_results([untruncated])}
+    assert {name: r.passed for name, r in results.items()} == {
+        "rows_match_corpus": True, "dim_matches_model": False, "vectors_finite": True, "unit_norm": True}
+    assert results["dim_matches_model"].metadata["failures"].value == {
+        "python_docs.jsonl": "catalog records dim 64, the model snapshot gives 384"}
+    assert dim_problem(shard.vectors, 384, "float32", 384) == (
+        f"vectors have shape ({ROWS_PER_SHARD}, 64); dim 384 at float32 needs 384 values per row")
+
+
+def test_rows_and_finite_checks_name_what_is_wrong(tmp_path, landing, defs, instance):
+    materialize_everything(defs, instance)
+    store = defs.resources["embedding_store"].open()
+    shard = stored_shard(store, "python_docs.jsonl", defs.resources["encoder"])
+    assert rows_match_corpus_problem(shard.ids, shard.corpus_ids) is None
+    assert rows_match_corpus_problem(shard.ids, [*shard.corpus_ids, "extra"]) == (
+        f"{ROWS_PER_SHARD} stored rows for {ROWS_PER_SHARD + 1} corpus rows")
+    swapped = [shard.corpus_ids[1], shard.corpus_ids[0], *shard.corpus_ids[2:]]
+    assert rows_match_corpus_problem(shard.ids, swapped) == (
+        f"row 0 holds id {shard.ids[0]!r}, the corpus has {shard.ids[1]!r} there")
+
+    assert non_finite_problem(shard.vectors, shard.ids) is None
+    broken = shard.vectors.copy()
+    broken[3, 7], broken[5, 0] = np.nan, np.inf
+    assert non_finite_problem(broken, shard.ids) == (
+        f"2 of {ROWS_PER_SHARD} vectors hold NaN or inf, ids {[shard.ids[3], shard.ids[5]]}")
+
+
+def test_binary_vectors_of_a_dim_not_divisible_by_8_take_ceil_dim_over_8_bytes(tmp_path, landing, instance):
+    precision = "binary"
+    encoder = EncoderResource(model_name=DEFAULT_MODEL_NAME, precision=precision, truncate_dim=100)
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing), encoder=encoder)
+    evaluations = embeddings_check_evaluations(materialize_everything(defs, instance))
+    assert all(e.passed for e in evaluations.values())
+    assert evaluations["embeddings_match_model"].metadata["threshold"].value == 0.98
+
+    store = defs.resources["embedding_store"].open()
+    version = store.current_embedding_version("python_docs.jsonl", DEFAULT_MODEL_NAME, dtype="int8")
+    _, vectors = store.read_embeddings(version)
+    assert (version.dim, vectors.shape) == (100, (ROWS_PER_SHARD, 13))
+    assert vectors.dtype == np.int8
+    assert dim_problem(vectors[:, :12], 100, precision, 100) == (
+        f"vectors have shape ({ROWS_PER_SHARD}, 12); dim 100 at {precision} needs 13 values per row")
