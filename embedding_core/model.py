@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from embedding_core.batching import length_order, pad_batch, plan_batches
+from embedding_core.backends import attach_backend, check_backend
+from embedding_core.batching import CPU_TOKENS_PER_BATCH, length_order, pad_batch, plan_batches
 from embedding_core.hub import ResolvedModel, resolve_model
 from embedding_core.modules import (
     MODULE_CLASSES,
@@ -114,7 +115,9 @@ class SentenceTransformer(nn.Sequential):
         token: bool | str | None = None,
         truncate_dim: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        backend: str = "torch",
     ) -> None:
+        check_backend(backend)
         self.prompts: dict[str, str] = {}
         self.default_prompt_name: str | None = None
         self._similarity_fn_name: str | None = None
@@ -148,6 +151,8 @@ class SentenceTransformer(nn.Sequential):
             self.truncate_dim = int(file_config["truncate_dim"])
         self.to(device or default_device())
         self.eval()
+        # "onnx" / "onnx-int8" swap the Transformer's CPU encoder for ONNX Runtime (see backends).
+        self.backend = "torch" if backend == "torch" else attach_backend(self.transformer, backend, self.revision)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -428,7 +433,10 @@ class SentenceTransformer(nn.Sequential):
         prompt_length = self.prompt_length(prompt)
         order = length_order(tokenized.lengths)
         sorted_lengths = tokenized.lengths[order]
-        batches = plan_batches(sorted_lengths, batch_size, max_tokens_per_batch)
+        token_budget = max_tokens_per_batch
+        if token_budget is None and target.type == "cpu":
+            token_budget = CPU_TOKENS_PER_BATCH
+        batches = plan_batches(sorted_lengths, batch_size, token_budget)
 
         sentence_out: torch.Tensor | None = None
         per_text: list[Any] = [None] * len(texts)
