@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, Definitions, instance_for_test
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from embedding_assets.backfill import materialize_selection, register_landing_partitions
 from embedding_assets.definitions import SAMPLE_CORPUS_DIR, build_definitions
@@ -21,6 +22,18 @@ def write_sample_slice(landing: Path, rows: int = ROWS_PER_SHARD) -> Path:
         header = 1 if name.endswith(".csv") else 0
         (landing / name).write_text("".join(lines[: rows + header]), encoding="utf-8")
     return landing
+
+
+@pytest.fixture(autouse=True)
+def fresh_defs_state_storage():
+    """Start every test with no "current" Dagster defs-state storage.
+
+    Dagster keeps it in a context variable set by whichever instance was entered last; an
+    instance torn down by an earlier test can leave it holding a dead weak reference, and
+    loading Definitions (build_sensor_context) then fails depending on test order.
+    """
+    with set_defs_state_storage(None):
+        yield
 
 
 @pytest.fixture
