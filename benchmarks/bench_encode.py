@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import time
@@ -39,6 +38,7 @@ from common import (  # noqa: E402
     read_corpus,
     row_cosines,
     top_k_overlap,
+    write_results,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -141,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:<20}{rate:>9.1f}{ratio:>6.2f}x{share:>8.0%}{row['min_cosine']:>10.6f}"
                 f"{row['mean_cosine']:>10.6f}{overlap:>7.3f}{row['peak_rss_mb']:>8.0f}MB"
             )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PeakRss, bundled_model_path, read_corpus, rss_bytes  # noqa: E402
+from common import PeakRss, bundled_model_path, read_corpus, rss_bytes, write_results  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(results) >= 2:
         growth = results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"] - 1
         print(f"peak RSS growth {results[0]['texts']} -> {results[-1]['texts']} texts: {growth:+.1%}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
     return 0
 
 

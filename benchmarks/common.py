@@ -104,3 +104,11 @@ def top_k_overlap(candidate: np.ndarray, reference: np.ndarray, k: int = 10) -> 
 
     ours, theirs = neighbours(np.asarray(candidate, np.float64)), neighbours(np.asarray(reference, np.float64))
     return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ours, theirs, strict=True)]))
+
+
+def write_results(path: Path | None, results: list[dict]) -> None:
+    """Write a benchmark's result rows as JSON to ``path`` (``--json``), if one was given."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
