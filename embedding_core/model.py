@@ -23,7 +23,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from embedding_core.backends import attach_backend, check_backend
-from embedding_core.batching import CPU_TOKENS_PER_BATCH, length_order, pad_batch, plan_batches
+from embedding_core.batching import (
+    CPU_TOKENS_PER_BATCH,
+    PaddedBatch,
+    length_order,
+    pad_batch,
+    plan_batches,
+)
 from embedding_core.hub import ResolvedModel, resolve_model
 from embedding_core.modules import (
     MODULE_CLASSES,
@@ -151,7 +157,7 @@ class SentenceTransformer(nn.Sequential):
             self.truncate_dim = int(file_config["truncate_dim"])
         self.to(device or default_device())
         self.eval()
-        # "onnx" / "onnx-int8" swap the Transformer's CPU encoder for ONNX Runtime (see backends).
+        # Any backend but "torch" swaps the Transformer's CPU encoder for another runtime (see backends).
         self.backend = "torch" if backend == "torch" else attach_backend(self.transformer, backend, self.revision)
 
     # ------------------------------------------------------------------ identity
@@ -442,7 +448,8 @@ class SentenceTransformer(nn.Sequential):
         per_text: list[Any] = [None] * len(texts)
         progress = tqdm(total=len(texts), desc="Encoding", unit="text", disable=not show_progress_bar)
         pad_id = self.transformer.pad_token_id
-        with progress:
+
+        def padded_batches() -> Iterator[tuple[np.ndarray, PaddedBatch, dict[str, Any]]]:
             for batch_slice in batches:
                 indices = order[batch_slice]
                 padded = pad_batch(tokenized.rows(indices), pad_id)
@@ -452,7 +459,10 @@ class SentenceTransformer(nn.Sequential):
                 }
                 if prompt_length:
                     features["prompt_length"] = prompt_length
-                features = self(features)
+                yield indices, padded, features
+
+        with progress:
+            for indices, padded, features in self._forward_batches(padded_batches(), len(batches)):
                 index_tensor = torch.from_numpy(indices)
                 if output_value == "sentence_embedding":
                     embeddings = features["sentence_embedding"]
@@ -490,6 +500,31 @@ class SentenceTransformer(nn.Sequential):
                 sentence_out = torch.zeros((0, width), dtype=torch.float32)
             return sentence_out.float() if sentence_out.dtype != torch.float32 else sentence_out
         return per_text
+
+    def _forward_batches(
+        self, items: Iterator[tuple[np.ndarray, PaddedBatch, dict[str, Any]]], count: int
+    ) -> Iterator[tuple[np.ndarray, PaddedBatch, dict[str, Any]]]:
+        """Run every module over each batch, in order.
+
+        A runtime encoder that can keep several batches in flight (OpenVINO's ``imap``)
+        runs the Transformer step of all batches that way, the later modules (pooling,
+        Dense, Normalize) following on each result; otherwise one batch at a time.
+        """
+        modules = list(self)
+        encoder = getattr(modules[0], "runtime_encoder", None) if modules else None
+        if count < 2 or not hasattr(encoder, "imap") or self.device.type != "cpu":
+            for indices, padded, features in items:
+                yield indices, padded, self(features)
+            return
+        requests = (
+            ((indices, padded, features), features["input_ids"], features["attention_mask"])
+            for indices, padded, features in items
+        )
+        for (indices, padded, features), hidden in encoder.imap(requests):
+            features["token_embeddings"] = hidden
+            for module in modules[1:]:
+                features = module(features)
+            yield indices, padded, features
 
     # ------------------------------------------------------------------ pool
     def start_multi_process_pool(self, target_devices: list[str] | None = None) -> Any:

@@ -5,11 +5,17 @@
 - ``"torch"`` (default): the Hugging Face model in PyTorch, float32, any device.
 - ``"onnx"``: the same float32 weights through ONNX Runtime with fused attention,
   LayerNorm and GELU kernels; vectors match the torch path (row cosine >= 0.99999).
-- ``"onnx-int8"``: the fused graph with its matrix products dynamically quantized to int8.
-  Several times faster on CPUs with VNNI, at a small, measured cost in accuracy
-  (see docs/performance.md).
+- ``"onnx-int8"``: the fused graph with its projections dynamically quantized to int8.
+- ``"openvino"``: the float32 weights through OpenVINO; same vectors (row cosine >= 0.99999),
+  the fastest exact path on CPU.
+- ``"openvino-bf16"``: the same graph with bf16 matrix products, on CPUs with native bf16;
+  row cosine ~0.99996.
+- ``"openvino-int8"``: statically quantized int8 (attention included), calibrated once on
+  bundled text; the fastest path, at a small measured cost in accuracy.
 
-The ONNX backends need ``onnxruntime`` and ``onnx`` (``pip install embedding-pipeline[fast]``).
+See docs/performance.md for the measured speed and accuracy of each. The ONNX backends
+need ``pip install 'embedding-pipeline[fast]'``, the OpenVINO ones
+``pip install 'embedding-pipeline[openvino]'``.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from embedding_core.backends.common import BackendError
+
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
 
 
 def check_backend(backend: str) -> str:
@@ -32,22 +40,28 @@ def check_backend(backend: str) -> str:
 def attach_backend(transformer: Any, backend: str, revision: str | None = None) -> str:
     """Give ``transformer`` the encoder ``backend`` asks for; returns the backend in effect.
 
-    ONNX backends run on CPU only: on another device, or when the graph cannot be built or
-    fails its check against PyTorch, a warning is logged and PyTorch stays in charge.
+    The ONNX and OpenVINO backends run on CPU only: on another device, or when the graph
+    cannot be built or fails its check against PyTorch, a warning is logged and PyTorch
+    stays in charge.
     """
     check_backend(backend)
-    transformer.onnx_encoder = None
+    transformer.runtime_encoder = None
     if backend == "torch":
         return "torch"
     device = next(transformer.parameters()).device
     if device.type != "cpu":
         logger.warning("backend=%r runs on CPU only; the model is on %s, so PyTorch is used.", backend, device)
         return "torch"
-    from embedding_core.backends.onnx import OnnxBackendError, load_onnx_encoder
-
     try:
-        transformer.onnx_encoder = load_onnx_encoder(transformer.auto_model, backend, revision=revision)
-    except OnnxBackendError as error:
+        if backend.startswith("openvino"):
+            from embedding_core.backends import openvino
+
+            transformer.runtime_encoder = openvino.load_openvino_encoder(transformer, backend, revision=revision)
+        else:
+            from embedding_core.backends import onnx
+
+            transformer.runtime_encoder = onnx.load_onnx_encoder(transformer.auto_model, backend, revision=revision)
+    except BackendError as error:
         logger.warning("%s; PyTorch is used instead.", error)
         return "torch"
     return backend

@@ -19,11 +19,8 @@ and the caller falls back to PyTorch.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,9 +29,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from embedding_core.backends.common import (
+    CACHE_ENV,
+    BackendError,
+    EncoderOutput,
+    cache_root,
+    probe_cosine,
+)
+from embedding_core.backends.common import model_key as _model_key
+
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "EMBEDDING_CORE_CACHE"
+__all__ = [
+    "CACHE_ENV",
+    "OnnxBackendError",
+    "OnnxEncoder",
+    "cache_root",
+    "load_onnx_encoder",
+    "model_key",
+]
 _OPSET = 17
 # Bump when the build steps below change, so cached graphs are rebuilt.
 _RECIPE = 2
@@ -47,14 +60,8 @@ _BERT_LIKE = {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "elec
 _MIN_PROBE_COSINE = {"onnx": 0.99999, "onnx-int8": 0.95}
 
 
-class OnnxBackendError(RuntimeError):
+class OnnxBackendError(BackendError):
     """The model could not be run through ONNX Runtime (export, optimization or check failed)."""
-
-
-def cache_root() -> Path:
-    """Where built graphs are kept: ``EMBEDDING_CORE_CACHE``, else ``~/.cache/embedding_core``."""
-    root = os.environ.get(CACHE_ENV)
-    return Path(root) if root else Path.home() / ".cache" / "embedding_core"
 
 
 class OnnxEncoder:
@@ -75,7 +82,10 @@ class OnnxEncoder:
         self.path = str(path)
         self.backend = backend
         self.session = ort.InferenceSession(
-            self.path, options, providers=["CPUExecutionProvider"], disabled_optimizers=_DISABLED_OPTIMIZERS
+            self.path,
+            options,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=_DISABLED_OPTIMIZERS,
         )
         self.input_names = {item.name for item in self.session.get_inputs()}
 
@@ -88,30 +98,13 @@ class OnnxEncoder:
         return torch.from_numpy(hidden)
 
 
-class _EncoderOutput(nn.Module):
-    """The Hugging Face model as a function of (input_ids, attention_mask) -> last hidden state."""
-
-    def __init__(self, auto_model: nn.Module) -> None:
-        super().__init__()
-        self.auto_model = auto_model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.auto_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
 def model_key(auto_model: nn.Module, revision: str | None) -> str:
     """Folder name for a model's graphs: readable revision prefix + hash of weights and tools."""
     import onnxruntime
-    import transformers
 
-    digest = hashlib.sha256()
-    digest.update(json.dumps(auto_model.config.to_dict(), sort_keys=True, default=str).encode())
-    digest.update(f"{torch.__version__}|{transformers.__version__}|{onnxruntime.__version__}|{_OPSET}|{_RECIPE}".encode())
-    for name, tensor in auto_model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", revision or "weights")[:48]
-    return f"{label}-{digest.hexdigest()[:16]}"
+    return _model_key(
+        auto_model, revision, f"onnxruntime {onnxruntime.__version__}|{_OPSET}|{_RECIPE}"
+    )
 
 
 def load_onnx_encoder(
@@ -127,7 +120,9 @@ def load_onnx_encoder(
     the graph's output disagrees with PyTorch's on a probe batch.
     """
     if backend not in _MIN_PROBE_COSINE:
-        raise ValueError(f"Unknown ONNX backend {backend!r}; expected one of {list(_MIN_PROBE_COSINE)}.")
+        raise ValueError(
+            f"Unknown ONNX backend {backend!r}; expected one of {list(_MIN_PROBE_COSINE)}."
+        )
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -144,7 +139,9 @@ def load_onnx_encoder(
         except OnnxBackendError:
             raise
         except Exception as error:  # the exporter and optimizer raise many kinds of errors
-            raise OnnxBackendError(f"Could not build the {backend} graph: {type(error).__name__}: {error}") from error
+            raise OnnxBackendError(
+                f"Could not build the {backend} graph: {type(error).__name__}: {error}"
+            ) from error
     encoder = OnnxEncoder(path, backend, threads)
     _check_against_torch(encoder, auto_model, backend)
     return encoder
@@ -181,7 +178,7 @@ def _export(auto_model: nn.Module, path: Path) -> None:
         attention_mask[1, 10:] = 0
         with torch.no_grad():
             torch.onnx.export(
-                _EncoderOutput(auto_model).eval(),
+                EncoderOutput(auto_model).eval(),
                 (input_ids, attention_mask),
                 str(path),
                 input_names=["input_ids", "attention_mask"],
@@ -238,20 +235,9 @@ def _quantize(source: Path, target: Path) -> None:
 
 def _check_against_torch(encoder: OnnxEncoder, auto_model: nn.Module, backend: str) -> None:
     """Token embeddings of a padded probe batch must agree with PyTorch's."""
-    generator = torch.Generator().manual_seed(0)
-    vocab = int(getattr(auto_model.config, "vocab_size", 1000))
-    lengths = [40, 23, 7]
-    input_ids = torch.randint(5, max(6, min(vocab, 5000)), (len(lengths), max(lengths)), generator=generator)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, length in enumerate(lengths):
-        attention_mask[row, :length] = 1
-    with torch.no_grad():
-        expected = auto_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    actual = encoder(input_ids, attention_mask)
-    real = attention_mask.bool()
-    cosine = torch.nn.functional.cosine_similarity(actual[real].double(), expected[real].double(), dim=-1)
-    if not bool(torch.isfinite(cosine).all()) or float(cosine.mean()) < _MIN_PROBE_COSINE[backend]:
+    cosine = probe_cosine(encoder, auto_model)
+    if not cosine >= _MIN_PROBE_COSINE[backend]:
         raise OnnxBackendError(
             f"The {backend} graph at {encoder.path} disagrees with PyTorch on a probe batch "
-            f"(mean token cosine {float(cosine.mean()):.6f} < {_MIN_PROBE_COSINE[backend]})."
+            f"(mean token cosine {cosine:.6f} < {_MIN_PROBE_COSINE[backend]})."
         )

@@ -125,15 +125,15 @@ class Transformer(nn.Module):
         return 0 if pad is None else int(pad)
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # An ONNX Runtime encoder (SentenceTransformer(backend="onnx"...)) runs CPU inputs;
-        # anything else (another device, token_type_ids) goes through PyTorch.
-        onnx_encoder = getattr(self, "onnx_encoder", None)
+        # An ONNX Runtime / OpenVINO encoder (SentenceTransformer(backend=...)) runs CPU
+        # inputs; anything else (another device, token_type_ids) goes through PyTorch.
+        runtime_encoder = getattr(self, "runtime_encoder", None)
         if (
-            onnx_encoder is not None
+            runtime_encoder is not None
             and features["input_ids"].device.type == "cpu"
             and "token_type_ids" not in features
         ):
-            features["token_embeddings"] = onnx_encoder(features["input_ids"], features["attention_mask"])
+            features["token_embeddings"] = runtime_encoder(features["input_ids"], features["attention_mask"])
             return features
         model_inputs = {"input_ids": features["input_ids"], "attention_mask": features["attention_mask"]}
         if "token_type_ids" in features:

@@ -1,0 +1,79 @@
+"""What the CPU runtimes share: the build cache, its keys, and the check against PyTorch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CACHE_ENV = "EMBEDDING_CORE_CACHE"
+
+
+class BackendError(RuntimeError):
+    """A runtime could not take over the encoder (missing package, failed build or check)."""
+
+
+def cache_root() -> Path:
+    """Where built graphs are kept: ``EMBEDDING_CORE_CACHE``, else ``~/.cache/embedding_core``."""
+    root = os.environ.get(CACHE_ENV)
+    return Path(root) if root else Path.home() / ".cache" / "embedding_core"
+
+
+class EncoderOutput(nn.Module):
+    """The Hugging Face model as a function of (input_ids, attention_mask) -> last hidden state."""
+
+    def __init__(self, auto_model: nn.Module) -> None:
+        super().__init__()
+        self.auto_model = auto_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.auto_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def model_key(auto_model: nn.Module, revision: str | None, toolchain: str) -> str:
+    """Folder name for a model's built graphs: readable revision prefix + hash of weights and tools.
+
+    ``toolchain`` names the versions and build recipe of the runtime, so that a new
+    exporter, runtime or recipe builds a new file and never reuses a stale one.
+    """
+    import transformers
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(auto_model.config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(f"{torch.__version__}|{transformers.__version__}|{toolchain}".encode())
+    for name, tensor in auto_model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", revision or "weights")[:48]
+    return f"{label}-{digest.hexdigest()[:16]}"
+
+
+def probe_cosine(encoder, auto_model: nn.Module) -> float:
+    """Mean cosine of ``encoder``'s token embeddings against PyTorch's on a padded probe batch.
+
+    Non-finite outputs give ``nan``, which fails every threshold.
+    """
+    generator = torch.Generator().manual_seed(0)
+    vocab = int(getattr(auto_model.config, "vocab_size", 1000))
+    lengths = [40, 23, 7]
+    input_ids = torch.randint(
+        5, max(6, min(vocab, 5000)), (len(lengths), max(lengths)), generator=generator
+    )
+    attention_mask = torch.zeros_like(input_ids)
+    for row, length in enumerate(lengths):
+        attention_mask[row, :length] = 1
+    with torch.no_grad():
+        expected = auto_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    actual = encoder(input_ids, attention_mask)
+    real = attention_mask.bool()
+    cosine = torch.nn.functional.cosine_similarity(
+        actual[real].double(), expected[real].double(), dim=-1
+    )
+    if not bool(torch.isfinite(cosine).all()):
+        return float("nan")
+    return float(cosine.mean())

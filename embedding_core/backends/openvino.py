@@ -1,0 +1,285 @@
+"""OpenVINO encoder for the Transformer module: convert once, cache, run on CPU.
+
+Three backends share one converted graph (PyTorch -> OpenVINO IR with ``ov.convert_model``,
+from the weights already loaded; nothing is downloaded):
+
+- ``openvino``: float32 end to end. Same vectors as PyTorch (row cosine >= 0.99999).
+- ``openvino-bf16``: the float32 graph run with bfloat16 matrix products, on CPUs with
+  native bf16 (AVX512-BF16 or AMX). Row cosine ~0.99996 against float32.
+- ``openvino-int8``: the graph statically quantized by NNCF: every matrix product of the
+  encoder, attention's included, runs in int8 (VNNI), with activation ranges calibrated
+  once on ``embedding_core/data/calibration_texts.jsonl`` (real text held out from the
+  benchmark corpora); what stays in floating point runs in bf16 where the CPU has it.
+
+IRs are cached under ``<cache>/openvino/<model key>/<fp32|int8-...>/model.xml`` (see
+``common.model_key``; the int8 folder name also hashes the calibration texts and the NNCF
+version). A folder appears under its final name only when complete. A freshly compiled
+graph is checked against PyTorch on a probe batch before use; failures raise
+``OpenVinoBackendError`` and the caller falls back to PyTorch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedding_core.backends.common import (
+    BackendError,
+    EncoderOutput,
+    cache_root,
+    model_key,
+    probe_cosine,
+)
+
+logger = logging.getLogger(__name__)
+
+# Bump when the conversion or quantization steps change, so cached IRs are rebuilt.
+_RECIPE = 1
+CALIBRATION_FILE = Path(__file__).resolve().parent.parent / "data" / "calibration_texts.jsonl"
+# Calibration batches: texts per batch (padded to the longest of each batch).
+_CALIBRATION_BATCH = 8
+# How close the probe batch's token embeddings must be to PyTorch's (mean per-token cosine).
+_MIN_PROBE_COSINE = {"openvino": 0.99999, "openvino-bf16": 0.999, "openvino-int8": 0.95}
+
+
+class OpenVinoBackendError(BackendError):
+    """The model could not be run through OpenVINO (conversion, quantization or check failed)."""
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin reports native bfloat16 on this machine."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVinoEncoder:
+    """Runs ``input_ids`` + ``attention_mask`` through a compiled OpenVINO model on CPU.
+
+    Calls return the last hidden state as a float32 CPU tensor that the caller owns; each
+    thread gets its own infer requests. ``imap`` runs many batches with several in flight
+    (OpenVINO "streams": each batch on a share of the cores), which keeps the cores busy
+    between small batches and while Python pads and pools; one call uses all the threads
+    at once on one batch (lowest latency).
+    """
+
+    def __init__(self, path: str | os.PathLike, backend: str, threads: int | None = None) -> None:
+        import openvino as ov
+
+        self.path = str(path)
+        self.backend = backend
+        bf16 = backend != "openvino" and cpu_has_bf16()
+        if backend == "openvino-bf16" and not bf16:
+            raise OpenVinoBackendError(
+                "backend='openvino-bf16' needs a CPU with native bf16 (AVX512-BF16 or AMX)"
+            )
+        self.precision = "bf16" if bf16 else "f32"
+        self.threads = int(threads or torch.get_num_threads())
+        self._core = ov.Core()
+        self._config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": self.threads}
+        self.compiled = self._core.compile_model(self.path, "CPU", {**self._config, "PERFORMANCE_HINT": "LATENCY"})
+        self._streamed = None
+        self._compile_lock = threading.Lock()
+        self._local = threading.local()
+
+    def _request(self):
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request
+
+    def _stream_requests(self) -> list:
+        requests = getattr(self._local, "stream_requests", None)
+        if requests is None:
+            with self._compile_lock:
+                if self._streamed is None:
+                    config = {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"}
+                    self._streamed = self._core.compile_model(self.path, "CPU", config)
+            depth = int(self._streamed.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            requests = [self._streamed.create_infer_request() for _ in range(max(1, depth))]
+            self._local.stream_requests = requests
+        return requests
+
+    @staticmethod
+    def _feeds(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, np.ndarray]:
+        return {
+            "input_ids": np.ascontiguousarray(input_ids.detach().cpu().numpy(), dtype=np.int64),
+            "attention_mask": np.ascontiguousarray(attention_mask.detach().cpu().numpy(), dtype=np.int64),
+        }
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        result = self._request().infer(self._feeds(input_ids, attention_mask), share_inputs=True, share_outputs=False)
+        return torch.from_numpy(result[0])
+
+    def imap(self, items: Iterable[tuple[Any, torch.Tensor, torch.Tensor]]) -> Iterator[tuple[Any, torch.Tensor]]:
+        """``(context, input_ids, attention_mask)`` -> ``(context, last hidden state)``, in order.
+
+        Up to one batch per stream runs at a time; results come back in the order given.
+        """
+        free = list(self._stream_requests())
+        pending: deque = deque()
+
+        def collect():
+            request, context, _feeds = pending.popleft()
+            request.wait()
+            hidden = torch.from_numpy(request.get_output_tensor(0).data.copy())
+            free.append(request)
+            return context, hidden
+
+        try:
+            for context, input_ids, attention_mask in items:
+                if not free:
+                    yield collect()
+                request = free.pop()
+                feeds = self._feeds(input_ids, attention_mask)
+                # The inputs are shared, not copied: ``pending`` keeps them alive until done.
+                request.start_async(feeds, share_inputs=True)
+                pending.append((request, context, feeds))
+            while pending:
+                yield collect()
+        finally:
+            for request, _context, _feeds in pending:  # abandoned early: let them finish
+                request.wait()
+            free.extend(request for request, _context, _feeds in pending)
+            pending.clear()
+
+
+def load_openvino_encoder(
+    transformer: Any,
+    backend: str,
+    revision: str | None = None,
+    cache_folder: str | os.PathLike | None = None,
+    threads: int | None = None,
+    calibration_texts: Sequence[str] | None = None,
+) -> OpenVinoEncoder:
+    """Build (or reuse from the cache) the IR ``backend`` needs for ``transformer`` and compile it.
+
+    ``transformer`` is the ``modules.Transformer`` (its tokenizer prepares the calibration
+    batches of ``openvino-int8``; ``calibration_texts`` replaces the bundled ones, e.g. a
+    sample of the corpus about to be encoded). Raises ``OpenVinoBackendError`` when
+    openvino (or nncf, for int8) is missing, the build fails, or the compiled graph
+    disagrees with PyTorch on a probe batch.
+    """
+    if backend not in _MIN_PROBE_COSINE:
+        raise ValueError(f"Unknown OpenVINO backend {backend!r}; expected one of {list(_MIN_PROBE_COSINE)}.")
+    try:
+        import openvino
+
+        if backend == "openvino-int8":
+            import nncf
+    except ImportError as error:
+        raise OpenVinoBackendError(
+            f"backend={backend!r} needs openvino (and nncf for int8): "
+            f"pip install 'embedding-pipeline[openvino]' ({error})"
+        ) from error
+    auto_model = transformer.auto_model
+    folder = Path(cache_folder) if cache_folder else cache_root() / "openvino"
+    folder = folder / model_key(auto_model, revision, f"openvino {openvino.__version__}|{_RECIPE}")
+    fp32 = folder / "fp32"
+    try:
+        if not (fp32 / "model.xml").exists():
+            _build(fp32, lambda target: _convert(auto_model, target))
+        path = fp32
+        if backend == "openvino-int8":
+            texts = list(calibration_texts) if calibration_texts is not None else bundled_calibration_texts()
+            if not texts:
+                raise ValueError("calibration_texts is empty")
+            digest = hashlib.sha256(json.dumps([nncf.__version__, transformer.max_seq_length, texts]).encode())
+            path = folder / f"int8-{digest.hexdigest()[:12]}"
+            if not (path / "model.xml").exists():
+                _build(path, lambda target: _quantize(fp32 / "model.xml", transformer, texts, target))
+        encoder = OpenVinoEncoder(path / "model.xml", backend, threads)
+    except OpenVinoBackendError:
+        raise
+    except Exception as error:  # the converter, NNCF and the plugin raise many kinds of errors
+        raise OpenVinoBackendError(f"Could not build the {backend} model: {type(error).__name__}: {error}") from error
+    cosine = probe_cosine(encoder, auto_model)
+    if not cosine >= _MIN_PROBE_COSINE[backend]:
+        raise OpenVinoBackendError(
+            f"The {backend} model at {encoder.path} disagrees with PyTorch on a probe batch "
+            f"(mean token cosine {cosine:.6f} < {_MIN_PROBE_COSINE[backend]})."
+        )
+    return encoder
+
+
+def bundled_calibration_texts() -> list[str]:
+    with open(CALIBRATION_FILE, encoding="utf-8") as fh:
+        return [json.loads(line)["text"] for line in fh if line.strip()]
+
+
+def _build(folder: Path, write) -> None:
+    """``write(scratch/model.xml)`` in a scratch folder, then rename the folder into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".build-"))
+    try:
+        write(scratch / "model.xml")
+        try:
+            # Same filesystem, so the rename is atomic: readers see no folder or a whole one.
+            os.replace(scratch, folder)
+        except OSError:
+            if not (folder / "model.xml").exists():  # not a concurrent build that won the race
+                raise
+    finally:
+        if scratch.exists():
+            for item in scratch.iterdir():
+                item.unlink()
+            scratch.rmdir()
+    logger.info("Built the OpenVINO model at %s", folder)
+
+
+def _convert(auto_model: nn.Module, target: Path) -> None:
+    import openvino as ov
+
+    vocab = int(getattr(auto_model.config, "vocab_size", 1000))
+    input_ids = torch.randint(5, max(6, min(vocab, 1000)), (2, 16), dtype=torch.long)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 10:] = 0
+    with torch.no_grad():
+        converted = ov.convert_model(
+            EncoderOutput(auto_model).eval(),
+            example_input=(input_ids, attention_mask),
+            input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)],
+        )
+    ov.save_model(converted, str(target), compress_to_fp16=False)
+
+
+def _quantize(source: Path, transformer: Any, texts: list[str], target: Path) -> None:
+    import nncf
+    import openvino as ov
+
+    tokenizer = transformer.tokenizer
+    batches = []
+    for start in range(0, len(texts), _CALIBRATION_BATCH):
+        encoded = tokenizer(
+            texts[start : start + _CALIBRATION_BATCH],
+            truncation=True,
+            max_length=transformer.max_seq_length,
+            padding=True,
+            return_tensors="np",
+        )
+        batches.append({name: encoded[name].astype(np.int64) for name in ("input_ids", "attention_mask")})
+    nncf_logger = logging.getLogger("nncf")
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.WARNING)
+    try:
+        quantized = nncf.quantize(
+            ov.Core().read_model(str(source)),
+            nncf.Dataset(batches),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(batches),
+        )
+    finally:
+        nncf_logger.setLevel(level)
+    ov.save_model(quantized, str(target), compress_to_fp16=False)
