@@ -11,7 +11,7 @@ text's top-10 neighbours with the reference's. The roofline line gives a large f
 product's GFLOP/s here and the model's FLOPs per text, so the share of the hardware limit
 reached is visible.
 
-    .venv/bin/python benchmarks/bench_encode.py                # torch, onnx, onnx-int8
+    .venv/bin/python benchmarks/bench_encode.py                # torch + the openvino backends
     .venv/bin/python benchmarks/bench_encode.py --backends torch --rounds 5 --limit 1000
 """
 
@@ -48,7 +48,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpora", default="short,mixed", help="comma-separated: short, mixed")
-    parser.add_argument("--backends", default="torch,onnx,onnx-int8", help="embedding_core backends to time")
+    parser.add_argument(
+        "--backends",
+        default="torch,openvino,openvino-bf16,openvino-int8",
+        help="embedding_core backends to time (also: onnx, onnx-int8)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (reference + each backend)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N texts of each corpus")
     parser.add_argument("--batch-size", type=int, default=32)

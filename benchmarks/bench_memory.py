@@ -6,7 +6,7 @@ text differs and none is reused by the store). They are produced shard by shard,
 and written with ``embedding_core.store.EmbeddingStore`` (one corpus partition and one
 embeddings version per shard), so no stage ever holds all texts or vectors at once.
 
-    .venv/bin/python benchmarks/bench_memory.py                  # 50k and 200k, backend onnx
+    .venv/bin/python benchmarks/bench_memory.py                  # 50k and 200k, backend openvino
     .venv/bin/python benchmarks/bench_memory.py --sizes 20000 --backend torch
 """
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="50000,200000", help="comma-separated text counts, one subprocess each")
     parser.add_argument("--shard-size", type=int, default=10000, help="texts per stored partition")
-    parser.add_argument("--backend", default="onnx", help="embedding_core backend (onnx = fp32, same vectors)")
+    parser.add_argument("--backend", default="openvino", help="embedding_core backend (openvino = fp32, same vectors)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--texts", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)

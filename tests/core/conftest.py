@@ -51,6 +51,76 @@ def assert_rows_match(ours, theirs, min_cosine: float = 0.99999) -> None:
     assert cosines[worst] >= min_cosine, f"row {worst} cosine {cosines[worst]:.7f} < {min_cosine}"
 
 
+def runtime_cache(folder: Path):
+    """Point ``EMBEDDING_CORE_CACHE`` at ``folder`` (built graphs never go to the user's cache)."""
+    from embedding_core.backends.common import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
+# The packages each opt-in backend needs; a test of a backend whose packages are missing skips.
+BACKEND_PACKAGES = {
+    "onnx": ("onnx", "onnxruntime"),
+    "onnx-int8": ("onnx", "onnxruntime"),
+    "openvino": ("openvino",),
+    "openvino-bf16": ("openvino",),
+    "openvino-int8": ("openvino", "nncf"),
+}
+
+
+@pytest.fixture(scope="session")
+def backend_cache(tmp_path_factory):
+    yield from runtime_cache(tmp_path_factory.mktemp("backend-cache"))
+
+
+@pytest.fixture(scope="session")
+def load_backend(bundled_model_path, backend_cache):
+    """``load_backend(name)``: the bundled model on that backend, built once per session."""
+    from embedding_core import SentenceTransformer
+
+    loaded = {}
+
+    def load(name: str):
+        for package in BACKEND_PACKAGES[name]:
+            pytest.importorskip(package)
+        if name not in loaded:
+            model = SentenceTransformer(bundled_model_path, device="cpu", backend=name)
+            assert model.backend == name
+            loaded[name] = model
+        return loaded[name]
+
+    return load
+
+
+def top10_overlap(candidate, reference) -> float:
+    """Mean share of each text's 10 nearest neighbours (cosine, self excluded) both agree on."""
+
+    def top10(vectors):
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        scores = unit @ unit.T
+        np.fill_diagonal(scores, -np.inf)
+        return np.argpartition(-scores, 10, axis=1)[:, :10]
+
+    pairs = zip(top10(np.asarray(candidate)), top10(np.asarray(reference)), strict=True)
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in pairs]))
+
+
+def assert_fast_path_quality(fast, fp32, min_overlap: float | None = None) -> None:
+    """The issue's bar for a lossy fast path: mean row cosine >= 0.99, min >= 0.97 (and top-10 overlap)."""
+    cosines = row_cosines(fast, fp32)
+    assert cosines.mean() >= 0.99, cosines.mean()
+    assert cosines.min() >= 0.97, (cosines.min(), int(np.argmin(cosines)))
+    if min_overlap is not None:
+        overlap = top10_overlap(fast, fp32)
+        assert overlap >= min_overlap, overlap
+
+
 def linked_copy(source: str | Path, target: Path) -> Path:
     """A copy of a model folder whose large files are symlinks, so variants cost no disk."""
     source = Path(source)
