@@ -50,6 +50,10 @@ _RECIPE = 1
 CALIBRATION_FILE = Path(__file__).resolve().parent.parent / "data" / "calibration_texts.jsonl"
 # Calibration batches: texts per batch (padded to the longest of each batch).
 _CALIBRATION_BATCH = 8
+# Compiled kernels kept per input shape (OpenVINO's default is 5000): every (batch, length)
+# pair is a new shape, and a long run over varied text grew RSS by ~50 MB per 5000 texts
+# with the default; 100 measured as fast and flat (docs/performance.md).
+_RUNTIME_CACHE_CAPACITY = 100
 # How close the probe batch's token embeddings must be to PyTorch's (mean per-token cosine).
 _MIN_PROBE_COSINE = {"openvino": 0.99999, "openvino-bf16": 0.999, "openvino-int8": 0.95}
 
@@ -69,10 +73,10 @@ class OpenVinoEncoder:
     """Runs ``input_ids`` + ``attention_mask`` through a compiled OpenVINO model on CPU.
 
     Calls return the last hidden state as a float32 CPU tensor that the caller owns; each
-    thread gets its own infer requests. ``imap`` runs many batches with several in flight
-    (OpenVINO "streams": each batch on a share of the cores), which keeps the cores busy
-    between small batches and while Python pads and pools; one call uses all the threads
-    at once on one batch (lowest latency).
+    thread gets its own infer requests. The model is compiled for throughput: the cores are
+    split into OpenVINO "streams" (on 2 cores: 2 streams of 1 thread), and ``imap`` keeps
+    one batch per stream in flight, so the cores stay busy between small batches and while
+    Python pads and pools. A single call runs on one stream.
     """
 
     def __init__(self, path: str | os.PathLike, backend: str, threads: int | None = None) -> None:
@@ -87,29 +91,21 @@ class OpenVinoEncoder:
             )
         self.precision = "bf16" if bf16 else "f32"
         self.threads = int(threads or torch.get_num_threads())
-        self._core = ov.Core()
-        self._config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": self.threads}
-        self.compiled = self._core.compile_model(self.path, "CPU", {**self._config, "PERFORMANCE_HINT": "LATENCY"})
-        self._streamed = None
-        self._compile_lock = threading.Lock()
+        config = {
+            "INFERENCE_PRECISION_HINT": self.precision,
+            "INFERENCE_NUM_THREADS": self.threads,
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "CPU_RUNTIME_CACHE_CAPACITY": _RUNTIME_CACHE_CAPACITY,
+        }
+        self.compiled = ov.Core().compile_model(self.path, "CPU", config)
+        self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._local = threading.local()
 
-    def _request(self):
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        return request
-
-    def _stream_requests(self) -> list:
-        requests = getattr(self._local, "stream_requests", None)
+    def _requests(self) -> list:
+        """This thread's infer requests, one per stream."""
+        requests = getattr(self._local, "requests", None)
         if requests is None:
-            with self._compile_lock:
-                if self._streamed is None:
-                    config = {**self._config, "PERFORMANCE_HINT": "THROUGHPUT"}
-                    self._streamed = self._core.compile_model(self.path, "CPU", config)
-            depth = int(self._streamed.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            requests = [self._streamed.create_infer_request() for _ in range(max(1, depth))]
-            self._local.stream_requests = requests
+            requests = self._local.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
         return requests
 
     @staticmethod
@@ -120,7 +116,8 @@ class OpenVinoEncoder:
         }
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        result = self._request().infer(self._feeds(input_ids, attention_mask), share_inputs=True, share_outputs=False)
+        feeds = self._feeds(input_ids, attention_mask)
+        result = self._requests()[0].infer(feeds, share_inputs=True, share_outputs=False)
         return torch.from_numpy(result[0])
 
     def imap(self, items: Iterable[tuple[Any, torch.Tensor, torch.Tensor]]) -> Iterator[tuple[Any, torch.Tensor]]:
@@ -128,7 +125,7 @@ class OpenVinoEncoder:
 
         Up to one batch per stream runs at a time; results come back in the order given.
         """
-        free = list(self._stream_requests())
+        free = list(self._requests())
         pending: deque = deque()
 
         def collect():
