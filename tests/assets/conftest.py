@@ -28,9 +28,12 @@ def write_sample_slice(landing: Path, rows: int = ROWS_PER_SHARD) -> Path:
 def fresh_defs_state_storage():
     """Start every test with no "current" Dagster defs-state storage.
 
-    Dagster keeps it in a context variable set by whichever instance was entered last; an
-    instance torn down by an earlier test can leave it holding a dead weak reference, and
-    loading Definitions (build_sensor_context) then fails depending on test order.
+    Dagster keeps it in a context variable set by whichever instance was entered last. A
+    schedule context built with ``instance=`` opens its own instance from the ref and only
+    closes it on ``__exit__``; left to garbage collection, its reset can land in a later
+    test and leave the variable holding a dead weak reference, so loading Definitions fails
+    depending on GC timing. The tests enter those contexts (``with build_*_context(...)``);
+    this fixture keeps one test's leftovers from reaching the next.
     """
     with set_defs_state_storage(None):
         yield

@@ -70,9 +70,11 @@ def test_backfill_chunks_are_contiguous_ranges_of_at_most_the_policy_size():
 
 
 def evaluate_landing_sensor(defs, instance: DagsterInstance, cursor: str | None):
-    context = build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
-                                   resources=defs.resources)
-    return corpus_landing_sensor(context)
+    # Entered, so the context's resources (and any instance it opens) are closed here, not
+    # whenever garbage collection gets to them.
+    with build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                              resources=defs.resources) as context:
+        return corpus_landing_sensor(context)
 
 
 def test_landing_sensor_adds_partitions_and_requests_only_new_or_changed_files(defs, landing, instance):
@@ -110,8 +112,8 @@ def test_model_revision_sensor_is_quiet_offline_for_hub_models(tmp_path, instanc
     defs.resources["embedding_store"].open().record_model_snapshot(ModelSnapshot(
         model_key="some-org/some-model", model="some-org/some-model", revision="a" * 40,
         source="hub", path=str(tmp_path / "nowhere"), dim=8))
-    context = build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
-    result = model_revision_sensor(context)
+    with build_sensor_context(instance=instance, definitions=defs, resources=defs.resources) as context:
+        result = model_revision_sensor(context)
     assert isinstance(result, SkipReason)
     assert result.skip_message == "offline (HF_HUB_OFFLINE or local_files_only): hub not asked"
 
@@ -122,34 +124,39 @@ def test_model_revision_sensor_requests_a_snapshot_when_a_local_model_changes(tm
     model_dir = local_model_copy(tmp_path / "model")
     defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing),
                              encoder=EncoderResource(model_name=str(model_dir)))
-    context = build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
-    assert isinstance(model_revision_sensor(context), RunRequest)  # nothing recorded yet
+    with build_sensor_context(instance=instance, definitions=defs, resources=defs.resources) as context:
+        assert isinstance(model_revision_sensor(context), RunRequest)  # nothing recorded yet
 
-    materialize_selection(defs, instance, [AssetKey("model_snapshot")])
-    unchanged = model_revision_sensor(context)
-    assert isinstance(unchanged, SkipReason) and "is still at sha256:" in unchanged.skip_message
+        materialize_selection(defs, instance, [AssetKey("model_snapshot")])
+        unchanged = model_revision_sensor(context)
+        assert isinstance(unchanged, SkipReason) and "is still at sha256:" in unchanged.skip_message
 
-    (model_dir / "NOTES.md").write_text("changed\n")
-    request = model_revision_sensor(context)
+        (model_dir / "NOTES.md").write_text("changed\n")
+        request = model_revision_sensor(context)
     assert isinstance(request, RunRequest)
     old = defs.resources["embedding_store"].open().current_model_snapshot(str(model_dir)).revision
     assert request.run_key.startswith(f"model_snapshot:{model_dir}:sha256:")
     assert old not in request.run_key
 
 
+def evaluate_schedule(defs, instance: DagsterInstance):
+    # The context opens its own instance from the ref; leaving the block closes it (and resets
+    # Dagster's current defs-state storage) now, not when garbage collection gets to it.
+    with build_schedule_context(instance=instance, resources=defs.resources) as context:
+        return refresh_stale_embeddings(context)
+
+
 def test_schedule_requests_exactly_the_stale_partitions(defs, landing, instance):
-    context = build_schedule_context(instance=instance, resources=defs.resources)
-    assert "no model snapshot" in refresh_stale_embeddings(context).skip_message
+    assert "no model snapshot" in evaluate_schedule(defs, instance).skip_message
 
     materialize_everything(defs, instance)
-    context = build_schedule_context(instance=instance, resources=defs.resources)
-    assert "all embeddings are current" in refresh_stale_embeddings(context).skip_message
+    assert "all embeddings are current" in evaluate_schedule(defs, instance).skip_message
 
     with open(landing / "python_docs.jsonl", "a", encoding="utf-8") as appended:
         appended.write(json.dumps({"id": "extra", "text": "One more paragraph."}) + "\n")
     keys = register_landing_partitions(defs, instance)
     assert materialize_selection(defs, instance, [AssetKey("corpus")], keys)[0].success
-    requests = refresh_stale_embeddings(build_schedule_context(instance=instance, resources=defs.resources))
+    requests = evaluate_schedule(defs, instance)
     assert [r.partition_key for r in requests] == ["python_docs.jsonl"]
     store = defs.resources["embedding_store"].open()
     snapshot = store.current_model_snapshot(DEFAULT_MODEL_NAME)
