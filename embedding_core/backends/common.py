@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,6 +34,14 @@ class EncoderOutput(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.auto_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def int64_feeds(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, np.ndarray]:
+    """The encoder's inputs as the contiguous int64 numpy arrays both runtimes take."""
+    return {
+        "input_ids": np.ascontiguousarray(input_ids.detach().cpu().numpy(), dtype=np.int64),
+        "attention_mask": np.ascontiguousarray(attention_mask.detach().cpu().numpy(), dtype=np.int64),
+    }
 
 
 def model_key(auto_model: nn.Module, revision: str | None, toolchain: str) -> str:

@@ -25,29 +25,20 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from embedding_core.backends.common import (
-    CACHE_ENV,
     BackendError,
     EncoderOutput,
     cache_root,
+    int64_feeds,
     probe_cosine,
 )
 from embedding_core.backends.common import model_key as _model_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "CACHE_ENV",
-    "OnnxBackendError",
-    "OnnxEncoder",
-    "cache_root",
-    "load_onnx_encoder",
-    "model_key",
-]
 _OPSET = 17
 # Bump when the build steps below change, so cached graphs are rebuilt.
 _RECIPE = 2
@@ -90,11 +81,7 @@ class OnnxEncoder:
         self.input_names = {item.name for item in self.session.get_inputs()}
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        feeds = {
-            "input_ids": input_ids.detach().cpu().numpy().astype(np.int64, copy=False),
-            "attention_mask": attention_mask.detach().cpu().numpy().astype(np.int64, copy=False),
-        }
-        (hidden,) = self.session.run(["last_hidden_state"], feeds)
+        (hidden,) = self.session.run(["last_hidden_state"], int64_feeds(input_ids, attention_mask))
         return torch.from_numpy(hidden)
 
 

@@ -39,6 +39,7 @@ from embedding_core.backends.common import (
     BackendError,
     EncoderOutput,
     cache_root,
+    int64_feeds,
     model_key,
     probe_cosine,
 )
@@ -108,15 +109,8 @@ class OpenVinoEncoder:
             requests = self._local.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
         return requests
 
-    @staticmethod
-    def _feeds(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, np.ndarray]:
-        return {
-            "input_ids": np.ascontiguousarray(input_ids.detach().cpu().numpy(), dtype=np.int64),
-            "attention_mask": np.ascontiguousarray(attention_mask.detach().cpu().numpy(), dtype=np.int64),
-        }
-
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        feeds = self._feeds(input_ids, attention_mask)
+        feeds = int64_feeds(input_ids, attention_mask)
         result = self._requests()[0].infer(feeds, share_inputs=True, share_outputs=False)
         return torch.from_numpy(result[0])
 
@@ -140,7 +134,7 @@ class OpenVinoEncoder:
                 if not free:
                     yield collect()
                 request = free.pop()
-                feeds = self._feeds(input_ids, attention_mask)
+                feeds = int64_feeds(input_ids, attention_mask)
                 # The inputs are shared, not copied: ``pending`` keeps them alive until done.
                 request.start_async(feeds, share_inputs=True)
                 pending.append((request, context, feeds))
@@ -149,8 +143,6 @@ class OpenVinoEncoder:
         finally:
             for request, _context, _feeds in pending:  # abandoned early: let them finish
                 request.wait()
-            free.extend(request for request, _context, _feeds in pending)
-            pending.clear()
 
 
 def load_openvino_encoder(
@@ -217,22 +209,18 @@ def bundled_calibration_texts() -> list[str]:
 
 
 def _build(folder: Path, write) -> None:
-    """``write(scratch/model.xml)`` in a scratch folder, then rename the folder into place."""
+    """``write(scratch/model.xml)`` in a scratch folder, then rename it into place as ``folder``."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".build-"))
-    try:
-        write(scratch / "model.xml")
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".build-") as scratch:
+        built = Path(scratch) / "model"
+        built.mkdir()
+        write(built / "model.xml")
         try:
             # Same filesystem, so the rename is atomic: readers see no folder or a whole one.
-            os.replace(scratch, folder)
+            os.replace(built, folder)
         except OSError:
             if not (folder / "model.xml").exists():  # not a concurrent build that won the race
                 raise
-    finally:
-        if scratch.exists():
-            for item in scratch.iterdir():
-                item.unlink()
-            scratch.rmdir()
     logger.info("Built the OpenVINO model at %s", folder)
 
 
