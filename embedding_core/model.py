@@ -462,7 +462,7 @@ class SentenceTransformer(nn.Sequential):
                 yield indices, padded, features
 
         with progress:
-            for indices, padded, features in self._forward_batches(padded_batches(), len(batches)):
+            for indices, padded, features in self._forward_batches(padded_batches()):
                 index_tensor = torch.from_numpy(indices)
                 if output_value == "sentence_embedding":
                     embeddings = features["sentence_embedding"]
@@ -502,7 +502,7 @@ class SentenceTransformer(nn.Sequential):
         return per_text
 
     def _forward_batches(
-        self, items: Iterator[tuple[np.ndarray, PaddedBatch, dict[str, Any]]], count: int
+        self, items: Iterator[tuple[np.ndarray, PaddedBatch, dict[str, Any]]]
     ) -> Iterator[tuple[np.ndarray, PaddedBatch, dict[str, Any]]]:
         """Run every module over each batch, in order.
 
@@ -512,7 +512,7 @@ class SentenceTransformer(nn.Sequential):
         """
         modules = list(self)
         encoder = getattr(modules[0], "runtime_encoder", None) if modules else None
-        if count < 2 or not hasattr(encoder, "imap") or self.device.type != "cpu":
+        if not hasattr(encoder, "imap") or self.device.type != "cpu":
             for indices, padded, features in items:
                 yield indices, padded, self(features)
             return
