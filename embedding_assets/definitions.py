@@ -4,8 +4,9 @@ Configuration comes from environment variables, read when the code location load
 run workers of a deployment must see the same values):
 
 =============================  =====================================================
-EMBEDDING_STORE_ROOT           store folder or URI (default ``./store``)
-EMBEDDING_CATALOG_PATH         local DuckDB catalog (default ``<root>/catalog.duckdb``)
+EMBEDDING_STORE_ROOT           store data path: folder or ``s3://bucket/prefix`` (default ``./store``)
+EMBEDDING_CATALOG              DuckDB catalog file (default: under a local root) or
+                               ``postgres:<libpq key=value string>`` (required for s3://)
 EMBEDDING_LANDING_DIR          corpus landing folder (default: the bundled sample corpus)
 EMBEDDING_MODEL                model name or folder (default all-MiniLM-L6-v2, bundled)
 EMBEDDING_MODEL_REVISION       branch, tag or commit (default: the hub's main)
@@ -35,7 +36,7 @@ SAMPLE_CORPUS_DIR = str(Path(__file__).parent / "sample_corpus")
 
 
 def build_definitions(
-    store_root: str, landing_dir: str = SAMPLE_CORPUS_DIR, catalog_path: str | None = None,
+    store_root: str, landing_dir: str = SAMPLE_CORPUS_DIR, catalog: str | None = None,
     encoder: EncoderResource | None = None,
 ) -> Definitions:
     """Definitions over a given store and landing folder (tests and scripts build their own)."""
@@ -45,7 +46,7 @@ def build_definitions(
         sensors=[corpus_landing_sensor, model_revision_sensor],
         schedules=[refresh_stale_embeddings],
         resources={
-            "embedding_store": EmbeddingStoreResource(root=store_root, catalog_path=catalog_path),
+            "embedding_store": EmbeddingStoreResource(root=store_root, catalog=catalog),
             "corpus_source": CorpusSourceResource(landing_dir=landing_dir),
             "encoder": encoder or EncoderResource(model_name=DEFAULT_MODEL_NAME),
         },
@@ -62,7 +63,7 @@ def definitions_from_env(environ: os._Environ | dict = os.environ) -> Definition
     return build_definitions(
         store_root=_local_or_uri(environ.get("EMBEDDING_STORE_ROOT") or "store"),
         landing_dir=_local_or_uri(environ.get("EMBEDDING_LANDING_DIR") or SAMPLE_CORPUS_DIR),
-        catalog_path=environ.get("EMBEDDING_CATALOG_PATH") or None,
+        catalog=environ.get("EMBEDDING_CATALOG") or None,
         encoder=EncoderResource(
             model_name=environ.get("EMBEDDING_MODEL") or DEFAULT_MODEL_NAME,
             revision=environ.get("EMBEDDING_MODEL_REVISION") or None,

@@ -24,17 +24,19 @@ __all__ = ["CorpusSourceResource", "EmbeddingStoreResource", "EncoderResource", 
 
 
 class EmbeddingStoreResource(ConfigurableResource):
-    """The versioned Parquet + DuckDB store (`embedding_core.store.EmbeddingStore`)."""
+    """The versioned DuckLake store (`embedding_core.store.EmbeddingStore`): Parquet data files
+    under `root`, the catalog in a DuckDB file or a Postgres database."""
 
-    root: str = Field(description="Local folder or pyarrow filesystem URI (s3://, gs://, ...).")
-    catalog_path: str | None = Field(
+    root: str = Field(description="Data path: a local folder or s3://bucket/prefix.")
+    catalog: str | None = Field(
         default=None,
-        description="Local DuckDB catalog file; defaults to <root>/catalog.duckdb, required "
-        "for remote roots.",
+        description="DuckDB catalog file (default: under a local root), or "
+        "'postgres:<libpq key=value string>' for many writers on many machines; required "
+        "for an s3:// root.",
     )
 
     def open(self) -> EmbeddingStore:
-        return EmbeddingStore(self.root, catalog_path=self.catalog_path)
+        return EmbeddingStore(self.root, catalog=self.catalog)
 
 
 @dataclass(frozen=True)

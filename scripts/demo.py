@@ -33,11 +33,11 @@ def main(queries: list[str]) -> int:
     status = backfill([])
     if status != 0:
         return status
-    store = EmbeddingStore(os.environ["EMBEDDING_STORE_ROOT"], os.environ.get("EMBEDDING_CATALOG_PATH"))
+    store = EmbeddingStore.from_env()
     with store.connect() as con:
         rows, partitions = con.execute(
             "SELECT count(*), count(DISTINCT partition) FROM embeddings").fetchone()
-    print(f"\nStore:   {store.uri('')}\nCatalog: {store.catalog_path} "
+    print(f"\nStore:   {store.root}\nCatalog: {store.catalog_label} "
           f"({rows} vectors in {partitions} partitions; views `embeddings`, `documents`)")
     for query in queries:
         snapshot, hits = search(store, query, top_k=3)
