@@ -15,6 +15,10 @@ EMBEDDING_TARGET_DEVICES       comma list for the multi-process pool (``cuda:0,c
 EMBEDDING_BATCH_SIZE           default 32
 EMBEDDING_PRECISION            float32 (default), binary or ubinary
 EMBEDDING_NORMALIZE            1 to store unit-length vectors
+EMBEDDING_EXECUTOR             ``celery``: every step runs on a Celery worker (deploy/);
+                               unset: Dagster's default (multiprocess) executor
+EMBEDDING_CELERY_BROKER        the Celery broker URL (required for celery), ``redis://h:p/0``
+EMBEDDING_CELERY_BACKEND       the Celery result backend (default: the broker)
 =============================  =====================================================
 """
 
@@ -23,7 +27,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import Definitions
+from dagster import Definitions, ExecutorDefinition
 
 from embedding_assets.assets import corpus, embeddings, model_snapshot
 from embedding_assets.checks import embeddings_match_model
@@ -37,10 +41,11 @@ SAMPLE_CORPUS_DIR = str(Path(__file__).parent / "sample_corpus")
 
 def build_definitions(
     store_root: str, landing_dir: str = SAMPLE_CORPUS_DIR, catalog: str | None = None,
-    encoder: EncoderResource | None = None,
+    encoder: EncoderResource | None = None, executor: ExecutorDefinition | None = None,
 ) -> Definitions:
     """Definitions over a given store and landing folder (tests and scripts build their own)."""
     return Definitions(
+        executor=executor,
         assets=[corpus, model_snapshot, embeddings],
         asset_checks=[embeddings_match_model],
         sensors=[corpus_landing_sensor, model_revision_sensor],
@@ -55,6 +60,26 @@ def build_definitions(
 
 def _local_or_uri(value: str) -> str:
     return value if "://" in value else os.path.abspath(value)
+
+
+def executor_from_env(environ: os._Environ | dict = os.environ) -> ExecutorDefinition | None:
+    """The executor EMBEDDING_EXECUTOR names: None (Dagster's default) or ``celery``, which sends
+    each step to the Celery workers listening on EMBEDDING_CELERY_BROKER (dagster-celery, in the
+    ``distributed`` extra)."""
+    name = (environ.get("EMBEDDING_EXECUTOR") or "").strip().lower()
+    if name in {"", "default", "multiprocess"}:
+        return None
+    if name != "celery":
+        raise ValueError(f"EMBEDDING_EXECUTOR={name!r}: expected 'celery' or unset")
+    broker = environ.get("EMBEDDING_CELERY_BROKER")
+    if not broker:
+        raise ValueError("EMBEDDING_EXECUTOR=celery needs EMBEDDING_CELERY_BROKER (redis://host:port/0)")
+    from dagster_celery import celery_executor
+
+    return celery_executor.configured(
+        {"broker": broker, "backend": environ.get("EMBEDDING_CELERY_BACKEND") or broker},
+        name="celery",
+    )
 
 
 def definitions_from_env(environ: os._Environ | dict = os.environ) -> Definitions:
@@ -73,6 +98,7 @@ def definitions_from_env(environ: os._Environ | dict = os.environ) -> Definition
             precision=environ.get("EMBEDDING_PRECISION") or "float32",
             normalize_embeddings=(environ.get("EMBEDDING_NORMALIZE") or "0").lower() in {"1", "true", "yes"},
         ),
+        executor=executor_from_env(environ),
     )
 
 
