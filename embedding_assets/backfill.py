@@ -6,8 +6,10 @@ Steps: add a partition for every landing file the instance does not know yet; ma
 `model_snapshot` (pinning the requested revision); then materialize `corpus` + `embeddings`
 for the selected partitions in runs of at most `MAX_PARTITIONS_PER_RUN` contiguous shards
 (the assets' backfill policy). Runs execute in this process and are recorded in the
-instance under `$DAGSTER_HOME` (an in-memory instance when it is unset). The exit status is
-non-zero when any run fails. Settings come from the EMBEDDING_* variables
+instance under `$DAGSTER_HOME` (an in-memory instance when it is unset). With
+`--submit <webserver URL>` the same runs go instead to a running deployment's queue (e.g.
+`make cluster`) and execute on its executor; the deployment's own EMBEDDING_* settings apply
+there. The exit status is non-zero when any run fails. Settings come from the EMBEDDING_* variables
 (`embedding_assets.definitions`).
 """
 
@@ -105,7 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--from", dest="first", help="first partition of the range")
     parser.add_argument("--to", dest="last", help="last partition of the range (inclusive)")
     parser.add_argument("--partitions", help="comma-separated partitions instead of a range")
+    parser.add_argument("--max-partitions-per-run", type=int, default=MAX_PARTITIONS_PER_RUN,
+                        help=f"shards per run (default {MAX_PARTITIONS_PER_RUN})")
+    parser.add_argument("--submit", metavar="URL", help="submit the runs to the deployment whose "
+                        "webserver is at URL (e.g. http://127.0.0.1:3000) instead of executing "
+                        "them in this process")
     args = parser.parse_args(argv)
+    if args.submit:
+        return submit_main(args, parser)
     if args.model_revision:
         os.environ["EMBEDDING_MODEL_REVISION"] = args.model_revision
 
@@ -122,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tags = {"embedding/trigger": "backfill-cli"}
         results = materialize_selection(defs, instance, [AssetKey("model_snapshot")], tags=tags)
         if results[0].success:
-            results += materialize_selection(defs, instance, SHARD_ASSETS, selected, tags=tags)
+            results += materialize_selection(defs, instance, SHARD_ASSETS, selected, tags=tags,
+                                             max_partitions_per_run=args.max_partitions_per_run)
         store = defs.resources["embedding_store"].open()
         for result in results:
             status = "ok" if result.success else "FAILED"
@@ -130,6 +140,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"...{result.dagster_run.tags.get(ASSET_PARTITION_RANGE_END_TAG, '')}: {status}")
         print(f"{len(selected)} partition(s); catalog: {store.catalog_path}")
         return 0 if all(result.success for result in results) else 1
+
+
+def submit_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`--submit`: the same runs, launched through the deployment's webserver."""
+    from embedding_assets.definitions import definitions_from_env
+    from embedding_assets.submit import SubmitError, submit_backfill
+
+    if args.model_revision:
+        parser.error("--model-revision cannot be combined with --submit: the deployment's "
+                     "EMBEDDING_MODEL_REVISION decides; set it where the code location runs")
+
+    def select(all_keys: Sequence[str]) -> list[str]:
+        try:
+            return select_partitions(all_keys, args.first, args.last, args.partitions)
+        except ValueError as error:
+            parser.error(str(error))
+
+    landing_keys = list(definitions_from_env().resources["corpus_source"].list_files())
+    try:
+        selected, runs = submit_backfill(
+            args.submit, landing_keys, select,
+            lambda all_keys, keys: contiguous_chunks(all_keys, keys, args.max_partitions_per_run),
+            tags={"embedding/trigger": "backfill-cli"},
+        )
+    except SubmitError as error:
+        print(f"backfill: {error}", file=sys.stderr)
+        return 1
+    for run in runs:
+        print(f"run {run.run_id} {run.tags.get(ASSET_PARTITION_RANGE_START_TAG, '')}"
+              f"...{run.tags.get(ASSET_PARTITION_RANGE_END_TAG, '')}: "
+              f"{'ok' if run.success else run.status}")
+    print(f"{len(selected)} partition(s); submitted to {args.submit}")
+    return 0 if all(run.success for run in runs) else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,150 @@
+"""Submit backfill runs to a running deployment through its webserver's GraphQL API.
+
+`python -m embedding_assets.backfill --submit URL` uses this instead of executing in process:
+the runs go to the deployment's queue, the daemon launches them, and their steps run wherever
+the deployment's executor sends them (the Celery workers of `deploy/`). Only the webserver URL
+is needed: partitions are added, runs launched and followed over GraphQL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from embedding_assets.partitions import corpus_partitions
+
+ASSET_JOB = "__ASSET_JOB"
+TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+class SubmitError(RuntimeError):
+    """The webserver refused a request, or a launch failed."""
+
+
+@dataclass
+class SubmittedRun:
+    run_id: str
+    tags: dict[str, str]
+    status: str = "QUEUED"
+
+    @property
+    def success(self) -> bool:
+        return self.status == "SUCCESS"
+
+
+class DagsterWebserver:
+    """The few GraphQL calls a backfill needs."""
+
+    def __init__(self, url: str, timeout: float = 30.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._repo: dict | None = None
+
+    def query(self, query: str, **variables) -> dict:
+        body = json.dumps({"query": query, "variables": variables}).encode()
+        request = urllib.request.Request(f"{self.url}/graphql", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+            payload = json.loads(resp.read())
+        if payload.get("errors"):
+            raise SubmitError(f"{self.url}: {payload['errors']}")
+        return payload["data"]
+
+    def repository(self) -> dict:
+        """The repository selector of the code location that has the asset job."""
+        if self._repo is None:
+            data = self.query("""{ repositoriesOrError { __typename
+                ... on RepositoryConnection { nodes { name location { name } jobs { name } } }
+                ... on PythonError { message } } }""")["repositoriesOrError"]
+            for node in data.get("nodes") or []:
+                if any(job["name"] == ASSET_JOB for job in node["jobs"]):
+                    self._repo = {"repositoryName": node["name"],
+                                  "repositoryLocationName": node["location"]["name"]}
+                    break
+            else:
+                raise SubmitError(f"no code location at {self.url} has the asset job: {data}")
+        return self._repo
+
+    def partition_keys(self) -> list[str]:
+        data = self.query("""query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
+            __typename ... on AssetNode { partitionKeys } } }""", key={"path": ["corpus"]})
+        return list(data["assetNodeOrError"].get("partitionKeys") or [])
+
+    def add_partitions(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            data = self.query("""mutation($repo: RepositorySelector!, $name: String!, $key: String!) {
+                addDynamicPartition(repositorySelector: $repo, partitionsDefName: $name,
+                                    partitionKey: $key) {
+                __typename ... on Error { message } } }""",
+                repo=self.repository(), name=corpus_partitions.name, key=key)
+            result = data["addDynamicPartition"]
+            if result["__typename"] not in {"AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"}:
+                raise SubmitError(f"adding partition {key!r}: {result}")
+
+    def launch(self, asset_keys: Sequence[str], tags: dict[str, str]) -> SubmittedRun:
+        params = {
+            "selector": {**self.repository(), "jobName": ASSET_JOB,
+                         "assetSelection": [{"path": [key]} for key in asset_keys]},
+            "runConfigData": {},
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+        }
+        data = self.query("""mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+            __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message }
+            ... on RunConfigValidationInvalid { errors { message } } } }""", params=params)
+        result = data["launchRun"]
+        if result["__typename"] != "LaunchRunSuccess":
+            raise SubmitError(f"launching {list(asset_keys)} with {tags}: {result}")
+        return SubmittedRun(result["run"]["runId"], dict(tags))
+
+    def status(self, run_id: str) -> str:
+        data = self.query("""query($id: ID!) { runOrError(runId: $id) {
+            __typename ... on Run { status } } }""", id=run_id)
+        return data["runOrError"].get("status", "UNKNOWN")
+
+    def wait(self, runs: Sequence[SubmittedRun], timeout: float, poll: float = 2.0) -> None:
+        """Follow the runs until each has ended (or `timeout` seconds have passed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for run in runs:
+                if run.status not in TERMINAL:
+                    run.status = self.status(run.run_id)
+            if all(run.status in TERMINAL for run in runs):
+                return
+            if time.monotonic() > deadline:
+                pending = [r.run_id for r in runs if r.status not in TERMINAL]
+                raise SubmitError(f"runs still not finished after {timeout:.0f} s: {pending}")
+            time.sleep(poll)
+
+
+def submit_backfill(
+    url: str, landing_keys: Sequence[str], select, chunk, tags: dict[str, str],
+    timeout: float = 3600.0,
+) -> tuple[list[str], list[SubmittedRun]]:
+    """Add unknown landing partitions, run `model_snapshot`, then `corpus` + `embeddings` for
+    the partitions `select(all_keys)` picks, one run per `chunk(all_keys, selected)` range.
+    Returns the selected partitions and the runs, each with its final status."""
+    server = DagsterWebserver(url)
+    known = server.partition_keys()
+    server.add_partitions([key for key in landing_keys if key not in known])
+    all_keys = server.partition_keys()
+    selected = select(all_keys)
+    runs = [server.launch(["model_snapshot"], tags)]
+    server.wait(runs, timeout)
+    if runs[0].success:
+        shard_runs = [
+            server.launch(["corpus", "embeddings"], {
+                **tags, ASSET_PARTITION_RANGE_START_TAG: keys[0],
+                ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+            for keys in chunk(all_keys, selected)
+        ]
+        server.wait(shard_runs, timeout)
+        runs += shard_runs
+    return selected, runs
