@@ -7,7 +7,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test dev lint bench clean
+.PHONY: setup demo test dev lint bench clean cluster cluster-stop
 
 # The CPU build of torch is installed first and pinned, so nothing pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +30,14 @@ test: setup
 dev: setup
 	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml
+
+# The distributed profile on loopback (deploy/): Postgres, Redis, S3 (moto), webserver, daemon,
+# 2 Celery workers; state, logs and the environment to source under .cluster/.
+cluster: setup
+	$(PY) -m deploy.cluster start
+
+cluster-stop:
+	$(PY) -m deploy.cluster stop
 
 lint: setup
 	$(PY) -m ruff check embedding_core embedding_assets tests benchmarks scripts

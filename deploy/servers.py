@@ -217,7 +217,8 @@ def stop(state_dir: str | Path, name: str, timeout: float = 20.0) -> bool:
     was_running = False
     if server is not None and server.is_running():
         was_running = True
-        sig = signal.SIGINT if server.kind == "postgres" else signal.SIGTERM
+        default = "SIGINT" if server.kind == "postgres" else "SIGTERM"
+        sig = getattr(signal, server.extra.get("stop_signal", default))
         _signal_tree(server.pid, sig)
         if not _wait_gone(server.pid, server.create_time, timeout):
             _kill_group(server.pid)
@@ -225,6 +226,7 @@ def stop(state_dir: str | Path, name: str, timeout: float = 20.0) -> bool:
                 raise ServerError(f"{name} (pid {server.pid}) did not stop; log: {server.log}")
     if server is not None:
         _reap(server.pid)
+        _sweep_group(server.pid)
     for path in (pid_path, info_path):
         path.unlink(missing_ok=True)
     return was_running
@@ -241,6 +243,31 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGKILL)
+
+
+def _sweep_group(pgid: int) -> None:
+    """Stop what is left of a stopped server's process group (e.g. the run processes a code
+    server spawned). The group id stays reserved while any member lives, so this never
+    reaches an unrelated process."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if not _group_members(pgid):
+                return
+            time.sleep(0.1)
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+    return members
 
 
 def _reap(pid: int) -> None:
@@ -335,6 +362,9 @@ def start_process(
             # the port must be ours: another server answering on it is no proof of readiness
             if (not port or _listens(proc.pid, port)) and ready():
                 return server
+        except ServerError as error:  # it answered, with an error that waiting will not fix
+            stop(state, name)
+            raise ServerError(f"{name} failed: {error}; log: {log_path}") from error
         except Exception:  # not answering yet
             pass
         if time.monotonic() > deadline:
