@@ -1,0 +1,46 @@
+"""Versioned embedding store on DuckLake: Parquet files under a folder or ``s3://`` prefix,
+and a SQL catalog (a DuckDB file, or Postgres for many writers on many machines).
+
+Every shard commits in one lake transaction (rows, version record, a commit message naming
+the run); nothing is overwritten, earlier versions and earlier snapshots of the whole store
+stay readable until `EmbeddingStore.maintain` expires what is no longer current.
+
+- `records`: what is stored (`EmbeddingParams`, `ModelSnapshot`, versions, results)
+- `catalog`: connections, tables and commits;  `files`: the data path and S3 settings
+- `views`: `embeddings`, `documents` and the current-version views
+- `maintenance`: expiring old versions and files;  `facade`: `EmbeddingStore`
+"""
+
+from embedding_core.store.catalog import CATALOG_FILE_NAME, CommitConflictError, StoreBusyError
+from embedding_core.store.facade import EmbeddingStore
+from embedding_core.store.records import (
+    CorpusVersion,
+    EmbeddingParams,
+    EmbeddingVersion,
+    EmbeddingWriteResult,
+    LakeSnapshot,
+    MaintenanceReport,
+    ModelSnapshot,
+    SearchHit,
+    corpus_table,
+    text_sha256,
+    vector_width,
+)
+
+__all__ = [
+    "CATALOG_FILE_NAME",
+    "CommitConflictError",
+    "CorpusVersion",
+    "EmbeddingParams",
+    "EmbeddingStore",
+    "EmbeddingVersion",
+    "EmbeddingWriteResult",
+    "LakeSnapshot",
+    "MaintenanceReport",
+    "ModelSnapshot",
+    "SearchHit",
+    "StoreBusyError",
+    "corpus_table",
+    "text_sha256",
+    "vector_width",
+]

@@ -1,0 +1,460 @@
+"""`EmbeddingStore`: versioned corpus shards and embeddings in a DuckLake lake.
+
+Example::
+
+    store = EmbeddingStore("store")                     # or ("s3://bucket/lake", "postgres:...")
+    corpus = store.write_corpus("docs", table)          # id, text, text_sha256
+    store.record_model_snapshot(snapshot)
+    result = store.write_embeddings("docs", corpus, snapshot, EmbeddingParams(), model.encode)
+    with store.connect() as con:
+        con.sql("SELECT id, embedding FROM embeddings").fetchall()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedding_core.store import maintenance
+from embedding_core.store.catalog import CATALOG_FILE_NAME, Catalog
+from embedding_core.store.files import DataPath, sql_str
+from embedding_core.store.records import (
+    CorpusVersion,
+    EmbeddingParams,
+    EmbeddingVersion,
+    EmbeddingWriteResult,
+    LakeSnapshot,
+    MaintenanceReport,
+    ModelSnapshot,
+    SearchHit,
+    sha256_json,
+    stored_dtype,
+    vector_width,
+)
+from embedding_core.store.rows import (
+    check_encoded,
+    unique_with_first_index,
+    validated_corpus,
+    vectors_to_numpy,
+)
+from embedding_core.store.views import VECTOR_TABLES, ensure_embeddings_view
+
+__all__ = ["EmbeddingStore"]
+
+_CORPUS_COLUMNS = ("partition, corpus_version, rows, rejected_rows, bytes, source_uri, run_id, "
+                   "write_id, snapshot_id, created_at")
+_EMBEDDING_COLUMNS = ("version_id, partition, model, revision, params_hash, params, corpus_version, "
+                      "rows, reused_rows, dim, dtype, bytes, run_id, write_id, snapshot_id, created_at")
+_SNAPSHOT_COLUMNS = ("model_key, model, revision, source, path, dim, max_seq_length, requested_revision, "
+                     "pooling, prompts, default_prompt_name, similarity_fn, files_hash")
+
+
+class EmbeddingStore:
+    """Versioned corpus shards and embeddings: Parquet files under `root`, a DuckLake catalog.
+
+    Args:
+        root: a local folder or ``s3://bucket/prefix`` (S3 settings from the standard
+            ``AWS_*`` variables, see `embedding_core.store.files`).
+        catalog: a DuckDB file (default ``<root>/catalog.ducklake`` for a local root) or
+            ``postgres:<libpq key=value string>`` for many writers on many machines.
+        busy_timeout_s: how long to wait for another process holding a DuckDB catalog file.
+    """
+
+    def __init__(self, root: str | os.PathLike, catalog: str | os.PathLike | None = None,
+                 *, busy_timeout_s: float = 600.0) -> None:
+        data = DataPath.parse(root)
+        if catalog is None:
+            if data.is_s3:
+                raise ValueError(f"store root {data.root!r} is on S3: set EMBEDDING_CATALOG (or pass "
+                                 "catalog) to a Postgres catalog, postgres:<libpq string>, or a "
+                                 "local DuckDB file")
+            catalog = os.path.join(data.root, CATALOG_FILE_NAME)
+        catalog = os.fspath(catalog)
+        if not catalog.startswith("postgres:"):
+            catalog = os.path.abspath(catalog)
+        self.root = data.root
+        self.catalog = catalog
+        self._data = data
+        self._catalog = Catalog(catalog, data, busy_timeout_s=busy_timeout_s)
+        data.prepare()
+        self._catalog.ensure_schema()
+
+    @classmethod
+    def from_env(cls) -> EmbeddingStore:
+        """The store named by ``EMBEDDING_STORE_ROOT`` and ``EMBEDDING_CATALOG``."""
+        root = os.environ.get("EMBEDDING_STORE_ROOT")
+        if not root:
+            raise ValueError("set EMBEDDING_STORE_ROOT to the store folder or s3://bucket/prefix")
+        return cls(root, os.environ.get("EMBEDDING_CATALOG") or None)
+
+    def __repr__(self) -> str:
+        return f"EmbeddingStore(root={self.root!r}, catalog={self.catalog_label!r})"
+
+    @property
+    def catalog_label(self) -> str:
+        """The catalog with any password masked: for logs and metadata."""
+        return self._catalog.label
+
+    def uri(self, relative_path: str = "") -> str:
+        """Where a root-relative path lives: an absolute local path or an s3:// URI."""
+        return self._data.uri(relative_path)
+
+    def duckdb_shell_sql(self) -> str:
+        """SQL that opens this store in a plain ``duckdb`` shell, `embeddings` and
+        `documents` included. It carries the catalog's and S3's credentials: don't log it."""
+        return self._catalog.shell_sql()
+
+    # ------------------------------------------------------------------ reading
+
+    @contextmanager
+    def connect(self, snapshot: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only DuckDB connection to the lake, for SQL.
+
+        `embeddings` (current float32 vectors of every partition and model, `embedding`
+        typed ``FLOAT[dim]``), `documents` (current corpus texts) and the tables
+        `model_snapshots`, `corpus_versions`, `embedding_versions` resolve unqualified
+        (the lake is attached under a name of its own: ``SELECT current_database()``).
+        `snapshot` opens the whole store as of that lake snapshot (see `lake_snapshots`).
+        With a DuckDB catalog file, writers wait while it is open: keep it short.
+        """
+        with self._catalog.connection(read_only=True, snapshot=snapshot) as con:
+            yield con
+
+    def lake_snapshots(self) -> list[LakeSnapshot]:
+        """Every commit of the lake, oldest first: id, time, author and message."""
+        with self.connect() as con:
+            rows = con.execute("SELECT snapshot_id, snapshot_time, author, commit_message "
+                               "FROM ducklake_snapshots(current_database()) ORDER BY snapshot_id").fetchall()
+        return [LakeSnapshot(*row) for row in rows]
+
+    def corpus_version(self, partition: str, corpus_version: str | None = None) -> CorpusVersion | None:
+        """A stored corpus version of `partition`; the current one when no version is given."""
+        with self.connect() as con:
+            return _corpus_version(con, partition, corpus_version)
+
+    def read_corpus(self, corpus: CorpusVersion) -> pa.Table:
+        """The stored rows (`id`, `text`, `text_sha256`) of a corpus version, in order."""
+        with self.connect() as con:
+            return _corpus_rows(con, corpus.write_id)
+
+    def corpus_partitions(self) -> list[str]:
+        """Partitions that have a stored corpus version, sorted."""
+        with self.connect() as con:
+            rows = con.execute("SELECT partition FROM current_corpus_versions ORDER BY partition").fetchall()
+        return [partition for (partition,) in rows]
+
+    def current_model_snapshot(self, model_key: str) -> ModelSnapshot | None:
+        """The most recently recorded snapshot for a configured model name, if any."""
+        snapshots = self._model_snapshots("WHERE model_key = ?", [model_key])
+        return snapshots[0] if snapshots else None
+
+    def current_model_snapshots(self) -> list[ModelSnapshot]:
+        """The current snapshot of every configured model name, by name."""
+        return self._model_snapshots("ORDER BY model_key", [])
+
+    def _model_snapshots(self, clause: str, args: list) -> list[ModelSnapshot]:
+        with self.connect() as con:
+            rows = con.execute(f"SELECT {_SNAPSHOT_COLUMNS} FROM current_model_snapshots {clause}",
+                               args).fetchall()
+        return [_model_snapshot(row) for row in rows]
+
+    def embedding_version(self, partition: str, snapshot: ModelSnapshot, params: EmbeddingParams,
+                          corpus_version: str) -> EmbeddingVersion | None:
+        """The stored version for exactly these inputs, if there is one."""
+        version_id = _version_id(partition, snapshot, params, corpus_version)
+        versions = self._embedding_versions("stored_embedding_versions WHERE version_id = ?", [version_id])
+        return versions[0] if versions else None
+
+    def current_embedding_version(self, partition: str, model: str,
+                                  dtype: str = "float32") -> EmbeddingVersion | None:
+        """The version the `embeddings` view shows for a partition and model."""
+        versions = self._embedding_versions(
+            "current_embedding_versions WHERE partition = ? AND model = ? AND dtype = ?",
+            [partition, model, dtype])
+        return versions[0] if versions else None
+
+    def embedding_versions(self, partition: str | None = None) -> list[EmbeddingVersion]:
+        """All stored versions (of one partition, or all), oldest first."""
+        where, args = ("WHERE partition = ?", [partition]) if partition is not None else ("", [])
+        return self._embedding_versions(f"stored_embedding_versions {where} ORDER BY snapshot_id", args)
+
+    def _embedding_versions(self, source: str, args: list) -> list[EmbeddingVersion]:
+        with self.connect() as con:
+            return _embedding_versions(con, source, args)
+
+    def read_embeddings(self, version: EmbeddingVersion) -> tuple[pa.Table, np.ndarray]:
+        """The `id`/`text_sha256` columns of a version (current or not) and its vectors as a
+        2-D array, in corpus order."""
+        table_name = VECTOR_TABLES[version.dtype][0]
+        with self.connect() as con:
+            table = con.execute(f"SELECT id, text_sha256, embedding FROM {table_name} "
+                                "WHERE write_id = ? ORDER BY rowid", [version.write_id]).to_arrow_table()
+        width = vector_width(version.params.get("precision", "float32"), version.dim)
+        return table.select(["id", "text_sha256"]), vectors_to_numpy(table.column("embedding"),
+                                                                     width, version.dtype)
+
+    def stale_partitions(self, snapshot: ModelSnapshot, params: EmbeddingParams) -> list[str]:
+        """Partitions whose current embeddings are missing or not from these inputs."""
+        with self.connect() as con:
+            rows = con.execute(
+                """SELECT c.partition FROM current_corpus_versions c
+                   LEFT JOIN current_embedding_versions e
+                     ON e.partition = c.partition AND e.model = ? AND e.dtype = ?
+                   WHERE e.version_id IS NULL OR e.revision <> ? OR e.params_hash <> ?
+                      OR e.corpus_version <> c.corpus_version
+                   ORDER BY c.partition""",
+                [snapshot.model, stored_dtype(params.precision), snapshot.revision, params.params_hash],
+            ).fetchall()
+        return [partition for (partition,) in rows]
+
+    def search(self, query_embedding: np.ndarray, model: str, top_k: int = 5,
+               similarity_fn: str = "cosine") -> list[SearchHit]:
+        """The `top_k` current rows of `model` most similar to `query_embedding`.
+
+        `similarity_fn` is ``"cosine"`` or ``"dot"`` (the model's similarity function).
+        """
+        functions = {"cosine": "array_cosine_similarity", "dot": "array_inner_product"}
+        if similarity_fn not in functions:
+            raise ValueError(f"similarity_fn must be one of {sorted(functions)}, not {similarity_fn!r}")
+        query = np.asarray(query_embedding, dtype=np.float32).reshape(-1)
+        dim = query.shape[0]
+        with self.connect() as con:
+            rows = con.execute(
+                f"""SELECT {functions[similarity_fn]}(e.embedding::FLOAT[{dim}], ?::FLOAT[{dim}])
+                           AS score, e.id, e.partition, d.text
+                    FROM (SELECT * FROM embeddings WHERE model = ? AND len(embedding) = {dim}) e
+                    LEFT JOIN documents d
+                      ON d.partition = e.partition AND d.id = e.id AND d.text_sha256 = e.text_sha256
+                    ORDER BY score DESC, e.id LIMIT ?""",
+                [query.tolist(), model, top_k],
+            ).fetchall()
+        return [SearchHit(float(score), id_, partition, text) for score, id_, partition, text in rows]
+
+    # ------------------------------------------------------------------ writing
+
+    def write_corpus(self, partition: str, table: pa.Table, source_uri: str | None = None,
+                     rejected_rows: int = 0, run_id: str | None = None) -> CorpusVersion:
+        """Store a normalized corpus shard (`id`, `text`, `text_sha256`) as a new version.
+
+        The version is the SHA-256 of the ids and texts, so storing the same shard twice
+        stores nothing new and makes that version current again.
+        """
+        table = validated_corpus(partition, table)
+        version = sha256_json([table.column("id").to_pylist(), table.column("text_sha256").to_pylist()])
+        current = self.corpus_version(partition)
+        if current is not None and current.corpus_version == version:
+            return current
+
+        def work(con: duckdb.DuckDBPyConnection) -> None:
+            stored = _corpus_version(con, partition, version)
+            write_id = stored.write_id if stored is not None else uuid.uuid4().hex
+            if stored is None:
+                con.register("corpus_shard", table)
+                con.execute("INSERT INTO corpus_rows SELECT ?, id, text, text_sha256 FROM corpus_shard",
+                            [write_id])
+            con.execute("INSERT INTO corpus_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
+                        [partition, version, table.num_rows, rejected_rows, table.nbytes, source_uri,
+                         run_id, write_id])
+
+        self._catalog.commit(work, what=f"corpus partition {partition!r}",
+                             message=f"corpus {partition} {version[:16]} (run {run_id})",
+                             extra=json.dumps({"run_id": run_id, "partition": partition}))
+        return self.corpus_version(partition, version)
+
+    def record_model_snapshot(self, snapshot: ModelSnapshot, run_id: str | None = None) -> ModelSnapshot:
+        """Record a pinned model and make it the current snapshot for its `model_key`."""
+        if self.current_model_snapshot(snapshot.model_key) == snapshot:
+            return snapshot
+        row = [snapshot.model_key, snapshot.model, snapshot.revision, snapshot.requested_revision,
+               snapshot.source, snapshot.path, snapshot.dim, snapshot.max_seq_length,
+               json.dumps(list(snapshot.pooling)), json.dumps(snapshot.prompts, sort_keys=True),
+               snapshot.default_prompt_name, snapshot.similarity_fn, snapshot.files_hash, run_id]
+        self._catalog.commit(
+            lambda con: con.execute(f"INSERT INTO model_snapshots VALUES ({', '.join('?' * 14)}, "
+                                    "current_timestamp)", row),
+            what=f"model snapshot {snapshot.model_key!r}",
+            message=f"model {snapshot.model_key} {snapshot.model}@{snapshot.revision} (run {run_id})",
+            extra=json.dumps({"run_id": run_id, "model_key": snapshot.model_key}))
+        return snapshot
+
+    def write_embeddings(
+        self, partition: str, corpus: CorpusVersion, snapshot: ModelSnapshot,
+        params: EmbeddingParams, encode: Callable[[list[str]], np.ndarray], run_id: str | None = None,
+    ) -> EmbeddingWriteResult:
+        """Embed a stored corpus version and commit the vectors as a new immutable version.
+
+        `encode` maps a list of texts to a 2-D array (already in `params.precision`), e.g.
+        ``functools.partial(model.encode, normalize_embeddings=True)``. Texts whose SHA-256
+        already has a vector for the same model revision and parameters (in any
+        partition) are reused; only the rest are encoded, each distinct text once, with
+        no catalog connection open. Rows, version record and a commit message naming
+        `run_id` then commit in one lake transaction. Storing the same inputs twice
+        encodes nothing and makes that version current.
+        """
+        if corpus.partition != partition:
+            raise ValueError(f"corpus version {corpus.corpus_version[:16]} belongs to partition "
+                             f"{corpus.partition!r}, not {partition!r}")
+        version_id = _version_id(partition, snapshot, params, corpus.corpus_version)
+        dtype = stored_dtype(params.precision)
+        dim = params.truncate_dim or snapshot.dim
+        width = vector_width(params.precision, dim)
+        with self.connect() as con:
+            existing = _embedding_versions(con, "stored_embedding_versions WHERE version_id = ?", [version_id])
+            if not existing:
+                rows = _corpus_rows(con, corpus.write_id)
+                unique_shas, first_rows = unique_with_first_index(rows.column("text_sha256"))
+                known = _stored_vectors(con, snapshot, params, unique_shas, width)
+        if existing:
+            version = existing[0]
+            current = self.current_embedding_version(partition, snapshot.model, dtype)
+            if current is None or current.version_id != version_id:
+                self._commit_embedding_record(version, run_id, rows=None)
+            return EmbeddingWriteResult(version, created=False, encoded_rows=0,
+                                        reused_rows=version.rows, encode_seconds=0.0)
+
+        missing = [i for i, sha in enumerate(unique_shas) if sha not in known]
+        vectors = np.empty((len(unique_shas), width), dtype=dtype)
+        for i, sha in enumerate(unique_shas):
+            if sha in known:
+                vectors[i] = known[sha]
+        started = time.perf_counter()
+        if missing:
+            texts = rows.column("text").take(pa.array(first_rows[missing])).to_pylist()
+            encoded = np.asarray(encode(texts))
+            check_encoded(encoded, len(texts), width, vectors.dtype, partition)
+            vectors[missing] = encoded
+        encode_seconds = time.perf_counter() - started
+
+        row_index = pc.index_in(rows.column("text_sha256"), value_set=pa.array(unique_shas)).to_numpy()
+        stored_rows = pa.table({
+            "id": rows.column("id"), "text_sha256": rows.column("text_sha256"),
+            "embedding": pa.FixedSizeListArray.from_arrays(vectors[row_index].reshape(-1), width),
+        })
+        reused_rows = int(rows.num_rows - np.isin(row_index, missing).sum())
+        record = EmbeddingVersion(
+            version_id=version_id, partition=partition, model=snapshot.model,
+            revision=snapshot.revision, params_hash=params.params_hash, params=json.loads(params.to_json()),
+            corpus_version=corpus.corpus_version, rows=rows.num_rows, reused_rows=reused_rows, dim=dim,
+            dtype=dtype, bytes=stored_rows.nbytes, run_id=run_id, write_id=uuid.uuid4().hex,
+            snapshot_id=-1, created_at=None)
+        version, created = self._commit_embedding_record(record, run_id, rows=stored_rows)
+        return EmbeddingWriteResult(version, created=created, encoded_rows=len(missing),
+                                    reused_rows=reused_rows, encode_seconds=encode_seconds)
+
+    def _commit_embedding_record(self, version: EmbeddingVersion, run_id: str | None,
+                                 rows: pa.Table | None) -> tuple[EmbeddingVersion, bool]:
+        """Commit a version record (with its rows when given) and make it current; returns the
+        stored version and whether this call stored its rows."""
+        table_name = VECTOR_TABLES[version.dtype][0]
+
+        def work(con: duckdb.DuckDBPyConnection) -> bool:
+            # A concurrent writer may have committed the same inputs since we looked.
+            stored = _embedding_versions(con, "stored_embedding_versions WHERE version_id = ?",
+                                         [version.version_id])
+            write_id = stored[0].write_id if stored else version.write_id
+            if rows is not None and not stored:
+                con.register("vector_rows", rows)
+                con.execute(f"INSERT INTO {table_name} SELECT ?, id, text_sha256, embedding "
+                            "FROM vector_rows", [write_id])
+            con.execute(f"INSERT INTO embedding_versions VALUES ({', '.join('?' * 14)}, current_timestamp)",
+                        [version.version_id, version.partition, version.model, version.revision,
+                         version.params_hash, json.dumps(version.params, sort_keys=True),
+                         version.corpus_version, version.rows, version.reused_rows, version.dim,
+                         version.dtype, version.bytes, run_id, write_id])
+            if version.dtype == "float32":
+                ensure_embeddings_view(con)
+            return rows is not None and not stored
+
+        committed: list[EmbeddingVersion] = []
+
+        def after(con: duckdb.DuckDBPyConnection) -> None:
+            maintenance.repair_embeddings_view(con)
+            committed.extend(_embedding_versions(
+                con, "stored_embedding_versions WHERE version_id = ?", [version.version_id]))
+
+        created = self._catalog.commit(
+            work, what=f"embeddings of partition {version.partition!r}",
+            message=(f"embeddings {version.partition} {version.model}@{version.revision[:12]} "
+                     f"{version.params_hash} (run {run_id})"),
+            extra=json.dumps({"run_id": run_id, "partition": version.partition,
+                              "version_id": version.version_id}),
+            after=after)
+        return committed[0], created
+
+    # -------------------------------------------------------------- maintenance
+
+    def maintain(self, older_than: timedelta = timedelta(days=7)) -> MaintenanceReport:
+        """Drop what is no longer current and older than `older_than`: versions of a
+        partition that something newer replaced that long ago, lake snapshots (time
+        travel) older than that, and files nothing references any more (including those
+        of writers that died mid-commit). Current versions are never touched."""
+        return maintenance.maintain(self._catalog, older_than)
+
+
+def _version_id(partition: str, snapshot: ModelSnapshot, params: EmbeddingParams, corpus_version: str) -> str:
+    return sha256_json([partition, snapshot.model, snapshot.revision, params.params_hash, corpus_version])[:24]
+
+
+def _corpus_version(con: duckdb.DuckDBPyConnection, partition: str,
+                    corpus_version: str | None) -> CorpusVersion | None:
+    if corpus_version is None:
+        row = con.execute(f"SELECT {_CORPUS_COLUMNS} FROM current_corpus_versions WHERE partition = ?",
+                          [partition]).fetchone()
+    else:
+        row = con.execute(f"SELECT {_CORPUS_COLUMNS} FROM stored_corpus_versions "
+                          "WHERE partition = ? AND corpus_version = ?", [partition, corpus_version]).fetchone()
+    return None if row is None else CorpusVersion(*row)
+
+
+def _corpus_rows(con: duckdb.DuckDBPyConnection, write_id: str) -> pa.Table:
+    return con.execute("SELECT id, text, text_sha256 FROM corpus_rows WHERE write_id = ? ORDER BY rowid",
+                       [write_id]).to_arrow_table()
+
+
+def _embedding_versions(con: duckdb.DuckDBPyConnection, source: str, args: list) -> list[EmbeddingVersion]:
+    rows = con.execute(f"SELECT {_EMBEDDING_COLUMNS} FROM {source}", args).fetchall()
+    versions = []
+    for row in rows:
+        values = dict(zip(_EMBEDDING_COLUMNS.split(", "), row, strict=True))
+        values["params"] = json.loads(values["params"])
+        versions.append(EmbeddingVersion(**values))
+    return versions
+
+
+def _stored_vectors(con: duckdb.DuckDBPyConnection, snapshot: ModelSnapshot, params: EmbeddingParams,
+                    shas: list[str], width: int) -> dict[str, np.ndarray]:
+    """Vectors already stored for these text hashes under the same model and params."""
+    write_ids = [write_id for (write_id,) in con.execute(
+        "SELECT write_id FROM stored_embedding_versions WHERE model = ? AND revision = ? AND params_hash = ?",
+        [snapshot.model, snapshot.revision, params.params_hash]).fetchall()]
+    if not write_ids or not shas:
+        return {}
+    con.register("wanted_shas", pa.table({"text_sha256": pa.array(shas, pa.string())}))
+    dtype = stored_dtype(params.precision)
+    # Literal write ids let DuckLake skip every data file of other versions by its statistics.
+    found = con.execute(
+        f"SELECT DISTINCT ON (r.text_sha256) r.text_sha256, r.embedding FROM {VECTOR_TABLES[dtype][0]} r "
+        f"SEMI JOIN wanted_shas w ON w.text_sha256 = r.text_sha256 "
+        f"WHERE r.write_id IN ({', '.join(sql_str(w) for w in write_ids)})").to_arrow_table()
+    vectors = vectors_to_numpy(found.column("embedding"), width, dtype)
+    return dict(zip(found.column("text_sha256").to_pylist(), vectors, strict=True))
+
+
+def _model_snapshot(row: tuple) -> ModelSnapshot:
+    (model_key, model, revision, source, path, dim, max_seq_length, requested_revision,
+     pooling, prompts, default_prompt_name, similarity_fn, files_hash) = row
+    return ModelSnapshot(
+        model_key=model_key, model=model, revision=revision, source=source, path=path, dim=dim,
+        max_seq_length=max_seq_length, requested_revision=requested_revision,
+        pooling=tuple(json.loads(pooling)), prompts=json.loads(prompts),
+        default_prompt_name=default_prompt_name, similarity_fn=similarity_fn, files_hash=files_hash)

@@ -1,0 +1,75 @@
+"""Keeping the lake small and its views right: expire what is no longer current, and
+repair the `embeddings` view after a commit raced another."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import duckdb
+
+from embedding_core.store.catalog import Catalog, lake_name, set_commit_message
+from embedding_core.store.files import sql_str
+from embedding_core.store.records import MaintenanceReport
+from embedding_core.store.views import VECTOR_TABLES, ensure_embeddings_view
+
+__all__ = ["maintain", "repair_embeddings_view"]
+
+# Versions nothing shows any more: not current, last made current before the cutoff.
+_EXPIRED_EMBEDDINGS = """
+    SELECT version_id, any_value(dtype), list(DISTINCT write_id) FROM embedding_versions
+    WHERE version_id NOT IN (SELECT version_id FROM current_embedding_versions)
+    GROUP BY version_id HAVING max(created_at) < ?"""
+# Corpus versions a current embedding version was made from stay: checks read them back.
+_EXPIRED_CORPUS = """
+    SELECT partition, corpus_version, list(DISTINCT write_id) FROM corpus_versions c
+    WHERE NOT EXISTS (SELECT 1 FROM current_corpus_versions k
+                      WHERE k.partition = c.partition AND k.corpus_version = c.corpus_version)
+      AND NOT EXISTS (SELECT 1 FROM current_embedding_versions e
+                      WHERE e.partition = c.partition AND e.corpus_version = c.corpus_version)
+    GROUP BY partition, corpus_version HAVING max(created_at) < ?"""
+
+
+def repair_embeddings_view(con: duckdb.DuckDBPyConnection, attempts: int = 3) -> None:
+    """Retype the `embeddings` view if committed data no longer fits it (see
+    `views.ensure_embeddings_view`); a writer runs it right after its commit."""
+    for _ in range(attempts):
+        try:
+            con.execute("BEGIN TRANSACTION")
+            if ensure_embeddings_view(con):
+                set_commit_message(con, "retype the embeddings view")
+            con.execute("COMMIT")
+            return
+        except duckdb.TransactionException as error:
+            # Another writer changed the view meanwhile: look again on the new snapshot.
+            if "conflict" not in str(error).lower():
+                raise
+
+
+def maintain(catalog: Catalog, older_than: timedelta) -> MaintenanceReport:
+    """Delete versions no longer current since before now - `older_than`, expire lake
+    snapshots older than that, then delete data files no snapshot references any more and
+    files no commit ever registered (writers that died mid-commit)."""
+    cutoff = datetime.now(timezone.utc) - older_than
+
+    def expire_versions(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
+        embeddings = con.execute(_EXPIRED_EMBEDDINGS, [cutoff]).fetchall()
+        corpora = con.execute(_EXPIRED_CORPUS, [cutoff]).fetchall()
+        for version_id, dtype, write_ids in embeddings:
+            con.execute(f"DELETE FROM {VECTOR_TABLES[dtype][0]} WHERE write_id IN ?", [write_ids])
+            con.execute("DELETE FROM embedding_versions WHERE version_id = ?", [version_id])
+        for partition, corpus_version, write_ids in corpora:
+            con.execute("DELETE FROM corpus_rows WHERE write_id IN ?", [write_ids])
+            con.execute("DELETE FROM corpus_versions WHERE partition = ? AND corpus_version = ?",
+                        [partition, corpus_version])
+        return ([version_id for version_id, _, _ in embeddings],
+                [f"{partition}@{corpus_version[:16]}" for partition, corpus_version, _ in corpora])
+
+    embeddings, corpora = catalog.commit(expire_versions, what="maintenance",
+                                         message=f"maintenance: expire versions older than {cutoff}")
+    with catalog.connection(read_only=False) as con:
+        arguments = f"{sql_str(lake_name(con))}, older_than => {sql_str(cutoff.isoformat())}::TIMESTAMPTZ"
+        expired = con.execute(f"CALL ducklake_expire_snapshots({arguments})").fetchall()
+        deleted = con.execute(f"CALL ducklake_cleanup_old_files({arguments})").fetchall()
+        orphans = con.execute(f"CALL ducklake_delete_orphaned_files({arguments})").fetchall()
+    return MaintenanceReport(expired_embedding_versions=embeddings, expired_corpus_versions=corpora,
+                             expired_snapshots=len(expired), deleted_files=len(deleted) + len(orphans))

@@ -1,0 +1,232 @@
+"""What the store records: frozen dataclasses for models, corpus and embedding versions, and
+the pure helpers that name and size them. No I/O here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import pyarrow as pa
+
+__all__ = [
+    "CORPUS_SCHEMA",
+    "CorpusVersion",
+    "EmbeddingParams",
+    "EmbeddingVersion",
+    "EmbeddingWriteResult",
+    "LakeSnapshot",
+    "MaintenanceReport",
+    "ModelSnapshot",
+    "SearchHit",
+    "corpus_table",
+    "sha256_json",
+    "stored_dtype",
+    "text_sha256",
+    "vector_width",
+]
+
+CORPUS_SCHEMA = pa.schema(
+    [("id", pa.string()), ("text", pa.string()), ("text_sha256", pa.string())]
+)
+# precision -> (stored NumPy dtype name, values per vector given the embedding dimension)
+_PRECISIONS: dict[str, tuple[str, Callable[[int], int]]] = {
+    "float32": ("float32", lambda dim: dim),
+    # Packed sign bits, the last byte zero-padded when dim is not a multiple of 8.
+    "binary": ("int8", lambda dim: math.ceil(dim / 8)),
+    "ubinary": ("uint8", lambda dim: math.ceil(dim / 8)),
+}
+
+
+def text_sha256(text: str) -> str:
+    """Hex SHA-256 of a text's UTF-8 bytes: the key under which its vector is reused."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def corpus_table(ids: Sequence[str], texts: Sequence[str]) -> pa.Table:
+    """A normalized corpus table (`id`, `text`, `text_sha256`) from parallel id and text lists."""
+    if len(ids) != len(texts):
+        raise ValueError(f"corpus_table got {len(ids)} ids but {len(texts)} texts")
+    return pa.table(
+        [pa.array(ids, pa.string()), pa.array(texts, pa.string()),
+         pa.array([text_sha256(t) for t in texts], pa.string())],
+        schema=CORPUS_SCHEMA,
+    )
+
+
+def vector_width(precision: str, dim: int) -> int:
+    """Values per stored vector: `dim` floats for float32, ``ceil(dim / 8)`` bytes of packed
+    bits for binary and ubinary."""
+    if precision not in _PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(_PRECISIONS)}")
+    return _PRECISIONS[precision][1](dim)
+
+
+def stored_dtype(precision: str) -> str:
+    """The NumPy dtype name a precision is stored as: float32, int8 or uint8."""
+    return _PRECISIONS[precision][0]
+
+
+def sha256_json(value: object) -> str:
+    """Hex SHA-256 of a JSON value with sorted keys: a stable content hash."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class EmbeddingParams:
+    """Everything besides the model revision that changes the vectors written for a text.
+
+    `prompt` is the prompt text itself (resolved from `prompt_name`), so a changed prompt
+    makes a new version even under the same name.
+    """
+
+    precision: str = "float32"
+    normalize_embeddings: bool = False
+    prompt_name: str | None = None
+    prompt: str | None = None
+    truncate_dim: int | None = None
+    max_seq_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in _PRECISIONS:
+            raise ValueError(
+                f"precision {self.precision!r} is not storable; choose one of "
+                f"{sorted(_PRECISIONS)} (int8/uint8 calibrate per call, so vectors from "
+                "different shards would not be comparable)"
+            )
+
+    @property
+    def params_hash(self) -> str:
+        return sha256_json(asdict(self))[:16]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """An immutable, pinned model: what `model_snapshot` records and `embeddings` loads.
+
+    `model_key` is the model name as configured (what a pipeline looks its snapshot up
+    by); `model` is the canonical name and `revision` the immutable revision.
+    """
+
+    model_key: str
+    model: str
+    revision: str
+    source: str
+    path: str
+    dim: int
+    max_seq_length: int | None = None
+    requested_revision: str | None = None
+    pooling: tuple[str, ...] = ()
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    similarity_fn: str = "cosine"
+    files_hash: str | None = None
+
+    def load(self, device: str | None = None, cache_folder: str | None = None,
+             local_files_only: bool = False):
+        """The `SentenceTransformer` of this snapshot: from its folder when this machine has
+        it, else re-resolved at the same pinned revision (raises if that gives another)."""
+        from embedding_core.hub import resolve_model
+        from embedding_core.model import SentenceTransformer
+
+        path = self.path
+        if not os.path.isdir(path):
+            resolved = resolve_model(self.model, revision=self.revision if self.source == "hub" else None,
+                                     cache_folder=cache_folder, local_files_only=local_files_only)
+            if resolved.revision != self.revision:
+                raise RuntimeError(f"model snapshot {self.model}@{self.revision} is not available "
+                                   f"here (found {resolved.revision}); re-materialize model_snapshot")
+            path = resolved.path
+        return SentenceTransformer(path, device=device)
+
+
+@dataclass(frozen=True)
+class CorpusVersion:
+    """One stored, normalized corpus shard.
+
+    `snapshot_id` is the lake snapshot that first committed it; `write_id` keys its rows.
+    """
+
+    partition: str
+    corpus_version: str
+    rows: int
+    rejected_rows: int
+    bytes: int
+    source_uri: str | None
+    run_id: str | None
+    write_id: str
+    snapshot_id: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EmbeddingVersion:
+    """One stored, immutable set of vectors: a partition's corpus version embedded with one
+    model revision and parameter set.
+
+    `bytes` is the in-memory size of its rows; `snapshot_id` is the lake snapshot that
+    first committed it (open the store as of then with ``store.connect(snapshot=...)``).
+    """
+
+    version_id: str
+    partition: str
+    model: str
+    revision: str
+    params_hash: str
+    params: dict
+    corpus_version: str
+    rows: int
+    reused_rows: int
+    dim: int
+    dtype: str
+    bytes: int
+    run_id: str | None
+    write_id: str
+    snapshot_id: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EmbeddingWriteResult:
+    """What `write_embeddings` did: the version, and whether it was new or already stored."""
+
+    version: EmbeddingVersion
+    created: bool
+    encoded_rows: int
+    reused_rows: int
+    encode_seconds: float
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    score: float
+    id: str
+    partition: str
+    text: str | None
+
+
+@dataclass(frozen=True)
+class LakeSnapshot:
+    """One commit of the lake: what `store.connect(snapshot=snapshot_id)` opens."""
+
+    snapshot_id: int
+    time: datetime
+    author: str | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class MaintenanceReport:
+    """What `EmbeddingStore.maintain` removed."""
+
+    expired_embedding_versions: list[str]
+    expired_corpus_versions: list[str]
+    expired_snapshots: int
+    deleted_files: int

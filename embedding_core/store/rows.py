@@ -1,0 +1,63 @@
+"""A shard's rows in memory: checking a corpus table and an encoder's output, finding each
+distinct text once, and turning stored vector lists into 2-D arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedding_core.store.records import CORPUS_SCHEMA
+
+__all__ = ["check_encoded", "unique_with_first_index", "validated_corpus", "vectors_to_numpy"]
+
+
+def validated_corpus(partition: str, table: pa.Table) -> pa.Table:
+    """`table` as the corpus schema; raises naming the partition, the column and the row."""
+    missing = [name for name in CORPUS_SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise ValueError(f"corpus shard {partition!r} lacks column(s) {missing}")
+    table = table.select(CORPUS_SCHEMA.names).cast(CORPUS_SCHEMA)
+    for name in CORPUS_SCHEMA.names:
+        nulls = table.column(name).null_count
+        if nulls:
+            first = pc.index(pc.is_null(table.column(name)), True).as_py()
+            raise ValueError(f"corpus shard {partition!r} has {nulls} null {name!r} value(s), "
+                             f"first at row {first}")
+    if pc.count_distinct(table.column("id")).as_py() != table.num_rows:
+        _, first_rows = unique_with_first_index(table.column("id"))
+        duplicate_row = sorted(set(range(table.num_rows)) - set(first_rows.tolist()))[0]
+        raise ValueError(f"corpus shard {partition!r} repeats id "
+                         f"{table.column('id')[duplicate_row].as_py()!r} at row {duplicate_row}")
+    return table
+
+
+def unique_with_first_index(column: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+    """Distinct values in order of first appearance, and the row of each first appearance."""
+    first: dict[str, int] = {}
+    for row, value in enumerate(column.to_pylist()):
+        first.setdefault(value, row)
+    return list(first), np.fromiter(first.values(), dtype=np.int64, count=len(first))
+
+
+def vectors_to_numpy(column: pa.ChunkedArray | pa.Array, width: int, dtype: str) -> np.ndarray:
+    """A (rows, width) array from a column of equal-length vector lists."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(array) == 0:
+        return np.empty((0, width), dtype=dtype)
+    return array.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(-1, width)
+
+
+def check_encoded(encoded: np.ndarray, count: int, width: int, dtype: np.dtype, partition: str) -> None:
+    """Raise, naming the partition (and the text), unless the encoder returned `count`
+    finite vectors of `width` values of `dtype`."""
+    if encoded.shape != (count, width):
+        raise ValueError(f"encoder returned shape {encoded.shape} for {count} texts of partition "
+                         f"{partition!r}; expected ({count}, {width})")
+    if encoded.dtype != dtype:
+        raise ValueError(f"encoder returned {encoded.dtype} vectors for partition {partition!r}; "
+                         f"expected {dtype}")
+    if encoded.dtype.kind == "f" and not np.isfinite(encoded).all():
+        bad_row = int(np.flatnonzero(~np.isfinite(encoded).all(axis=1))[0])
+        raise ValueError(f"encoder returned a non-finite vector for partition {partition!r} "
+                         f"(text {bad_row} of this batch)")

@@ -1,0 +1,83 @@
+"""DDL of the lake's views: which record of each key is current, and the `embeddings` and
+`documents` views a user queries.
+
+Every table is append-only, so "current" is the latest committed record per key: ordered
+by the lake snapshot that committed it (DuckLake's `snapshot_id` column), never by a
+clock. A version's own attributes (its rows' `write_id`, when it was first stored) come
+from its first record; later records of the same version only make it current again.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+__all__ = ["VECTOR_TABLES", "embeddings_view_sql", "ensure_embeddings_view", "schema_views"]
+
+# stored dtype -> (rows table, DuckDB type). DuckLake has no fixed-size arrays: the
+# `embeddings` view casts to FLOAT[dim].
+VECTOR_TABLES = {
+    "float32": ("embedding_rows", "FLOAT[]"),
+    "int8": ("embedding_rows_int8", "TINYINT[]"),
+    "uint8": ("embedding_rows_uint8", "UTINYINT[]"),
+}
+
+
+def _first(key: str) -> str:
+    return f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY snapshot_id, rowid) = 1"
+
+
+def _latest(key: str) -> str:
+    return f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY snapshot_id DESC, rowid DESC) = 1"
+
+
+def embeddings_view_sql(vector_type: str) -> str:
+    """The `embeddings` view: current float32 vectors of every partition and model."""
+    table = VECTOR_TABLES["float32"][0]
+    return f"""CREATE OR REPLACE VIEW embeddings AS
+        SELECT r.id, r.text_sha256, v.partition, v.model, v.revision, v.params_hash,
+               v.corpus_version, v.version_id, r.embedding::{vector_type} AS embedding
+        FROM current_embedding_versions v JOIN {table} r ON r.write_id = v.write_id
+        WHERE v.dtype = 'float32'"""
+
+
+def schema_views() -> list[str]:
+    """The views a new store starts with (`embeddings` typed FLOAT[] until it holds vectors)."""
+    return [
+        f"""CREATE OR REPLACE VIEW current_model_snapshots AS
+            SELECT * FROM model_snapshots {_latest('model_key')}""",
+        f"""CREATE OR REPLACE VIEW stored_corpus_versions AS
+            SELECT *, snapshot_id FROM corpus_versions {_first('partition, corpus_version')}""",
+        f"""CREATE OR REPLACE VIEW current_corpus_versions AS
+            SELECT s.* FROM stored_corpus_versions s SEMI JOIN (
+                SELECT partition, corpus_version FROM corpus_versions {_latest('partition')}
+            ) c ON c.partition = s.partition AND c.corpus_version = s.corpus_version""",
+        f"""CREATE OR REPLACE VIEW stored_embedding_versions AS
+            SELECT *, snapshot_id FROM embedding_versions {_first('version_id')}""",
+        f"""CREATE OR REPLACE VIEW current_embedding_versions AS
+            SELECT s.* FROM stored_embedding_versions s SEMI JOIN (
+                SELECT version_id FROM embedding_versions {_latest('partition, model, dtype')}
+            ) c ON c.version_id = s.version_id""",
+        """CREATE OR REPLACE VIEW documents AS
+            SELECT r.id, r.text, r.text_sha256, c.partition, c.corpus_version
+            FROM current_corpus_versions c JOIN corpus_rows r ON r.write_id = c.write_id""",
+        embeddings_view_sql("FLOAT[]"),
+    ]
+
+
+def ensure_embeddings_view(con: duckdb.DuckDBPyConnection) -> bool:
+    """Retype `embeddings` to FLOAT[dim] when every current float32 version has that one
+    dimension, FLOAT[] otherwise; True when it had to change.
+
+    Writers call it inside their commit, so the view and the vectors change in one
+    snapshot, and again after it, to repair the one race snapshot isolation lets through
+    (two writers that each saw a single dimension, a different one).
+    """
+    dims = con.execute("SELECT DISTINCT dim FROM current_embedding_versions "
+                       "WHERE dtype = 'float32'").fetchall()
+    wanted = f"FLOAT[{dims[0][0]}]" if len(dims) == 1 else "FLOAT[]"
+    have = con.execute("SELECT data_type FROM duckdb_columns() WHERE database_name = current_database() "
+                       "AND table_name = 'embeddings' AND column_name = 'embedding'").fetchone()
+    if have is not None and have[0] == wanted:
+        return False
+    con.execute(embeddings_view_sql(wanted))
+    return True
