@@ -8,6 +8,7 @@ string>``, many writers on many machines). DuckDB extensions load from the pip w
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import random
@@ -115,7 +116,10 @@ class Catalog:
 
     def attach_sql(self, read_only: bool = False, snapshot: int | None = None, name: str = LAKE) -> str:
         # The root given is authoritative: a store folder that moved keeps working.
-        options = [f"DATA_PATH {sql_str(self.data.data_path)}", "OVERRIDE_DATA_PATH true"]
+        # DuckLake would keep inserts of up to 10 rows in the catalog itself, where FLOAT
+        # values lose their last bit (DuckDB 1.5.5): every insert goes to Parquet.
+        options = [f"DATA_PATH {sql_str(self.data.data_path)}", "OVERRIDE_DATA_PATH true",
+                   "DATA_INLINING_ROW_LIMIT 0"]
         if read_only:
             options.append("READ_ONLY")
         if snapshot is not None:
@@ -144,6 +148,8 @@ class Catalog:
                 con.execute(f"USE {name}")
                 yield con
             finally:
+                with contextlib.suppress(duckdb.Error):  # a transaction left open by an error
+                    con.execute("ROLLBACK")
                 con.execute("USE memory")
                 con.execute(f"DETACH {name}")
         finally:

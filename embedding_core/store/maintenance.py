@@ -48,7 +48,11 @@ def repair_embeddings_view(con: duckdb.DuckDBPyConnection, attempts: int = 3) ->
 def maintain(catalog: Catalog, older_than: timedelta) -> MaintenanceReport:
     """Delete versions no longer current since before now - `older_than`, expire lake
     snapshots older than that, then delete data files no snapshot references any more and
-    files no commit ever registered (writers that died mid-commit)."""
+    files no commit ever registered (writers that died mid-commit).
+
+    `older_than` must exceed the longest commit: a live writer's files are not registered
+    until it commits.
+    """
     cutoff = datetime.now(timezone.utc) - older_than
 
     def expire_versions(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
@@ -67,9 +71,12 @@ def maintain(catalog: Catalog, older_than: timedelta) -> MaintenanceReport:
     embeddings, corpora = catalog.commit(expire_versions, what="maintenance",
                                          message=f"maintenance: expire versions older than {cutoff}")
     with catalog.connection(read_only=False) as con:
-        arguments = f"{sql_str(lake_name(con))}, older_than => {sql_str(cutoff.isoformat())}::TIMESTAMPTZ"
-        expired = con.execute(f"CALL ducklake_expire_snapshots({arguments})").fetchall()
-        deleted = con.execute(f"CALL ducklake_cleanup_old_files({arguments})").fetchall()
-        orphans = con.execute(f"CALL ducklake_delete_orphaned_files({arguments})").fetchall()
+        lake = sql_str(lake_name(con))
+        older = f"older_than => {sql_str(cutoff.isoformat())}::TIMESTAMPTZ"
+        expired = con.execute(f"CALL ducklake_expire_snapshots({lake}, {older})").fetchall()
+        # Files the expired snapshots alone referenced: no snapshot left can reach them.
+        deleted = con.execute(f"CALL ducklake_cleanup_old_files({lake}, cleanup_all => true)").fetchall()
+        # Files no commit registered: writers that died mid-commit (older than any live commit).
+        orphans = con.execute(f"CALL ducklake_delete_orphaned_files({lake}, {older})").fetchall()
     return MaintenanceReport(expired_embedding_versions=embeddings, expired_corpus_versions=corpora,
                              expired_snapshots=len(expired), deleted_files=len(deleted) + len(orphans))

@@ -1,0 +1,179 @@
+"""Many writer processes on one store with a Postgres catalog and S3 data (loopback servers).
+
+Each writer is a real process (`writer_process.py`) encoding with `TextHashEncoder`, so the
+parent can check every committed vector exactly. No lock is held while encoding: writers
+meet only in their short commits, and a conflicting commit is retried.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedding_core.store import EmbeddingParams, EmbeddingStore, corpus_table
+from tests.store.fakes import TextHashEncoder, bumped
+
+REPO = str(Path(__file__).resolve().parents[2])
+DIM = 16
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def lake(s3_root, pg_catalog) -> EmbeddingStore:
+    return EmbeddingStore(s3_root, pg_catalog)
+
+
+def write_shard(store: EmbeddingStore, partition: str, rows: int):
+    texts = [f"{partition} text {i}" for i in range(rows)]
+    return store.write_corpus(partition, corpus_table([f"{partition}:{i}" for i in range(rows)], texts))
+
+
+def start_writer(store: EmbeddingStore, partition: str, *options: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.store.writer_process", store.root, store.catalog, partition, str(DIM),
+         *options],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+def finish(writer: subprocess.Popen, timeout: float = 240) -> dict:
+    out, err = writer.communicate(timeout=timeout)
+    assert writer.returncode == 0, err[-3000:]
+    return json.loads(out.splitlines()[-1])
+
+
+def wait_for(path: Path, writer: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert writer.poll() is None, writer.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"the writer never touched {path.name}"
+        time.sleep(0.05)
+
+
+def assert_vectors_exact(store: EmbeddingStore, version, texts: list[str]) -> None:
+    ids, vectors = store.read_embeddings(version)
+    assert ids.num_rows == len(texts)
+    np.testing.assert_array_equal(vectors, np.stack([TextHashEncoder(DIM).vector(t) for t in texts]))
+
+
+def lake_files(s3_server, root: str) -> set[str]:
+    bucket, prefix = root.removeprefix("s3://").split("/", 1)
+    pages = s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+
+def test_four_writer_processes_commit_different_partitions_at_once(lake):
+    partitions = [f"shard-{i}" for i in range(4)]
+    corpora = {p: write_shard(lake, p, 500) for p in partitions}
+    commit_at = str(time.time() + 15)  # after every writer has started: the commits meet
+    writers = [start_writer(lake, p, "--commit-at", commit_at, "--run-id", f"run-{p}") for p in partitions]
+    results = [finish(writer) for writer in writers]
+
+    assert all(result["created"] for result in results)
+    assert len({result["snapshot_id"] for result in results}) == 4  # four separate commits
+    with lake.connect() as con:
+        assert con.execute("SELECT partition, count(*) FROM embeddings GROUP BY ALL ORDER BY 1").fetchall() == [
+            (p, 500) for p in partitions]
+        assert con.execute("SELECT DISTINCT typeof(embedding) FROM embeddings").fetchall() == [(f"FLOAT[{DIM}]",)]
+    messages = " ".join(s.message or "" for s in lake.lake_snapshots())
+    for partition in partitions:
+        assert f"run-{partition}" in messages
+        version = lake.current_embedding_version(partition, bumped().model)
+        assert_vectors_exact(lake, version, lake.read_corpus(corpora[partition]).column("text").to_pylist())
+
+
+def test_two_writers_of_one_partition_both_commit_and_the_later_is_current(lake):
+    corpus = write_shard(lake, "shared", 300)
+    commit_at = str(time.time() + 12)
+    writers = [start_writer(lake, "shared", "--revision", revision * 40, "--commit-at", commit_at)
+               for revision in "cd"]
+    results = [finish(writer) for writer in writers]
+
+    versions = lake.embedding_versions("shared")
+    assert sorted(v.revision for v in versions) == ["c" * 40, "d" * 40]
+    later = max(results, key=lambda result: result["snapshot_id"])
+    current = lake.current_embedding_version("shared", bumped().model)
+    assert current.version_id == later["version_id"]
+    with lake.connect() as con:
+        assert con.execute("SELECT DISTINCT revision, count(*) FROM embeddings GROUP BY ALL").fetchall() == [
+            (current.revision, 300)]
+    texts = lake.read_corpus(corpus).column("text").to_pylist()
+    for version in versions:  # both kept whole
+        assert_vectors_exact(lake, version, texts)
+
+
+def test_a_small_shard_started_while_a_large_one_encodes_finishes_first(lake, tmp_path):
+    write_shard(lake, "large", 5000)
+    write_shard(lake, "small", 50)
+    large = start_writer(lake, "large", "--encode-seconds", "40", "--ready", str(tmp_path / "large-encoding"))
+    wait_for(tmp_path / "large-encoding", large)
+    small = finish(start_writer(lake, "small"))
+    assert large.poll() is None, "the large shard finished before the small one"
+    large_result = finish(large)
+    assert small["snapshot_id"] < large_result["snapshot_id"]
+    with lake.connect() as con:
+        assert con.execute("SELECT partition, count(*) FROM embeddings GROUP BY ALL ORDER BY 1").fetchall() == [
+            ("large", 5000), ("small", 50)]
+
+
+@pytest.mark.parametrize("moment", ["encode", "commit"])
+def test_a_writer_killed_mid_encode_or_mid_commit_leaves_the_previous_version_current(
+        lake, s3_server, tmp_path, moment):
+    corpus = write_shard(lake, "docs", 400)
+    texts = lake.read_corpus(corpus).column("text").to_pylist()
+    previous = lake.write_embeddings("docs", corpus, bumped(dim=DIM), EmbeddingParams(), TextHashEncoder(DIM)).version
+    commits = len(lake.lake_snapshots())
+    files_before = lake_files(s3_server, lake.root)
+
+    marker = tmp_path / moment
+    option = "--ready" if moment == "encode" else "--hang-in-commit"
+    writer = start_writer(lake, "docs", "--revision", "e" * 40, "--encode-seconds", "600" if moment == "encode" else "0",
+                          option, str(marker))
+    wait_for(marker, writer)
+    writer.send_signal(signal.SIGKILL)
+    assert writer.wait() == -signal.SIGKILL
+
+    assert len(lake.lake_snapshots()) == commits  # nothing committed
+    assert [v.version_id for v in lake.embedding_versions("docs")] == [previous.version_id]
+    assert lake.current_embedding_version("docs", previous.model) == previous
+    assert_vectors_exact(lake, previous, texts)
+    if moment == "commit":  # its Parquet files reached S3, unregistered: maintenance removes them
+        assert lake_files(s3_server, lake.root) > files_before
+        lake.maintain(older_than=timedelta(0))
+        assert lake_files(s3_server, lake.root) == files_before
+
+    rerun = lake.write_embeddings("docs", corpus, bumped(revision="e" * 40, dim=DIM), EmbeddingParams(), TextHashEncoder(DIM))
+    assert rerun.created and lake.current_embedding_version("docs", previous.model) == rerun.version
+    assert_vectors_exact(lake, rerun.version, texts)
+
+
+def test_processes_opening_a_brand_new_postgres_catalog_at_once_create_it_once(s3_root, pg_catalog):
+    opener = "import sys; from embedding_core.store import EmbeddingStore; EmbeddingStore(sys.argv[1], sys.argv[2])"
+    openers = [subprocess.Popen([sys.executable, "-c", opener, s3_root, pg_catalog], cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": REPO}, stderr=subprocess.PIPE, text=True)
+               for _ in range(3)]
+    errors = [opener.communicate(timeout=120)[1] for opener in openers]
+    assert [opener.returncode for opener in openers] == [0, 0, 0], errors
+    messages = [s.message for s in EmbeddingStore(s3_root, pg_catalog).lake_snapshots()]
+    assert messages.count("create the store") == 1
+
+
+def test_writer_processes_take_turns_on_a_local_catalog_file(tmp_path):
+    store = EmbeddingStore(tmp_path / "store")
+    partitions = [f"local-{i}" for i in range(3)]
+    for partition in partitions:
+        write_shard(store, partition, 200)
+    commit_at = str(time.time() + 12)
+    results = [finish(writer) for writer in [start_writer(store, p, "--commit-at", commit_at) for p in partitions]]
+    assert all(result["created"] for result in results)
+    with store.connect() as con:
+        assert con.execute("SELECT partition, count(*) FROM embeddings GROUP BY ALL ORDER BY 1").fetchall() == [
+            (p, 200) for p in partitions]
