@@ -267,21 +267,16 @@ def _start(config: ClusterConfig, state: Path) -> Cluster:
 
 
 def stop(state_dir: Path | str = DEFAULT_STATE_DIR) -> list[str]:
-    """Stop every process recorded in the state dir, the servers last; return their names."""
+    """Stop every process recorded in the state dir by PID: the Dagster processes and workers
+    together, then the servers they use. Returns the names of those that were running."""
     state = Path(state_dir)
     names = servers.recorded(state)
-    ordered = [n for n in reversed(names) if n not in INFRA] + [n for n in INFRA if n in names]
-    stopped = []
-    errors = []
-    for name in ordered:
-        try:
-            if servers.stop(state, name):
-                stopped.append(name)
-        except ServerError as error:
-            errors.append(str(error))
-    if errors:
-        raise ServerError("; ".join(errors))
-    return stopped
+    apps = [n for n in reversed(names) if n not in INFRA]
+    try:
+        stopped = servers.stop_many(state, apps)
+    finally:
+        stopped_infra = servers.stop_many(state, [n for n in INFRA if n in names])
+    return stopped + stopped_infra
 
 
 def status(state_dir: Path | str = DEFAULT_STATE_DIR) -> list[tuple[str, int, bool]]:

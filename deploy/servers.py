@@ -208,28 +208,37 @@ def recorded(state_dir: str | Path) -> list[str]:
 def stop(state_dir: str | Path, name: str, timeout: float = 20.0) -> bool:
     """Stop the server ``name`` recorded in ``state_dir`` by its PID; True if it was running.
 
-    Sends the server's stop signal (SIGINT for Postgres: a fast shutdown; SIGTERM otherwise),
-    waits up to ``timeout`` seconds, then SIGKILLs it and its process group. The records are
-    removed either way.
+    Sends the server's stop signal (SIGINT for Postgres: a fast shutdown; SIGTERM unless the
+    record names another), waits up to ``timeout`` seconds, then SIGKILLs it and its process
+    group. The records are removed either way.
     """
-    server = load(state_dir, name)
-    pid_path, info_path = _paths(state_dir, name)
-    was_running = False
-    if server is not None and server.is_running():
-        was_running = True
+    return stop_many(state_dir, [name], timeout=timeout) == [name]
+
+
+def stop_many(state_dir: str | Path, names: list[str], timeout: float = 20.0) -> list[str]:
+    """Stop several servers at once: signal them all, then wait for each (as :func:`stop`).
+    Returns the names of those that were running."""
+    found = [(name, load(state_dir, name)) for name in names]
+    running = [(name, server) for name, server in found if server and server.is_running()]
+    for _, server in running:
         default = "SIGINT" if server.kind == "postgres" else "SIGTERM"
-        sig = getattr(signal, server.extra.get("stop_signal", default))
-        _signal_tree(server.pid, sig)
-        if not _wait_gone(server.pid, server.create_time, timeout):
+        _signal_tree(server.pid, getattr(signal, server.extra.get("stop_signal", default)))
+    deadline = time.monotonic() + timeout
+    errors = []
+    for name, server in running:
+        if not _wait_gone(server.pid, server.create_time, max(0.0, deadline - time.monotonic())):
             _kill_group(server.pid)
             if not _wait_gone(server.pid, server.create_time, 10.0):
-                raise ServerError(f"{name} (pid {server.pid}) did not stop; log: {server.log}")
-    if server is not None:
-        _reap(server.pid)
-        _sweep_group(server.pid)
-    for path in (pid_path, info_path):
-        path.unlink(missing_ok=True)
-    return was_running
+                errors.append(f"{name} (pid {server.pid}) did not stop; log: {server.log}")
+    for name, server in found:
+        if server is not None:
+            _reap(server.pid)
+            _sweep_group(server.pid)
+        for path in _paths(state_dir, name):
+            path.unlink(missing_ok=True)
+    if errors:
+        raise ServerError("; ".join(errors))
+    return [name for name, _ in running]
 
 
 def _signal_tree(pid: int, sig: int) -> None:
