@@ -52,6 +52,9 @@ _TABLES = {
     **{table: f"write_id VARCHAR, id VARCHAR, text_sha256 VARCHAR, embedding {sql_type}"
        for table, sql_type in views.VECTOR_TABLES.values()},
 }
+# One record per commit: kept in the catalog database (DuckLake "inlining"), not as one
+# tiny Parquet file per commit that every later query would have to open.
+_RECORD_TABLES = ("model_snapshots", "corpus_versions", "embedding_versions")
 # Postgres advisory lock held while a brand-new catalog gets DuckLake's metadata and our
 # tables: two processes attaching it at once would both try to create them.
 _SCHEMA_LOCK_KEY = 0x656D6264_73746F72  # "embdstor"
@@ -117,7 +120,8 @@ class Catalog:
     def attach_sql(self, read_only: bool = False, snapshot: int | None = None, name: str = LAKE) -> str:
         # The root given is authoritative: a store folder that moved keeps working.
         # DuckLake would keep inserts of up to 10 rows in the catalog itself, where FLOAT
-        # values lose their last bit (DuckDB 1.5.5): every insert goes to Parquet.
+        # values lose their last bit (DuckDB 1.5.5): rows go to Parquet; only the record
+        # tables, which hold no floats, opt back in (_RECORD_TABLES).
         options = [f"DATA_PATH {sql_str(self.data.data_path)}", "OVERRIDE_DATA_PATH true",
                    "DATA_INLINING_ROW_LIMIT 0"]
         if read_only:
@@ -201,6 +205,13 @@ class Catalog:
                 for statement in views.schema_views():
                     con.execute(statement)
                 set_commit_message(con, "create the store")
+                con.execute("COMMIT")
+                # Tables cannot take options in the transaction that creates them.
+                con.execute("BEGIN TRANSACTION")
+                for table in _RECORD_TABLES:
+                    con.execute(f"CALL {lake_name(con)}.set_option('data_inlining_row_limit', 1000, "
+                                "table_name => ?)", [table])
+                set_commit_message(con, "keep version records in the catalog")
                 con.execute("COMMIT")
 
     def commit(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,11 +22,10 @@ from datetime import timedelta
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from embedding_core.store import maintenance
+from embedding_core.store import maintenance, queries, writer
 from embedding_core.store.catalog import CATALOG_FILE_NAME, Catalog
-from embedding_core.store.files import DataPath, sql_str
+from embedding_core.store.files import DataPath
 from embedding_core.store.records import (
     CorpusVersion,
     EmbeddingParams,
@@ -42,21 +40,12 @@ from embedding_core.store.records import (
     vector_width,
 )
 from embedding_core.store.rows import (
-    check_encoded,
-    unique_with_first_index,
     validated_corpus,
     vectors_to_numpy,
 )
-from embedding_core.store.views import VECTOR_TABLES, ensure_embeddings_view
+from embedding_core.store.views import VECTOR_TABLES
 
 __all__ = ["EmbeddingStore"]
-
-_CORPUS_COLUMNS = ("partition, corpus_version, rows, rejected_rows, bytes, source_uri, run_id, "
-                   "write_id, snapshot_id, created_at")
-_EMBEDDING_COLUMNS = ("version_id, partition, model, revision, params_hash, params, corpus_version, "
-                      "rows, reused_rows, dim, dtype, bytes, run_id, write_id, snapshot_id, created_at")
-_SNAPSHOT_COLUMNS = ("model_key, model, revision, source, path, dim, max_seq_length, requested_revision, "
-                     "pooling, prompts, default_prompt_name, similarity_fn, files_hash")
 
 
 class EmbeddingStore:
@@ -140,12 +129,12 @@ class EmbeddingStore:
     def corpus_version(self, partition: str, corpus_version: str | None = None) -> CorpusVersion | None:
         """A stored corpus version of `partition`; the current one when no version is given."""
         with self.connect() as con:
-            return _corpus_version(con, partition, corpus_version)
+            return queries.corpus_version(con, partition, corpus_version)
 
     def read_corpus(self, corpus: CorpusVersion) -> pa.Table:
         """The stored rows (`id`, `text`, `text_sha256`) of a corpus version, in order."""
         with self.connect() as con:
-            return _corpus_rows(con, corpus.write_id)
+            return queries.corpus_rows(con, corpus.write_id)
 
     def corpus_partitions(self) -> list[str]:
         """Partitions that have a stored corpus version, sorted."""
@@ -164,16 +153,14 @@ class EmbeddingStore:
 
     def _model_snapshots(self, clause: str, args: list) -> list[ModelSnapshot]:
         with self.connect() as con:
-            rows = con.execute(f"SELECT {_SNAPSHOT_COLUMNS} FROM current_model_snapshots {clause}",
-                               args).fetchall()
-        return [_model_snapshot(row) for row in rows]
+            return queries.model_snapshots(con, clause, args)
 
     def embedding_version(self, partition: str, snapshot: ModelSnapshot, params: EmbeddingParams,
                           corpus_version: str) -> EmbeddingVersion | None:
         """The stored version for exactly these inputs, if there is one."""
-        version_id = _version_id(partition, snapshot, params, corpus_version)
-        versions = self._embedding_versions("stored_embedding_versions WHERE version_id = ?", [version_id])
-        return versions[0] if versions else None
+        with self.connect() as con:
+            return queries.stored_embedding_version(con, writer.version_id(partition, snapshot, params,
+                                                                           corpus_version))
 
     def current_embedding_version(self, partition: str, model: str,
                                   dtype: str = "float32") -> EmbeddingVersion | None:
@@ -190,7 +177,7 @@ class EmbeddingStore:
 
     def _embedding_versions(self, source: str, args: list) -> list[EmbeddingVersion]:
         with self.connect() as con:
-            return _embedding_versions(con, source, args)
+            return queries.embedding_versions(con, source, args)
 
     def read_embeddings(self, version: EmbeddingVersion) -> tuple[pa.Table, np.ndarray]:
         """The `id`/`text_sha256` columns of a version (current or not) and its vectors as a
@@ -256,7 +243,7 @@ class EmbeddingStore:
             return current
 
         def work(con: duckdb.DuckDBPyConnection) -> None:
-            stored = _corpus_version(con, partition, version)
+            stored = queries.corpus_version(con, partition, version)
             write_id = stored.write_id if stored is not None else uuid.uuid4().hex
             if stored is None:
                 con.register("corpus_shard", table)
@@ -301,95 +288,7 @@ class EmbeddingStore:
         `run_id` then commit in one lake transaction. Storing the same inputs twice
         encodes nothing and makes that version current.
         """
-        if corpus.partition != partition:
-            raise ValueError(f"corpus version {corpus.corpus_version[:16]} belongs to partition "
-                             f"{corpus.partition!r}, not {partition!r}")
-        version_id = _version_id(partition, snapshot, params, corpus.corpus_version)
-        dtype = stored_dtype(params.precision)
-        dim = params.truncate_dim or snapshot.dim
-        width = vector_width(params.precision, dim)
-        with self.connect() as con:
-            existing = _embedding_versions(con, "stored_embedding_versions WHERE version_id = ?", [version_id])
-            if not existing:
-                rows = _corpus_rows(con, corpus.write_id)
-                unique_shas, first_rows = unique_with_first_index(rows.column("text_sha256"))
-                known = _stored_vectors(con, snapshot, params, unique_shas, width)
-        if existing:
-            version = existing[0]
-            current = self.current_embedding_version(partition, snapshot.model, dtype)
-            if current is None or current.version_id != version_id:
-                self._commit_embedding_record(version, run_id, rows=None)
-            return EmbeddingWriteResult(version, created=False, encoded_rows=0,
-                                        reused_rows=version.rows, encode_seconds=0.0)
-
-        missing = [i for i, sha in enumerate(unique_shas) if sha not in known]
-        vectors = np.empty((len(unique_shas), width), dtype=dtype)
-        for i, sha in enumerate(unique_shas):
-            if sha in known:
-                vectors[i] = known[sha]
-        started = time.perf_counter()
-        if missing:
-            texts = rows.column("text").take(pa.array(first_rows[missing])).to_pylist()
-            encoded = np.asarray(encode(texts))
-            check_encoded(encoded, len(texts), width, vectors.dtype, partition)
-            vectors[missing] = encoded
-        encode_seconds = time.perf_counter() - started
-
-        row_index = pc.index_in(rows.column("text_sha256"), value_set=pa.array(unique_shas)).to_numpy()
-        stored_rows = pa.table({
-            "id": rows.column("id"), "text_sha256": rows.column("text_sha256"),
-            "embedding": pa.FixedSizeListArray.from_arrays(vectors[row_index].reshape(-1), width),
-        })
-        reused_rows = int(rows.num_rows - np.isin(row_index, missing).sum())
-        record = EmbeddingVersion(
-            version_id=version_id, partition=partition, model=snapshot.model,
-            revision=snapshot.revision, params_hash=params.params_hash, params=json.loads(params.to_json()),
-            corpus_version=corpus.corpus_version, rows=rows.num_rows, reused_rows=reused_rows, dim=dim,
-            dtype=dtype, bytes=stored_rows.nbytes, run_id=run_id, write_id=uuid.uuid4().hex,
-            snapshot_id=-1, created_at=None)
-        version, created = self._commit_embedding_record(record, run_id, rows=stored_rows)
-        return EmbeddingWriteResult(version, created=created, encoded_rows=len(missing),
-                                    reused_rows=reused_rows, encode_seconds=encode_seconds)
-
-    def _commit_embedding_record(self, version: EmbeddingVersion, run_id: str | None,
-                                 rows: pa.Table | None) -> tuple[EmbeddingVersion, bool]:
-        """Commit a version record (with its rows when given) and make it current; returns the
-        stored version and whether this call stored its rows."""
-        table_name = VECTOR_TABLES[version.dtype][0]
-
-        def work(con: duckdb.DuckDBPyConnection) -> bool:
-            # A concurrent writer may have committed the same inputs since we looked.
-            stored = _embedding_versions(con, "stored_embedding_versions WHERE version_id = ?",
-                                         [version.version_id])
-            write_id = stored[0].write_id if stored else version.write_id
-            if rows is not None and not stored:
-                con.register("vector_rows", rows)
-                con.execute(f"INSERT INTO {table_name} SELECT ?, id, text_sha256, embedding "
-                            "FROM vector_rows", [write_id])
-            con.execute(f"INSERT INTO embedding_versions VALUES ({', '.join('?' * 14)}, current_timestamp)",
-                        [version.version_id, version.partition, version.model, version.revision,
-                         version.params_hash, json.dumps(version.params, sort_keys=True),
-                         version.corpus_version, version.rows, version.reused_rows, version.dim,
-                         version.dtype, version.bytes, run_id, write_id])
-            if version.dtype == "float32":
-                ensure_embeddings_view(con)
-            return rows is not None and not stored
-
-        committed: list[EmbeddingVersion] = []
-
-        def after(con: duckdb.DuckDBPyConnection) -> None:
-            maintenance.repair_embeddings_view(con)
-            committed.extend(_embedding_versions(
-                con, "stored_embedding_versions WHERE version_id = ?", [version.version_id]))
-
-        created = self._catalog.commit(
-            work, what=f"embeddings of partition {version.partition!r}",
-            message=(f"embeddings {version.partition} {version.model}@{version.revision[:12]} "
-                     f"{version.params_hash} (run {run_id})"),
-            extra=json.dumps({"run_id": run_id, "partition": version.partition,
-                              "version_id": version.version_id}),
-            after=after)
-        return committed[0], created
+        return writer.write_embeddings(self._catalog, partition, corpus, snapshot, params, encode, run_id)
 
     # -------------------------------------------------------------- maintenance
 
@@ -399,62 +298,3 @@ class EmbeddingStore:
         travel) older than that, and files nothing references any more (including those
         of writers that died mid-commit). Current versions are never touched."""
         return maintenance.maintain(self._catalog, older_than)
-
-
-def _version_id(partition: str, snapshot: ModelSnapshot, params: EmbeddingParams, corpus_version: str) -> str:
-    return sha256_json([partition, snapshot.model, snapshot.revision, params.params_hash, corpus_version])[:24]
-
-
-def _corpus_version(con: duckdb.DuckDBPyConnection, partition: str,
-                    corpus_version: str | None) -> CorpusVersion | None:
-    if corpus_version is None:
-        row = con.execute(f"SELECT {_CORPUS_COLUMNS} FROM current_corpus_versions WHERE partition = ?",
-                          [partition]).fetchone()
-    else:
-        row = con.execute(f"SELECT {_CORPUS_COLUMNS} FROM stored_corpus_versions "
-                          "WHERE partition = ? AND corpus_version = ?", [partition, corpus_version]).fetchone()
-    return None if row is None else CorpusVersion(*row)
-
-
-def _corpus_rows(con: duckdb.DuckDBPyConnection, write_id: str) -> pa.Table:
-    return con.execute("SELECT id, text, text_sha256 FROM corpus_rows WHERE write_id = ? ORDER BY rowid",
-                       [write_id]).to_arrow_table()
-
-
-def _embedding_versions(con: duckdb.DuckDBPyConnection, source: str, args: list) -> list[EmbeddingVersion]:
-    rows = con.execute(f"SELECT {_EMBEDDING_COLUMNS} FROM {source}", args).fetchall()
-    versions = []
-    for row in rows:
-        values = dict(zip(_EMBEDDING_COLUMNS.split(", "), row, strict=True))
-        values["params"] = json.loads(values["params"])
-        versions.append(EmbeddingVersion(**values))
-    return versions
-
-
-def _stored_vectors(con: duckdb.DuckDBPyConnection, snapshot: ModelSnapshot, params: EmbeddingParams,
-                    shas: list[str], width: int) -> dict[str, np.ndarray]:
-    """Vectors already stored for these text hashes under the same model and params."""
-    write_ids = [write_id for (write_id,) in con.execute(
-        "SELECT write_id FROM stored_embedding_versions WHERE model = ? AND revision = ? AND params_hash = ?",
-        [snapshot.model, snapshot.revision, params.params_hash]).fetchall()]
-    if not write_ids or not shas:
-        return {}
-    con.register("wanted_shas", pa.table({"text_sha256": pa.array(shas, pa.string())}))
-    dtype = stored_dtype(params.precision)
-    # Literal write ids let DuckLake skip every data file of other versions by its statistics.
-    found = con.execute(
-        f"SELECT DISTINCT ON (r.text_sha256) r.text_sha256, r.embedding FROM {VECTOR_TABLES[dtype][0]} r "
-        f"SEMI JOIN wanted_shas w ON w.text_sha256 = r.text_sha256 "
-        f"WHERE r.write_id IN ({', '.join(sql_str(w) for w in write_ids)})").to_arrow_table()
-    vectors = vectors_to_numpy(found.column("embedding"), width, dtype)
-    return dict(zip(found.column("text_sha256").to_pylist(), vectors, strict=True))
-
-
-def _model_snapshot(row: tuple) -> ModelSnapshot:
-    (model_key, model, revision, source, path, dim, max_seq_length, requested_revision,
-     pooling, prompts, default_prompt_name, similarity_fn, files_hash) = row
-    return ModelSnapshot(
-        model_key=model_key, model=model, revision=revision, source=source, path=path, dim=dim,
-        max_seq_length=max_seq_length, requested_revision=requested_revision,
-        pooling=tuple(json.loads(pooling)), prompts=json.loads(prompts),
-        default_prompt_name=default_prompt_name, similarity_fn=similarity_fn, files_hash=files_hash)

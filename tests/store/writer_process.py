@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from embedding_core.store import EmbeddingParams, EmbeddingStore
-from embedding_core.store import facade as store_facade
+from embedding_core.store import writer as store_writer
 from tests.store.fakes import SNAPSHOT, TextHashEncoder, bumped
 
 
@@ -47,7 +47,7 @@ def main() -> None:
         def hang(con):
             args.hang_in_commit.touch()
             time.sleep(3600)
-        store_facade.ensure_embeddings_view = hang
+        store_writer.ensure_embeddings_view = hang
 
     snapshot = bumped(revision=args.revision, dim=args.dim)
     result = store.write_embeddings(args.partition, store.corpus_version(args.partition), snapshot,

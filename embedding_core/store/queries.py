@@ -1,0 +1,95 @@
+"""Reading records and rows back from a lake connection (see `Catalog.connection`)."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from embedding_core.store.files import sql_str
+from embedding_core.store.records import CorpusVersion, EmbeddingVersion, ModelSnapshot
+from embedding_core.store.rows import vectors_to_numpy
+from embedding_core.store.views import VECTOR_TABLES
+
+__all__ = ["EMBEDDING_RECORD_COLUMNS", "corpus_rows", "corpus_version", "embedding_versions",
+           "model_snapshots", "stored_embedding_version", "stored_vectors"]
+
+_CORPUS_COLUMNS = ("partition, corpus_version, rows, rejected_rows, bytes, source_uri, run_id, "
+                   "write_id, snapshot_id, created_at")
+# The columns of an `embedding_versions` record, in table order, before `created_at`.
+EMBEDDING_RECORD_COLUMNS = ("version_id", "partition", "model", "revision", "params_hash", "params",
+                            "corpus_version", "rows", "reused_rows", "dim", "dtype", "bytes", "run_id",
+                            "write_id")
+_EMBEDDING_COLUMNS = ", ".join([*EMBEDDING_RECORD_COLUMNS, "snapshot_id", "created_at"])
+_SNAPSHOT_COLUMNS = ("model_key, model, revision, source, path, dim, max_seq_length, requested_revision, "
+                     "pooling, prompts, default_prompt_name, similarity_fn, files_hash")
+
+
+def corpus_version(con: duckdb.DuckDBPyConnection, partition: str,
+                   version: str | None) -> CorpusVersion | None:
+    """A stored corpus version of `partition`; the current one when `version` is None."""
+    if version is None:
+        row = con.execute(f"SELECT {_CORPUS_COLUMNS} FROM current_corpus_versions WHERE partition = ?",
+                          [partition]).fetchone()
+    else:
+        row = con.execute(f"SELECT {_CORPUS_COLUMNS} FROM stored_corpus_versions "
+                          "WHERE partition = ? AND corpus_version = ?", [partition, version]).fetchone()
+    return None if row is None else CorpusVersion(*row)
+
+
+def corpus_rows(con: duckdb.DuckDBPyConnection, write_id: str) -> pa.Table:
+    """The `id`, `text`, `text_sha256` rows one write committed, in their order."""
+    return con.execute("SELECT id, text, text_sha256 FROM corpus_rows WHERE write_id = ? ORDER BY rowid",
+                       [write_id]).to_arrow_table()
+
+
+def embedding_versions(con: duckdb.DuckDBPyConnection, source: str, args: list) -> list[EmbeddingVersion]:
+    """Versions from `source`: a version view with its WHERE / ORDER BY clauses."""
+    rows = con.execute(f"SELECT {_EMBEDDING_COLUMNS} FROM {source}", args).fetchall()
+    versions = []
+    for row in rows:
+        values = dict(zip(_EMBEDDING_COLUMNS.split(", "), row, strict=True))
+        values["params"] = json.loads(values["params"])
+        versions.append(EmbeddingVersion(**values))
+    return versions
+
+
+def stored_embedding_version(con: duckdb.DuckDBPyConnection, version_id: str) -> EmbeddingVersion | None:
+    """A stored version by id: its first record (read from the table, cheaper than the view)."""
+    versions = embedding_versions(con, "embedding_versions WHERE version_id = ? ORDER BY snapshot_id, rowid LIMIT 1",
+                                  [version_id])
+    return versions[0] if versions else None
+
+
+def stored_vectors(con: duckdb.DuckDBPyConnection, model: str, revision: str, params_hash: str,
+                   dtype: str, shas: list[str], width: int) -> dict[str, np.ndarray]:
+    """Vectors already stored for these text hashes under the same model, revision and params."""
+    write_ids = [write_id for (write_id,) in con.execute(
+        "SELECT write_id FROM stored_embedding_versions WHERE model = ? AND revision = ? AND params_hash = ?",
+        [model, revision, params_hash]).fetchall()]
+    if not write_ids or not shas:
+        return {}
+    con.register("wanted_shas", pa.table({"text_sha256": pa.array(shas, pa.string())}))
+    # Literal write ids let DuckLake skip the data files of every other version by their statistics.
+    found = con.execute(
+        f"SELECT DISTINCT ON (r.text_sha256) r.text_sha256, r.embedding FROM {VECTOR_TABLES[dtype][0]} r "
+        f"SEMI JOIN wanted_shas w ON w.text_sha256 = r.text_sha256 "
+        f"WHERE r.write_id IN ({', '.join(sql_str(w) for w in write_ids)})").to_arrow_table()
+    vectors = vectors_to_numpy(found.column("embedding"), width, dtype)
+    return dict(zip(found.column("text_sha256").to_pylist(), vectors, strict=True))
+
+
+def model_snapshots(con: duckdb.DuckDBPyConnection, clause: str, args: list) -> list[ModelSnapshot]:
+    """Current model snapshots, filtered / ordered by `clause`."""
+    rows = con.execute(f"SELECT {_SNAPSHOT_COLUMNS} FROM current_model_snapshots {clause}", args).fetchall()
+    snapshots = []
+    for (model_key, model, revision, source, path, dim, max_seq_length, requested_revision,
+         pooling, prompts, default_prompt_name, similarity_fn, files_hash) in rows:
+        snapshots.append(ModelSnapshot(
+            model_key=model_key, model=model, revision=revision, source=source, path=path, dim=dim,
+            max_seq_length=max_seq_length, requested_revision=requested_revision,
+            pooling=tuple(json.loads(pooling)), prompts=json.loads(prompts),
+            default_prompt_name=default_prompt_name, similarity_fn=similarity_fn, files_hash=files_hash))
+    return snapshots
