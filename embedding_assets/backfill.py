@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = "ok" if result.success else "FAILED"
             print(f"run {result.run_id} {result.dagster_run.tags.get(ASSET_PARTITION_RANGE_START_TAG, '')}"
                   f"...{result.dagster_run.tags.get(ASSET_PARTITION_RANGE_END_TAG, '')}: {status}")
-        print(f"{len(selected)} partition(s); catalog: {store.catalog_path}")
+        print(f"{len(selected)} partition(s); catalog: {store.catalog_label}")
         return 0 if all(result.success for result in results) else 1
 
 

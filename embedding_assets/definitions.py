@@ -29,7 +29,13 @@ from pathlib import Path
 
 from dagster import Definitions, ExecutorDefinition
 
-from embedding_assets.assets import corpus, embeddings, model_snapshot
+from embedding_assets.assets import (
+    corpus,
+    embeddings,
+    model_snapshot,
+    store_maintenance,
+    weekly_store_maintenance,
+)
 from embedding_assets.checks import embeddings_match_model
 from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource, EncoderResource
 from embedding_assets.schedules import refresh_stale_embeddings
@@ -46,10 +52,10 @@ def build_definitions(
     """Definitions over a given store and landing folder (tests and scripts build their own)."""
     return Definitions(
         executor=executor,
-        assets=[corpus, model_snapshot, embeddings],
+        assets=[corpus, model_snapshot, embeddings, store_maintenance],
         asset_checks=[embeddings_match_model],
         sensors=[corpus_landing_sensor, model_revision_sensor],
-        schedules=[refresh_stale_embeddings],
+        schedules=[refresh_stale_embeddings, weekly_store_maintenance],
         resources={
             "embedding_store": EmbeddingStoreResource(root=store_root, catalog=catalog),
             "corpus_source": CorpusSourceResource(landing_dir=landing_dir),

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from embedding_core.store import EmbeddingStore, ModelSnapshot, SearchHit
+from embedding_core.store import CATALOG_FILE_NAME, EmbeddingStore, ModelSnapshot, SearchHit
 
 
 def search(store: EmbeddingStore, query: str, model_key: str | None = None, top_k: int = 5,
@@ -32,12 +32,12 @@ def _pick_snapshot(store: EmbeddingStore, model_key: str | None) -> ModelSnapsho
         snapshot = store.current_model_snapshot(model_key)
         if snapshot is None:
             known = [s.model_key for s in store.current_model_snapshots()]
-            raise SystemExit(f"no model {model_key!r} in {store.catalog_path}; known: {known}")
+            raise SystemExit(f"no model {model_key!r} in {store.catalog_label}; known: {known}")
         return snapshot
     snapshots = store.current_model_snapshots()
     if len(snapshots) != 1:
         raise SystemExit(
-            f"{store.catalog_path} holds {len(snapshots)} models "
+            f"{store.catalog_label} holds {len(snapshots)} models "
             f"{[s.model_key for s in snapshots]}; choose one with --model"
         )
     return snapshots[0]
@@ -48,8 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("query", help="the text to search for")
     parser.add_argument("--store", default=os.environ.get("EMBEDDING_STORE_ROOT", "store"),
                         help="store root folder or URI (default: $EMBEDDING_STORE_ROOT or ./store)")
-    parser.add_argument("--catalog", default=os.environ.get("EMBEDDING_CATALOG_PATH"),
-                        help="local catalog file (needed for remote stores)")
+    parser.add_argument("--catalog", default=os.environ.get("EMBEDDING_CATALOG"),
+                        help="DuckDB catalog file or postgres:<libpq string> (default: "
+                        "$EMBEDDING_CATALOG, else the file under a local store; needed for s3://)")
     parser.add_argument("--model", help="model name as configured, when the store holds several")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--prompt-name", help="encode the query with this prompt of the model")
@@ -57,16 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per hit")
     args = parser.parse_args(argv)
 
-    if "://" not in args.store and not os.path.isfile(args.catalog or os.path.join(args.store, "catalog.duckdb")):
+    if "://" not in args.store and not args.catalog and not os.path.isfile(
+            os.path.join(args.store, CATALOG_FILE_NAME)):
         parser.error(f"no embedding catalog under {args.store!r}; run `make demo` or materialize first")
-    store = EmbeddingStore(args.store, catalog_path=args.catalog)
+    store = EmbeddingStore(args.store, catalog=args.catalog)
     snapshot, hits = search(store, args.query, args.model, args.top_k, args.prompt_name, args.device)
     if args.json:
         for hit in hits:
             print(json.dumps({"score": hit.score, "id": hit.id, "partition": hit.partition,
                               "text": hit.text}))
         return 0
-    print(f"{snapshot.model}@{snapshot.revision[:19]}  catalog: {store.catalog_path}")
+    print(f"{snapshot.model}@{snapshot.revision[:19]}  catalog: {store.catalog_label}")
     for rank, hit in enumerate(hits, start=1):
         text = " ".join((hit.text or "").split())
         print(f"{rank:>2}. {hit.score:.4f}  [{hit.partition}] {hit.id}\n    {text[:160]}")

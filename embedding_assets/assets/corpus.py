@@ -69,13 +69,14 @@ def corpus(
                 "rejected_by_reason": shard.rejected_counts(),
                 "bytes": version.bytes,
                 "corpus_version": version.corpus_version,
-                "path": MetadataValue.path(version.uri),
+                "lake_snapshot": version.snapshot_id,
                 "source": MetadataValue.path(version.source_uri),
                 "preview": markdown_table(["id", "text"], [(r["id"], r["text"]) for r in preview]),
             },
             partition_key=partition_key,
         )
-        context.log.info(f"{partition_key}: {version.rows} rows -> {version.uri}")
+        context.log.info(f"{partition_key}: {version.rows} rows, corpus version "
+                         f"{version.corpus_version[:16]} (lake snapshot {version.snapshot_id})")
     return MaterializeResult(
         data_version=DataVersion(versions[0].corpus_version) if len(versions) == 1 else None,
         check_results=[

@@ -47,7 +47,7 @@ def embeddings(
     store = embedding_store.open()
     snapshot = store.current_model_snapshot(encoder.model_name)
     if snapshot is None:
-        raise RuntimeError(f"no model snapshot of {encoder.model_name!r} in {store.catalog_path}; "
+        raise RuntimeError(f"no model snapshot of {encoder.model_name!r} in {store.catalog_label}; "
                            "materialize model_snapshot first")
     if (snapshot.requested_revision or None) != encoder.revision:
         raise RuntimeError(
@@ -92,15 +92,17 @@ def embeddings(
                     "version_id": version.version_id,
                     "sentences_per_second": round(rate, 1) if rate else None,
                     "encode_seconds": round(result.encode_seconds, 3),
-                    "path": MetadataValue.path(version.uri),
-                    "catalog": MetadataValue.path(store.catalog_path),
+                    "lake_snapshot": version.snapshot_id,
+                    "store": MetadataValue.path(store.root),
+                    "catalog": store.catalog_label,
                     "preview": _preview(ids, vectors),
                 },
                 partition_key=partition_key,
             )
             context.log.info(
                 f"{partition_key}: {version.rows} rows ({result.encoded_rows} encoded, "
-                f"{result.reused_rows} reused) -> {version.uri}"
+                f"{result.reused_rows} reused), version {version.version_id} (lake snapshot "
+                f"{version.snapshot_id})"
             )
     return MaterializeResult(
         data_version=DataVersion(versions[0].version_id) if len(versions) == 1 else None,

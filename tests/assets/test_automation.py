@@ -54,7 +54,7 @@ def test_definitions_hold_the_lineage_graph_checks_automation_and_policies():
     assert {graph.get(AssetKey(key)).pools.pop() for key in ("corpus", "model_snapshot", "embeddings")} == {
         STORE_WRITE_POOL}
     assert sorted(s.name for s in defs.sensors) == ["corpus_landing_sensor", "model_revision_sensor"]
-    assert [s.name for s in defs.schedules] == ["refresh_stale_embeddings"]
+    assert sorted(s.name for s in defs.schedules) == ["refresh_stale_embeddings", "weekly_store_maintenance"]
     encoder = defs.resources["encoder"]
     assert (encoder.target_devices, encoder.normalize_embeddings) == (["cuda:0", "cuda:1"], True)
     assert defs.resources["embedding_store"].root == "/tmp/unused-store"

@@ -68,8 +68,10 @@ def test_materializations_carry_rows_revision_dim_throughput_path_and_preview(de
     version = store.current_embedding_version("stdlib_docstrings.txt", DEFAULT_MODEL_NAME)
     assert metadata["rows"] == metadata["encoded_rows"] == ROWS_PER_SHARD
     assert (metadata["revision"], metadata["dim"], metadata["dtype"]) == (revision, 384, "float32")
-    assert metadata["path"] == version.uri and Path(version.uri).is_file()
-    assert metadata["bytes"] == Path(version.uri).stat().st_size
+    assert metadata["lake_snapshot"] == version.snapshot_id
+    assert metadata["catalog"] == store.catalog_label and metadata["store"] == store.root
+    assert metadata["bytes"] == version.bytes > ROWS_PER_SHARD * 384 * 4
+    assert len(store.read_embeddings(version)[1]) == ROWS_PER_SHARD
     assert metadata["sentences_per_second"] > 0
     assert "| stdlib_docstrings:1 |" in metadata["preview"]
 
@@ -147,7 +149,7 @@ def test_model_revision_bump_marks_embeddings_stale_and_adds_versions(tmp_path, 
     assert all(r.success for r in materialize_selection(defs, instance, [AssetKey("embeddings")], keys))
     versions = store.embedding_versions("python_docs.jsonl")
     assert [v.revision for v in versions] == [old.revision, new.revision]
-    assert all(Path(v.uri).is_file() for v in versions)
+    assert [len(store.read_embeddings(v)[1]) for v in versions] == [ROWS_PER_SHARD] * 2
     assert store.stale_partitions(new, encoder.params(new)) == []
     resolver = get_stale_status_resolver(instance, [*defs.assets])
     assert resolver.get_status(AssetKey("embeddings"), "python_docs.jsonl") == StaleStatus.FRESH
