@@ -44,8 +44,13 @@ class DataPath:
 
     @property
     def data_path(self) -> str:
-        """The DuckLake ``DATA_PATH``: the root with a trailing slash."""
-        return self.root + "/"
+        """The DuckLake ``DATA_PATH``: ``<root>/lake/``.
+
+        A folder of its own, because maintenance deletes every Parquet file under it that
+        the lake does not reference: other files under the root (an older store's, a
+        user's) stay out of its reach.
+        """
+        return self.root + "/lake/"
 
     def uri(self, relative_path: str = "") -> str:
         """Where a root-relative path lives: an absolute local path or an s3:// URI."""

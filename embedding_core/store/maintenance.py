@@ -48,7 +48,8 @@ def repair_embeddings_view(con: duckdb.DuckDBPyConnection, attempts: int = 3) ->
 def maintain(catalog: Catalog, older_than: timedelta) -> MaintenanceReport:
     """Delete versions no longer current since before now - `older_than`, expire lake
     snapshots older than that, then delete data files no snapshot references any more and
-    files no commit ever registered (writers that died mid-commit).
+    files no commit ever registered (writers that died mid-commit): any Parquet file under
+    ``<root>/lake/`` that the lake does not reference.
 
     `older_than` must exceed the longest commit: a live writer's files are not registered
     until it commits.

@@ -67,7 +67,7 @@ def stored_vectors(con: duckdb.DuckDBPyConnection, model: str, revision: str, pa
                    dtype: str, shas: list[str], width: int) -> dict[str, np.ndarray]:
     """Vectors already stored for these text hashes under the same model, revision and params."""
     write_ids = [write_id for (write_id,) in con.execute(
-        "SELECT write_id FROM stored_embedding_versions WHERE model = ? AND revision = ? AND params_hash = ?",
+        "SELECT DISTINCT write_id FROM embedding_versions WHERE model = ? AND revision = ? AND params_hash = ?",
         [model, revision, params_hash]).fetchall()]
     if not write_ids or not shas:
         return {}

@@ -76,3 +76,16 @@ def test_maintenance_keeps_the_corpus_a_current_embedding_was_made_from(store, s
     store.write_corpus("docs", sample_rows)  # newer corpus, not embedded yet
     assert store.maintain(older_than=timedelta(0)).expired_corpus_versions == []
     assert store.read_corpus(store.corpus_version("docs", version.corpus_version)).num_rows == 10
+
+
+def test_maintenance_never_touches_files_outside_the_lake_folder(store, sample_rows):
+    old_store_file = os.path.join(store.root, "embeddings", "test--model", "old.parquet")
+    os.makedirs(os.path.dirname(old_store_file))
+    with open(old_store_file, "wb") as fh:
+        fh.write(b"PAR1 an older store's file")
+    corpus = store.write_corpus("docs", sample_rows)
+    store.write_embeddings("docs", corpus, SNAPSHOT, EmbeddingParams(), TextHashEncoder())
+    store.maintain(older_than=timedelta(0))
+    assert os.path.exists(old_store_file)
+    assert all(path.startswith(os.path.join(store.root, "lake", "")) for path in parquet_files(store.root)
+               if path != old_store_file)
