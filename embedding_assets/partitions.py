@@ -16,10 +16,6 @@ corpus_partitions = DynamicPartitionsDefinition(name="corpus_shards")
 MAX_PARTITIONS_PER_RUN = 8
 backfill_policy = BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN)
 
-# The Dagster concurrency pool of every asset that writes the DuckDB catalog (one writer);
-# its limit is set in dagster.yaml.
-STORE_WRITE_POOL = "embedding_store_writes"
-
 MAX_PARTITION_KEY_LENGTH = 100
 SUBFOLDER_SEPARATOR = "__"
 

@@ -12,7 +12,7 @@ from dagster import (
 )
 
 from embedding_assets.metadata import markdown_table
-from embedding_assets.partitions import STORE_WRITE_POOL, backfill_policy, corpus_partitions
+from embedding_assets.partitions import backfill_policy, corpus_partitions
 from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource
 
 ROWS_VALID_CHECK = "rows_valid"
@@ -21,7 +21,6 @@ ROWS_VALID_CHECK = "rows_valid"
 @asset(
     partitions_def=corpus_partitions,
     backfill_policy=backfill_policy,
-    pool=STORE_WRITE_POOL,
     group_name="embeddings",
     kinds={"parquet", "duckdb"},
     check_specs=[

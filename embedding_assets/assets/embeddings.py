@@ -16,7 +16,7 @@ from embedding_assets.assets.corpus import corpus
 from embedding_assets.assets.model_snapshot import model_snapshot
 from embedding_assets.checks import SHARD_CHECKS, StoredShard, shard_check_results
 from embedding_assets.metadata import markdown_table
-from embedding_assets.partitions import STORE_WRITE_POOL, backfill_policy, corpus_partitions
+from embedding_assets.partitions import backfill_policy, corpus_partitions
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
 from embedding_core.store import EmbeddingVersion
 
@@ -25,7 +25,6 @@ from embedding_core.store import EmbeddingVersion
     partitions_def=corpus_partitions,
     deps=[corpus, model_snapshot],
     backfill_policy=backfill_policy,
-    pool=STORE_WRITE_POOL,
     group_name="embeddings",
     kinds={"parquet", "duckdb"},
     code_version="1",

@@ -11,7 +11,6 @@ from dagster import (
     asset,
 )
 
-from embedding_assets.partitions import STORE_WRITE_POOL
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
 
 ENCODES_CHECK = "encodes_canary"
@@ -19,7 +18,6 @@ CANARY_TEXTS = ["A man is eating food.", "The quick brown fox jumps over the laz
 
 
 @asset(
-    pool=STORE_WRITE_POOL,
     group_name="embeddings",
     kinds={"pytorch", "duckdb"},
     check_specs=[
