@@ -34,8 +34,11 @@ class DataPath:
             if not urlparse(root).netloc:
                 raise ValueError(f"store root {root!r} names no bucket; expected s3://bucket/prefix")
             return cls(root.rstrip("/"))
-        if "://" in root:
-            raise ValueError(f"store root {root!r}: only local folders and s3:// URIs are supported")
+        if root.startswith("file://"):
+            root = urlparse(root).path
+        elif "://" in root:
+            raise ValueError(f"store root {root!r}: only local folders, file:// and s3:// URIs "
+                             "are supported")
         return cls(os.path.abspath(root))
 
     @property

@@ -19,8 +19,12 @@ def test_local_root_gets_a_catalog_file_inside_it(tmp_path):
 def test_s3_root_without_a_catalog_names_the_variable_to_set():
     with pytest.raises(ValueError, match=r"'s3://bucket/lake' is on S3: set EMBEDDING_CATALOG"):
         EmbeddingStore("s3://bucket/lake")
-    with pytest.raises(ValueError, match=r"only local folders and s3:// URIs"):
+    with pytest.raises(ValueError, match=r"only local folders, file:// and s3:// URIs"):
         EmbeddingStore("gs://bucket/lake", "x.ducklake")
+
+
+def test_file_uri_root_is_the_local_folder(tmp_path):
+    assert EmbeddingStore(f"file://{tmp_path}/store").root == f"{tmp_path}/store"
 
 
 def test_from_env_reads_the_store_root_and_catalog(tmp_path, monkeypatch):
