@@ -15,7 +15,8 @@ daemon          ``dagster-daemon run``: run queue, sensors, schedules, backfills
 worker1..N      ``celery -A dagster_celery.app worker``: the steps (one at a time each)
 ==============  ==========================================================================
 
-All of them read the same environment, written to ``<state>/cluster.env`` (``source`` it to
+Each start begins empty (the S3 server holds its objects in memory). All of them read the
+same environment, written to ``<state>/cluster.env`` (``source`` it to
 point ``python -m embedding_assets.backfill --submit`` or ``dagster`` commands at the cluster).
 ``stop`` stops every recorded process by PID, in reverse order.
 """
@@ -168,6 +169,10 @@ def start(config: ClusterConfig | None = None) -> Cluster:
                           "stop it first: python -m deploy.cluster stop")
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o755)  # Postgres (as root: another user) must reach its data dir
+    # Every start begins empty: the S3 server keeps its objects in memory, so a catalog or
+    # run history kept from an earlier start would point at files that no longer exist.
+    for leftover in ("postgres-data", "dagster_home", "store"):
+        shutil.rmtree(state / leftover, ignore_errors=True)
     try:
         return _start(config, state)
     except BaseException:
