@@ -24,7 +24,7 @@ demo: setup
 	$(PY) scripts/demo.py
 
 test: setup
-	$(PY) -m ruff check embedding_core embedding_assets tests benchmarks scripts
+	$(PY) -m ruff check embedding_core embedding_assets deploy tests benchmarks scripts
 	$(PY) -m pytest -q
 
 dev: setup
@@ -40,7 +40,7 @@ cluster-stop:
 	$(PY) -m deploy.cluster stop
 
 lint: setup
-	$(PY) -m ruff check embedding_core embedding_assets tests benchmarks scripts
+	$(PY) -m ruff check embedding_core embedding_assets deploy tests benchmarks scripts
 
 bench: setup
 	$(PY) benchmarks/bench_encode.py
