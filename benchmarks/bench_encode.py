@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         if corpus not in CORPORA:
             raise SystemExit(f"unknown corpus {corpus!r}; choose from {list(CORPORA)}")
         texts = read_corpus(corpus)[: args.limit]
-        lengths = models[backends[0]].tokenize_texts(texts).lengths
+        lengths = models[backends[0]].prepare(texts).lengths
         flops = encoder_flops(config, lengths)
         print(
             f"\n== {corpus}: {len(texts)} texts, tokens mean {lengths.mean():.1f} / max {lengths.max()}; "

@@ -65,7 +65,7 @@ def main() -> None:
         encoder = defs.resources["encoder"]
         store = defs.resources["embedding_store"].open()
         snapshot = store.current_model_snapshot(encoder.model_name)
-        model = encoder.load_snapshot(snapshot)
+        model = encoder.open().load(snapshot)
 
         raw_times, pipeline_times = [], []
         for repeat in range(args.repeats):

@@ -35,7 +35,7 @@ def register_landing_partitions(defs: Definitions, instance: DagsterInstance) ->
     in the instance's order."""
     corpus_source = defs.resources["corpus_source"]
     known = set(instance.get_dynamic_partitions(corpus_partitions.name))
-    new_keys = [key for key in corpus_source.list_files() if key not in known]
+    new_keys = [key for key in corpus_source.open().fingerprints() if key not in known]
     if new_keys:
         try:
             instance.add_dynamic_partitions(corpus_partitions.name, new_keys)

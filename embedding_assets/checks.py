@@ -1,6 +1,7 @@
 """Asset checks of `embeddings`: what a stored version must satisfy, each a named check.
 
-The first four read back the file a materialization just stored and run in the same
+`encodes_canary` is the check `model_snapshot` runs on the model it pins. Of the
+embeddings checks, the first four read back the file a materialization just stored and run in the same
 step (`SHARD_CHECKS`, declared as the asset's check specs); the fifth,
 `embeddings_match_model`, re-encodes a few random stored texts with the model and runs
 as its own check. Each shard check is a plain function of the stored data, so it can be
@@ -17,6 +18,7 @@ import numpy as np
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, asset_check
 
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
+from embedding_core.snapshot import SnapshotNotCurrentError, require_current_snapshot
 from embedding_core.store import EmbeddingParams, EmbeddingVersion, ModelSnapshot, vector_width
 
 SAMPLE_ROWS_PER_PARTITION = 4
@@ -24,6 +26,19 @@ MIN_COSINE = 0.9999
 MIN_BIT_AGREEMENT = 0.98
 UNIT_NORM_TOLERANCE = 1e-4
 SHOWN_IDS = 5
+ENCODES_CHECK = "encodes_canary"
+CANARY_TEXTS = ["A man is eating food.", "The quick brown fox jumps over the lazy dog."]
+
+
+def encodes_canary(model, dim: int) -> AssetCheckResult:
+    """Whether ``model`` encodes the canary sentences to finite vectors of dimension ``dim``."""
+    canary = np.asarray(model.encode(CANARY_TEXTS, show_progress_bar=False))
+    encodes = canary.shape == (len(CANARY_TEXTS), dim) and bool(np.isfinite(canary).all())
+    return AssetCheckResult(
+        check_name=ENCODES_CHECK, passed=encodes,
+        metadata={"shape": str(canary.shape),
+                  "norms": [round(float(n), 4) for n in np.linalg.norm(canary, axis=1)]},
+    )
 
 
 def rows_match_corpus_problem(stored_ids: Sequence[str], corpus_ids: Sequence[str]) -> str | None:
@@ -157,11 +172,12 @@ def embeddings_match_model(
     encoder: EncoderResource,
     embedding_store: EmbeddingStoreResource,
 ) -> AssetCheckResult:
-    store = embedding_store.open()
-    snapshot = store.current_model_snapshot(encoder.model_name)
-    if snapshot is None:
-        return AssetCheckResult(passed=False, metadata={"reason": "no model snapshot recorded"})
-    params = encoder.params(snapshot)
+    store, config = embedding_store.open(), encoder.open()
+    try:
+        snapshot = require_current_snapshot(store, config.model_name, match_revision=False)
+    except SnapshotNotCurrentError as error:
+        return AssetCheckResult(passed=False, metadata={"reason": str(error)})
+    params = config.params(snapshot)
     rng = np.random.default_rng()
     texts: list[str] = []
     compared_ids: list[str] = []
@@ -182,8 +198,8 @@ def embeddings_match_model(
         checked_partitions.append(partition)
     if not texts:
         return AssetCheckResult(passed=False, metadata={"reason": "no current embeddings stored"})
-    with encoder.encoder(snapshot, params) as encode:
-        fresh = encode(texts)
+    with config.session(snapshot, params) as session:
+        fresh = session.encode(texts)
     agreement = vector_agreement(fresh, np.stack(stored), params.precision)
     threshold = MIN_COSINE if params.precision == "float32" else MIN_BIT_AGREEMENT
     worst = int(np.argmin(agreement))

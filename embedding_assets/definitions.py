@@ -40,6 +40,7 @@ from embedding_assets.checks import embeddings_match_model
 from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource, EncoderResource
 from embedding_assets.schedules import refresh_stale_embeddings
 from embedding_assets.sensors import corpus_landing_sensor, model_revision_sensor
+from embedding_core.fs import absolute_location
 from embedding_core.hub import DEFAULT_MODEL_NAME
 
 SAMPLE_CORPUS_DIR = str(Path(__file__).parent / "sample_corpus")
@@ -62,10 +63,6 @@ def build_definitions(
             "encoder": encoder or EncoderResource(model_name=DEFAULT_MODEL_NAME),
         },
     )
-
-
-def _local_or_uri(value: str) -> str:
-    return value if "://" in value else os.path.abspath(value)
 
 
 def executor_from_env(environ: os._Environ | dict = os.environ) -> ExecutorDefinition | None:
@@ -92,8 +89,8 @@ def definitions_from_env(environ: os._Environ | dict = os.environ) -> Definition
     """Definitions configured by the EMBEDDING_* environment variables (see module doc)."""
     target_devices = environ.get("EMBEDDING_TARGET_DEVICES")
     return build_definitions(
-        store_root=_local_or_uri(environ.get("EMBEDDING_STORE_ROOT") or "store"),
-        landing_dir=_local_or_uri(environ.get("EMBEDDING_LANDING_DIR") or SAMPLE_CORPUS_DIR),
+        store_root=absolute_location(environ.get("EMBEDDING_STORE_ROOT") or "store"),
+        landing_dir=absolute_location(environ.get("EMBEDDING_LANDING_DIR") or SAMPLE_CORPUS_DIR),
         catalog=environ.get("EMBEDDING_CATALOG") or None,
         encoder=EncoderResource(
             model_name=environ.get("EMBEDDING_MODEL") or DEFAULT_MODEL_NAME,

@@ -11,6 +11,7 @@ from dagster import (
 
 from embedding_assets.partitions import corpus_partitions
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
+from embedding_core.snapshot import SnapshotNotCurrentError, require_current_snapshot
 
 
 @schedule(
@@ -25,11 +26,12 @@ def refresh_stale_embeddings(
     encoder: EncoderResource,
     embedding_store: EmbeddingStoreResource,
 ) -> list[RunRequest] | SkipReason:
-    store = embedding_store.open()
-    snapshot = store.current_model_snapshot(encoder.model_name)
-    if snapshot is None:
-        return SkipReason(f"no model snapshot of {encoder.model_name!r}; materialize model_snapshot")
-    params = encoder.params(snapshot)
+    store, config = embedding_store.open(), encoder.open()
+    try:
+        snapshot = require_current_snapshot(store, config.model_name, match_revision=False)
+    except SnapshotNotCurrentError as error:
+        return SkipReason(str(error))
+    params = config.params(snapshot)
     known = set(context.instance.get_dynamic_partitions(corpus_partitions.name))
     stale = [partition for partition in store.stale_partitions(snapshot, params) if partition in known]
     if not stale:

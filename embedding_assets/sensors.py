@@ -34,7 +34,7 @@ def corpus_landing_sensor(
 ) -> SensorResult | SkipReason:
     """The cursor holds each file's fingerprint (size, modification time) when last requested."""
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    files = corpus_source.list_files()
+    files = corpus_source.open().fingerprints()
     changed = {key: fingerprint for key, fingerprint in files.items() if seen.get(key) != fingerprint}
     if not changed:
         return SkipReason(f"no new or changed files among {len(files)} in {corpus_source.landing_dir}")

@@ -4,12 +4,11 @@
     >>> model = SentenceTransformer("all-MiniLM-L6-v2")
 """
 
-__version__ = "0.1.0"
-
-from embedding_core import util  # noqa: E402
-from embedding_core.hub import DEFAULT_MODEL_NAME, ModelNotFoundError, ResolvedModel, resolve_model  # noqa: E402
-from embedding_core.model import SentenceTransformer  # noqa: E402
-from embedding_core.quantization import quantize_embeddings  # noqa: E402
+from embedding_core import util
+from embedding_core._version import __version__
+from embedding_core.hub import DEFAULT_MODEL_NAME, ModelNotFoundError, ResolvedModel, resolve_model
+from embedding_core.model import SentenceTransformer
+from embedding_core.quantization import quantize_embeddings
 
 __all__ = [
     "DEFAULT_MODEL_NAME",

@@ -1,17 +1,22 @@
-"""Token-length ordering and batch planning.
+"""Tokens, options, length ordering, batch planning and the one scatter-back.
 
 Texts are tokenized once per call, ordered longest first (so an out-of-memory error shows
 up in the first batch, not the last), cut into batches, padded only to the longest text
-of each batch, and the results are put back in the caller's order.
+of each batch, and the results are put back in the caller's order by :class:`Gather`,
+whether a batch was computed here or a chunk came back from a pool worker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
+
+OutputValue = Literal["sentence_embedding", "token_embeddings"] | None
+OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 
 # On CPU, batches of long texts are also capped at this many padded tokens: activations of
 # a ~2k-token batch stay in cache, which measured ~15-25% faster than 32 texts of 256 tokens
@@ -19,16 +24,59 @@ import torch
 CPU_TOKENS_PER_BATCH = 2048
 
 
+@dataclass(frozen=True)
+class EncodeOptions:
+    """What decides the numbers of one ``encode`` call, after the prompt is resolved.
+
+    The same object drives a one-process call and travels to the pool's workers.
+    """
+
+    prompt: str | None = None
+    batch_size: int = 32
+    output_value: OutputValue = "sentence_embedding"
+    normalize_embeddings: bool = False
+    truncate_dim: int | None = None
+    max_tokens_per_batch: int | None = None
+
+
+@dataclass
+class TokenizedTexts:
+    """Token ids of many texts, stored flat: text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
+
+    ``prompt_length`` is the number of leading prompt tokens that pooling leaves out, or
+    ``None`` when the prompt (if any) is pooled like the rest of the text.
+    """
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    prompt_length: int | None = None
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[np.ndarray], prompt_length: int | None = None) -> TokenizedTexts:
+        """Pack token id rows (one array per text) into the flat layout."""
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(row) for row in rows], out=offsets[1:])
+        ids = np.concatenate(rows) if len(rows) else np.zeros(0, dtype=np.int32)
+        return cls(ids, offsets, prompt_length)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def rows(self, indices: Iterable[int]) -> list[np.ndarray]:
+        return [self.ids[self.offsets[i] : self.offsets[i + 1]] for i in indices]
+
+    def subset(self, indices: Sequence[int]) -> TokenizedTexts:
+        """The texts at ``indices``, in that order, compact (what a pool worker receives)."""
+        return TokenizedTexts.from_rows(self.rows(indices), self.prompt_length)
+
+
 def length_order(lengths: Sequence[int]) -> np.ndarray:
     """Indices that sort ``lengths`` longest first; ties keep the input order (stable)."""
     return np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
-
-
-def restore_order(order: np.ndarray) -> np.ndarray:
-    """The inverse permutation: ``sorted_values[restore_order(order)]`` is in input order."""
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return inverse
 
 
 def plan_batches(
@@ -76,6 +124,36 @@ def pad_batch(token_ids: Sequence[Sequence[int]], pad_token_id: int) -> PaddedBa
     return PaddedBatch(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
 
 
-def iter_chunks(total: int, chunk_size: int) -> Iterator[slice]:
-    for start in range(0, total, chunk_size):
-        yield slice(start, min(start + chunk_size, total))
+class Gather:
+    """Puts results computed in length order back in the caller's order.
+
+    Sentence embeddings fill one ``[count, dim]`` tensor (on ``device``, created with the
+    first piece's width and dtype); token embeddings and ``output_value=None`` fill a list
+    with one entry per text. :meth:`result` gives float32 sentence embeddings, or the list.
+    """
+
+    def __init__(self, count: int, output_value: OutputValue, device: str | torch.device = "cpu") -> None:
+        self.output_value = output_value
+        self.device = device
+        self.sentences: torch.Tensor | None = None
+        self.per_text: list[Any] = [None] * count
+        self.count = count
+
+    def add(self, indices: np.ndarray, values: torch.Tensor | Sequence[Any]) -> None:
+        """Place ``values[i]`` at the caller's position ``indices[i]``."""
+        if self.output_value != "sentence_embedding":
+            for text_index, value in zip(indices, values, strict=True):
+                self.per_text[text_index] = value
+            return
+        if self.sentences is None:
+            self.sentences = torch.empty((self.count, values.shape[1]), dtype=values.dtype, device=self.device)
+        index = torch.from_numpy(np.asarray(indices)).to(self.sentences.device)
+        self.sentences[index] = values.to(self.sentences.device)
+
+    def result(self, empty_width: int = 0) -> torch.Tensor | list[Any]:
+        """Everything added, in the caller's order; ``empty_width`` shapes a call of no texts."""
+        if self.output_value != "sentence_embedding":
+            return self.per_text
+        if self.sentences is None:
+            return torch.zeros((0, empty_width), dtype=torch.float32)
+        return self.sentences.float() if self.sentences.dtype != torch.float32 else self.sentences

@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from embedding_core.fs import is_uri
+from embedding_core.snapshot import load_snapshot_model
 from embedding_core.store import CATALOG_FILE_NAME, EmbeddingStore, ModelSnapshot, SearchHit
 
 
@@ -19,7 +21,7 @@ def search(store: EmbeddingStore, query: str, model_key: str | None = None, top_
            prompt_name: str | None = None, device: str | None = None) -> tuple[ModelSnapshot, list[SearchHit]]:
     """Encode `query` with the store's model (or `model_key`'s) and return the best hits."""
     snapshot = _pick_snapshot(store, model_key)
-    model = snapshot.load(device=device)
+    model = load_snapshot_model(snapshot, device=device)
     if prompt_name is None and "query" in snapshot.prompts:
         prompt_name = "query"
     query_vector = model.encode([query], prompt_name=prompt_name, show_progress_bar=False)[0]
@@ -58,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per hit")
     args = parser.parse_args(argv)
 
-    if "://" not in args.store and not args.catalog and not os.path.isfile(
+    if not is_uri(args.store) and not args.catalog and not os.path.isfile(
             os.path.join(args.store, CATALOG_FILE_NAME)):
         parser.error(f"no embedding catalog under {args.store!r}; run `make demo` or materialize first")
     store = EmbeddingStore(args.store, catalog=args.catalog)

@@ -2,13 +2,15 @@
 
 ``encode`` is a short pipeline of named steps:
 
-    resolve prompt -> tokenize once -> order by token length -> batch -> forward (+pool)
-    -> post-process (truncate, normalize) -> restore order -> quantize -> convert
+    resolve prompt -> prepare (tokenize once) -> forward_tokens (order by token length ->
+    batch -> forward + pool -> post-process -> restore order) -> quantize -> convert
+
+``forward_tokens`` is also what a pool worker runs on its chunk of tokens, and
+:class:`ModelRecipe` is how a worker rebuilds the model, so the pool never imports this module.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -20,64 +22,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from embedding_core.backends import attach_backend, check_backend
-from embedding_core.batching import (
-    CPU_TOKENS_PER_BATCH,
-    PaddedBatch,
-    length_order,
-    pad_batch,
-    plan_batches,
-)
+from embedding_core._version import __version__
+from embedding_core.backends import check_backend, runs_on
+from embedding_core.batching import OUTPUT_VALUES, EncodeOptions, OutputValue
+from embedding_core.chain import ModuleChain, default_device
+from embedding_core.folder import load_folder, save_folder, write_model_card
 from embedding_core.hub import ResolvedModel, resolve_model
-from embedding_core.modules import (
-    MODULE_CLASSES,
-    SAVED_TYPE_NAMES,
-    Dense,
-    Normalize,
-    Pooling,
-    Transformer,
-)
+from embedding_core.pool import EncodePool, encode_with_pool
 from embedding_core.quantization import check_precision, quantize_embeddings
 from embedding_core.util import SIMILARITY_ALIASES, SIMILARITY_FUNCTIONS
 
 logger = logging.getLogger(__name__)
-
-OutputValue = Literal["sentence_embedding", "token_embeddings"] | None
-OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
-MODEL_CONFIG_FILE = "config_sentence_transformers.json"
-# Texts are tokenized this many at a time and kept as flat int32 arrays, so a call over
-# hundreds of thousands of texts never holds them as Python lists.
-_TOKENIZE_CHUNK = 4096
-
-
-def default_device() -> str:
-    """``cuda`` if available, else ``mps``, else ``cpu``."""
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-@dataclass
-class TokenizedTexts:
-    """Token ids of many texts, stored flat: text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``."""
-
-    ids: np.ndarray
-    offsets: np.ndarray
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def rows(self, indices: Iterable[int]) -> list[np.ndarray]:
-        return [self.ids[self.offsets[i] : self.offsets[i + 1]] for i in indices]
 
 
 def check_texts(sentences: Sequence[Any]) -> None:
@@ -89,7 +45,7 @@ def check_texts(sentences: Sequence[Any]) -> None:
             )
 
 
-class SentenceTransformer(nn.Sequential):
+class SentenceTransformer(ModuleChain):
     """A sentence embedding model: an ordered chain of Transformer, Pooling, Dense, Normalize.
 
     Loads a sentence-transformers model folder, a plain transformers folder (mean pooling)
@@ -124,6 +80,10 @@ class SentenceTransformer(nn.Sequential):
         backend: str = "torch",
     ) -> None:
         check_backend(backend)
+        device = device or default_device()
+        # The ONNX and OpenVINO runtimes serve CPU models only: elsewhere PyTorch stays.
+        if not runs_on(backend, device):
+            backend = "torch"
         self.prompts: dict[str, str] = {}
         self.default_prompt_name: str | None = None
         self._similarity_fn_name: str | None = None
@@ -141,7 +101,10 @@ class SentenceTransformer(nn.Sequential):
                 token=token,
                 local_files_only=local_files_only,
             )
-            loaded, file_config = _load_folder(self.resolved.path, trust_remote_code, model_kwargs or {})
+            loaded, file_config = load_folder(
+                self.resolved.path, trust_remote_code=trust_remote_code, model_kwargs=model_kwargs or {},
+                backend=backend, revision=self.resolved.revision,
+            )
         super().__init__(OrderedDict((str(i), module) for i, module in enumerate(loaded)))
 
         self.prompts = {**file_config.get("prompts", {}), **(prompts or {})}
@@ -155,10 +118,10 @@ class SentenceTransformer(nn.Sequential):
             self.similarity_fn_name = similarity_fn_name or file_config["similarity_fn_name"]
         if self.truncate_dim is None and file_config.get("truncate_dim") is not None:
             self.truncate_dim = int(file_config["truncate_dim"])
-        self.to(device or default_device())
+        self.to(device)
         self.eval()
-        # Any backend but "torch" swaps the Transformer's CPU encoder for another runtime (see backends).
-        self.backend = "torch" if backend == "torch" else attach_backend(self.transformer, backend, self.revision)
+        if modules is not None and backend != "torch":
+            self.transformer.set_backend(backend, self.revision)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -179,42 +142,6 @@ class SentenceTransformer(nn.Sequential):
     def snapshot_path(self) -> str | None:
         return self.resolved.path if self.resolved else None
 
-    # ------------------------------------------------------------------ properties
-    @property
-    def device(self) -> torch.device:
-        for parameter in self.parameters():
-            return parameter.device
-        return torch.device("cpu")
-
-    @property
-    def transformer(self) -> Transformer:
-        for module in self:
-            if isinstance(module, Transformer):
-                return module
-        raise AttributeError("This model has no Transformer module.")
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.transformer.tokenizer
-
-    @property
-    def max_seq_length(self) -> int | None:
-        """Longest input in tokens; longer texts are truncated. Capped at what the model supports."""
-        return self.transformer.max_seq_length
-
-    @max_seq_length.setter
-    def max_seq_length(self, value: int | None) -> None:
-        self.transformer.max_seq_length = value
-
-    @property
-    def pooling(self) -> Pooling | None:
-        return next((module for module in self if isinstance(module, Pooling)), None)
-
-    @property
-    def pooling_modes(self) -> list[str]:
-        pooling = self.pooling
-        return list(pooling.pooling_modes) if pooling else []
-
     @property
     def similarity_fn_name(self) -> str:
         """``cosine`` (default), ``dot``, ``euclidean`` or ``manhattan``: what ``similarity`` computes."""
@@ -229,10 +156,7 @@ class SentenceTransformer(nn.Sequential):
 
     def get_sentence_embedding_dimension(self) -> int | None:
         """Width of ``encode``'s vectors, after ``truncate_dim`` if one is set."""
-        dimension = None
-        for module in self:
-            if hasattr(module, "get_sentence_embedding_dimension"):
-                dimension = module.get_sentence_embedding_dimension()
+        dimension = self.pooled_dimension()
         if dimension is not None and self.truncate_dim is not None:
             return min(dimension, self.truncate_dim)
         return dimension
@@ -272,37 +196,6 @@ class SentenceTransformer(nn.Sequential):
         if self.default_prompt_name is not None:
             return self.prompts[self.default_prompt_name]
         return None
-
-    # ------------------------------------------------------------------ tokenization
-    def tokenize_texts(self, texts: Sequence[str], prompt: str | None = None) -> TokenizedTexts:
-        """Tokenize every text once (prompt prepended), kept as flat int32 arrays."""
-        pieces: list[np.ndarray] = []
-        lengths: list[np.ndarray] = []
-        for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            chunk = texts[start : start + _TOKENIZE_CHUNK]
-            if prompt:
-                chunk = [prompt + text for text in chunk]
-            ids = self.transformer.tokenize_to_ids(list(chunk))
-            lengths.append(np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids)))
-            pieces.append(np.fromiter((t for row in ids for t in row), dtype=np.int32))
-        flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
-        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-        if lengths:
-            np.cumsum(np.concatenate(lengths), out=offsets[1:])
-        return TokenizedTexts(flat, offsets)
-
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Padded ``input_ids`` and ``attention_mask`` for ``texts``, as the model takes them."""
-        tokenized = self.tokenize_texts(list(texts))
-        batch = pad_batch(tokenized.rows(range(len(tokenized))), self.transformer.pad_token_id)
-        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-
-    def prompt_length(self, prompt: str | None) -> int | None:
-        """Tokens a prompt occupies at the start of each text; ``None`` when pooling includes it."""
-        pooling = self.pooling
-        if not prompt or pooling is None or pooling.include_prompt:
-            return None
-        return self.transformer.prompt_length(prompt)
 
     # ------------------------------------------------------------------ encode
     def encode(
@@ -351,26 +244,22 @@ class SentenceTransformer(nn.Sequential):
         check_texts(texts)
         resolved_prompt = self.resolve_prompt(prompt, prompt_name)
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
-        compute_kwargs = dict(
-            prompt=resolved_prompt,
+        options = EncodeOptions(
             batch_size=batch_size,
             output_value=output_value,
             normalize_embeddings=normalize_embeddings,
             truncate_dim=truncate_dim,
             max_tokens_per_batch=max_tokens_per_batch,
         )
-
         if pool is not None or isinstance(device, list):
-            from embedding_core.pool import encode_with_pool
-
             embeddings = encode_with_pool(
-                self, texts, pool=pool, devices=device, chunk_size=chunk_size,
-                show_progress_bar=show_progress_bar, **compute_kwargs,
+                self, texts, resolved_prompt, options, pool=pool, devices=device, chunk_size=chunk_size,
+                show_progress_bar=show_progress_bar,
             )
         else:
             embeddings = self.compute(
-                texts, device=device, to_cpu=convert_to_numpy, show_progress_bar=show_progress_bar,
-                **compute_kwargs,
+                texts, resolved_prompt, options, device=device, to_cpu=convert_to_numpy,
+                show_progress_bar=show_progress_bar,
             )
         return self._finish(embeddings, output_value, precision, convert_to_numpy, convert_to_tensor, single)
 
@@ -411,232 +300,92 @@ class SentenceTransformer(nn.Sequential):
             result = list(embeddings)
         return result[0] if single else result
 
-    @torch.inference_mode()
     def compute(
         self,
         texts: Sequence[str],
         prompt: str | None = None,
-        batch_size: int = 32,
-        output_value: OutputValue = "sentence_embedding",
-        normalize_embeddings: bool = False,
-        truncate_dim: int | None = None,
+        options: EncodeOptions | None = None,
         device: str | torch.device | None = None,
         to_cpu: bool = True,
         show_progress_bar: bool = False,
-        max_tokens_per_batch: int | None = None,
-        tokenized: TokenizedTexts | None = None,
     ) -> torch.Tensor | list[Any]:
         """Run the model over ``texts`` in the caller's order, float32, no quantization.
 
         Sentence embeddings come back as one ``[n, dim]`` tensor, token embeddings and
-        ``output_value=None`` as a list with one entry per text. ``tokenized`` may carry the
-        texts' tokens (prompt included) when the caller has them already.
+        ``output_value=None`` as a list with one entry per text.
         """
         if device is not None and torch.device(device) != self.device:
             self.to(device)
-        target = self.device
-        tokenized = tokenized if tokenized is not None else self.tokenize_texts(texts, prompt)
-        prompt_length = self.prompt_length(prompt)
-        order = length_order(tokenized.lengths)
-        sorted_lengths = tokenized.lengths[order]
-        token_budget = max_tokens_per_batch
-        if token_budget is None and target.type == "cpu":
-            token_budget = CPU_TOKENS_PER_BATCH
-        batches = plan_batches(sorted_lengths, batch_size, token_budget)
-
-        sentence_out: torch.Tensor | None = None
-        per_text: list[Any] = [None] * len(texts)
-        progress = tqdm(total=len(texts), desc="Encoding", unit="text", disable=not show_progress_bar)
-        pad_id = self.transformer.pad_token_id
-
-        def padded_batches() -> Iterator[tuple[np.ndarray, PaddedBatch, dict[str, Any]]]:
-            for batch_slice in batches:
-                indices = order[batch_slice]
-                padded = pad_batch(tokenized.rows(indices), pad_id)
-                features: dict[str, Any] = {
-                    "input_ids": padded.input_ids.to(target, non_blocking=True),
-                    "attention_mask": padded.attention_mask.to(target, non_blocking=True),
-                }
-                if prompt_length:
-                    features["prompt_length"] = prompt_length
-                yield indices, padded, features
-
-        with progress:
-            for indices, padded, features in self._forward_batches(padded_batches()):
-                index_tensor = torch.from_numpy(indices)
-                if output_value == "sentence_embedding":
-                    embeddings = features["sentence_embedding"]
-                    if truncate_dim is not None:
-                        embeddings = embeddings[:, :truncate_dim]
-                    if normalize_embeddings:
-                        embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
-                    if sentence_out is None:
-                        out_device = "cpu" if to_cpu else target
-                        sentence_out = torch.empty(
-                            (len(texts), embeddings.shape[1]), dtype=embeddings.dtype, device=out_device
-                        )
-                    sentence_out[index_tensor.to(sentence_out.device)] = embeddings.to(sentence_out.device)
-                elif output_value == "token_embeddings":
-                    lengths = padded.attention_mask.sum(dim=1).tolist()
-                    for row, text_index in enumerate(indices):
-                        tokens = features["token_embeddings"][row, : lengths[row]]
-                        per_text[text_index] = tokens.cpu() if to_cpu else tokens
-                else:
-                    batch_rows = len(indices)
-                    for row, text_index in enumerate(indices):
-                        per_text[text_index] = {
-                            name: value[row]
-                            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch_rows
-                            else value
-                            for name, value in features.items()
-                        }
-                progress.update(len(indices))
-
-        if output_value == "sentence_embedding":
-            if sentence_out is None:
-                width = self.get_sentence_embedding_dimension() or 0
-                if truncate_dim is not None:
-                    width = min(width, truncate_dim)
-                sentence_out = torch.zeros((0, width), dtype=torch.float32)
-            return sentence_out.float() if sentence_out.dtype != torch.float32 else sentence_out
-        return per_text
-
-    def _forward_batches(
-        self, items: Iterator[tuple[np.ndarray, PaddedBatch, dict[str, Any]]]
-    ) -> Iterator[tuple[np.ndarray, PaddedBatch, dict[str, Any]]]:
-        """Run every module over each batch, in order.
-
-        A runtime encoder that can keep several batches in flight (OpenVINO's ``imap``)
-        runs the Transformer step of all batches that way, the later modules (pooling,
-        Dense, Normalize) following on each result; otherwise one batch at a time.
-        """
-        modules = list(self)
-        encoder = getattr(modules[0], "runtime_encoder", None) if modules else None
-        if not hasattr(encoder, "imap") or self.device.type != "cpu":
-            for indices, padded, features in items:
-                yield indices, padded, self(features)
-            return
-        requests = (
-            ((indices, padded, features), features["input_ids"], features["attention_mask"])
-            for indices, padded, features in items
-        )
-        for (indices, padded, features), hidden in encoder.imap(requests):
-            features["token_embeddings"] = hidden
-            for module in modules[1:]:
-                features = module(features)
-            yield indices, padded, features
+        return self.forward_tokens(self.prepare(texts, prompt), options, to_cpu, show_progress_bar)
 
     # ------------------------------------------------------------------ pool
-    def start_multi_process_pool(self, target_devices: list[str] | None = None) -> Any:
+    def start_multi_process_pool(self, target_devices: list[str] | None = None) -> EncodePool:
         """Start worker processes (one per GPU, or CPU workers splitting the cores) for ``encode``."""
-        from embedding_core.pool import EncodePool
-
         return EncodePool.start(self, target_devices)
 
     @staticmethod
-    def stop_multi_process_pool(pool: Any) -> None:
+    def stop_multi_process_pool(pool: EncodePool) -> None:
         """Stop the pool's workers and wait for them to exit."""
         pool.close()
 
-    def encode_multi_process(self, sentences: Sequence[str], pool: Any, **kwargs: Any) -> Any:
+    def encode_multi_process(self, sentences: Sequence[str], pool: EncodePool, **kwargs: Any) -> Any:
         """``encode`` spread over the pool's workers."""
         return self.encode(sentences, pool=pool, **kwargs)
+
+    def recipe(self, path: str) -> ModelRecipe:
+        """How a pool worker rebuilds this model from ``path`` (its folder, or a saved copy)."""
+        # A model whose config needs remote code was loaded with trust_remote_code=True already.
+        trust_remote_code = bool(getattr(self.transformer.auto_model.config, "auto_map", None))
+        dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
+        dtype = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else None
+        return ModelRecipe(path, trust_remote_code, dtype, self.backend)
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike, model_name: str | None = None, create_model_card: bool = True, **_: Any) -> None:
         """Write the sentence-transformers folder format: sentence-transformers reloads it too."""
         path = str(path)
-        os.makedirs(path, exist_ok=True)
-        entries = []
-        for index, module in enumerate(self):
-            class_name = type(module).__name__
-            if class_name not in SAVED_TYPE_NAMES:
-                raise TypeError(f"Module {index} ({class_name}) cannot be saved in the sentence-transformers format.")
-            folder = "" if index == 0 and isinstance(module, Transformer) else f"{index}_{class_name}"
-            module_path = os.path.join(path, folder)
-            os.makedirs(module_path, exist_ok=True)
-            module.save(module_path)
-            entries.append({"idx": index, "name": str(index), "path": folder, "type": SAVED_TYPE_NAMES[class_name]})
-        with open(os.path.join(path, "modules.json"), "w", encoding="utf-8") as fh:
-            json.dump(entries, fh, indent=2)
         config: dict[str, Any] = {
-            "__version__": {"embedding_core": _package_version(), "pytorch": torch.__version__},
+            "__version__": {"embedding_core": __version__, "pytorch": torch.__version__},
             "prompts": self.prompts,
             "default_prompt_name": self.default_prompt_name,
             "similarity_fn_name": self.similarity_fn_name,
         }
         if self.truncate_dim is not None:
             config["truncate_dim"] = self.truncate_dim
-        with open(os.path.join(path, MODEL_CONFIG_FILE), "w", encoding="utf-8") as fh:
-            json.dump(config, fh, indent=2)
+        save_folder(path, list(self), config)
         if create_model_card:
-            _write_model_card(path, model_name or self.model_name or os.path.basename(path), self)
+            write_model_card(path, model_name or self.model_name or os.path.basename(path), {
+                "embedding dimension": self.get_sentence_embedding_dimension(),
+                "max_seq_length": self.max_seq_length,
+                "pooling": ", ".join(self.pooling_modes),
+                "similarity": self.similarity_fn_name,
+            })
 
     def save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> None:
         """Same as ``save``."""
         self.save(path, **kwargs)
 
 
-def _package_version() -> str:
-    from embedding_core import __version__
+@dataclass(frozen=True)
+class ModelRecipe:
+    """What a pool worker needs to rebuild a model: a local folder and how to load it.
 
-    return __version__
+    It pickles by value and loads itself, so the pool sends it without importing this module.
+    """
 
+    path: str
+    trust_remote_code: bool = False
+    dtype: str | None = None
+    backend: str = "torch"
 
-def _write_model_card(path: str, name: str, model: SentenceTransformer) -> None:
-    readme = os.path.join(path, "README.md")
-    if os.path.exists(readme):
-        return
-    with open(readme, "w", encoding="utf-8") as fh:
-        fh.write(
-            f"# {name}\n\nA sentence embedding model saved by embedding_core in the sentence-transformers "
-            f"folder format.\n\n- embedding dimension: {model.get_sentence_embedding_dimension()}\n"
-            f"- max_seq_length: {model.max_seq_length}\n- pooling: {', '.join(model.pooling_modes)}\n"
-            f"- similarity: {model.similarity_fn_name}\n"
+    def load(self, device: str) -> SentenceTransformer:
+        """The model, loaded from ``path`` on CPU, cast to ``dtype`` and moved to ``device``."""
+        model = SentenceTransformer(
+            self.path, device="cpu", local_files_only=True, trust_remote_code=self.trust_remote_code,
+            backend=self.backend,
         )
-
-
-def _load_folder(
-    path: str, trust_remote_code: bool, model_kwargs: dict[str, Any]
-) -> tuple[list[nn.Module], dict[str, Any]]:
-    """Build the module chain described by ``modules.json`` (or Transformer + mean pooling)."""
-    config: dict[str, Any] = {}
-    config_path = os.path.join(path, MODEL_CONFIG_FILE)
-    if os.path.exists(config_path):
-        with open(config_path, encoding="utf-8") as fh:
-            config = json.load(fh)
-
-    modules_path = os.path.join(path, "modules.json")
-    if not os.path.exists(modules_path):
-        logger.warning(
-            "%s has no modules.json: loading it as a plain transformers model with mean pooling.", path
-        )
-        transformer = Transformer.load(path, trust_remote_code=trust_remote_code, **model_kwargs)
-        return [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")], config
-
-    with open(modules_path, encoding="utf-8") as fh:
-        entries = json.load(fh)
-    modules: list[nn.Module] = []
-    dimension: int | None = None
-    for entry in sorted(entries, key=lambda item: item.get("idx", 0)):
-        class_name = str(entry["type"]).rsplit(".", 1)[-1]
-        cls = MODULE_CLASSES.get(class_name)
-        if cls is None:
-            raise ValueError(
-                f"{modules_path}: module {entry.get('name', entry.get('idx'))} has type {entry['type']!r}, "
-                f"which embedding_core does not implement (known: {sorted(MODULE_CLASSES)})."
-            )
-        module_path = os.path.join(path, entry.get("path", ""))
-        if cls is Transformer:
-            module: nn.Module = Transformer.load(module_path, trust_remote_code=trust_remote_code, **model_kwargs)
-            dimension = module.get_word_embedding_dimension()
-        elif cls is Pooling:
-            module = Pooling.load(module_path, word_embedding_dimension=dimension)
-            dimension = module.get_sentence_embedding_dimension()
-        elif cls is Dense:
-            module = Dense.load(module_path)
-            dimension = module.get_sentence_embedding_dimension()
-        else:
-            module = Normalize.load(module_path)
-        modules.append(module)
-    return modules, config
+        if self.dtype is not None:
+            model.to(getattr(torch, self.dtype))
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        return model.to(device)

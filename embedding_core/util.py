@@ -110,10 +110,6 @@ SIMILARITY_FUNCTIONS: dict[str, tuple[Callable[..., torch.Tensor], Callable[...,
 SIMILARITY_ALIASES = {"cos_sim": "cosine", "dot_score": "dot", "dot_product": "dot"}
 
 
-def similarity_function_names() -> list[str]:
-    return list(SIMILARITY_FUNCTIONS)
-
-
 def semantic_search(
     query_embeddings: Any,
     corpus_embeddings: Any,

@@ -5,13 +5,11 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    DataVersion,
     MaterializeResult,
-    MetadataValue,
     asset,
 )
 
-from embedding_assets.metadata import markdown_table
+from embedding_assets.metadata import corpus_metadata, single_data_version
 from embedding_assets.partitions import backfill_policy, corpus_partitions
 from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource
 
@@ -44,45 +42,26 @@ def corpus(
     stored, so the current versions stay as they were.
     """
     store = embedding_store.open()
-    shards = {partition_key: corpus_source.read(partition_key)
-              for partition_key in context.partition_keys}
-    rejected: dict[str, dict[str, int]] = {}
+    landing = corpus_source.open()
+    files = landing.files(context.partition_keys)
+    shards = {partition_key: landing.read(file) for partition_key, file in files.items()}
+    rejected = {key: shard.rejected_counts() for key, shard in shards.items() if shard.rejected}
     versions = []
     for partition_key, shard in shards.items():
         if shard.rejected:
-            rejected[partition_key] = shard.rejected_counts()
-            context.log.warning(
-                f"{len(shard.rejected)} row(s) of {partition_key} left out:\n"
-                + shard.rejection_report()
-            )
+            context.log.warning(f"{len(shard.rejected)} row(s) of {partition_key} left out:\n"
+                                + shard.rejection_report())
         version = store.write_corpus(
-            partition_key, shard.table, source_uri=corpus_source.uri(partition_key),
+            partition_key, shard.table, source_uri=files[partition_key].uri,
             rejected_rows=len(shard.rejected), run_id=context.run.run_id,
         )
-        versions.append(version)
-        preview = shard.table.slice(0, 5).select(["id", "text"]).to_pylist()
-        context.add_asset_metadata(
-            {
-                "rows": version.rows,
-                "rejected_rows": version.rejected_rows,
-                "rejected_by_reason": shard.rejected_counts(),
-                "bytes": version.bytes,
-                "corpus_version": version.corpus_version,
-                "lake_snapshot": version.snapshot_id,
-                "source": MetadataValue.path(version.source_uri),
-                "preview": markdown_table(["id", "text"], [(r["id"], r["text"]) for r in preview]),
-            },
-            partition_key=partition_key,
-        )
+        versions.append(version.corpus_version)
+        context.add_asset_metadata(corpus_metadata(version, shard), partition_key=partition_key)
         context.log.info(f"{partition_key}: {version.rows} rows, corpus version "
                          f"{version.corpus_version[:16]} (lake snapshot {version.snapshot_id})")
     return MaterializeResult(
-        data_version=DataVersion(versions[0].corpus_version) if len(versions) == 1 else None,
-        check_results=[
-            AssetCheckResult(
-                check_name=ROWS_VALID_CHECK, passed=not rejected,
-                severity=AssetCheckSeverity.WARN,
-                metadata={"rejected_by_partition": rejected},
-            )
-        ],
+        data_version=single_data_version(versions),
+        check_results=[AssetCheckResult(check_name=ROWS_VALID_CHECK, passed=not rejected,
+                                        severity=AssetCheckSeverity.WARN,
+                                        metadata={"rejected_by_partition": rejected})],
     )

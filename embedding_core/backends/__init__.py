@@ -23,11 +23,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from embedding_core.backends.common import BackendError
+from embedding_core.backends.common import BackendError, Runtime
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
+
+__all__ = ["BACKENDS", "BackendError", "Runtime", "check_backend", "load_runtime", "runs_on"]
 
 
 def check_backend(backend: str) -> str:
@@ -37,31 +39,33 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def attach_backend(transformer: Any, backend: str, revision: str | None = None) -> str:
-    """Give ``transformer`` the encoder ``backend`` asks for; returns the backend in effect.
+def runs_on(backend: str, device: Any) -> bool:
+    """Whether ``backend`` can serve a model on ``device``; warns when it cannot."""
+    if backend == "torch" or str(device).startswith("cpu"):
+        return True
+    logger.warning("backend=%r runs on CPU only; the model is on %s, so PyTorch is used.", backend, device)
+    return False
+
+
+def load_runtime(transformer: Any, backend: str, revision: str | None = None) -> tuple[Runtime | None, str]:
+    """The runtime ``backend`` asks for to stand in for ``transformer``'s PyTorch encoder,
+    and the backend in effect.
 
     The ONNX and OpenVINO backends run on CPU only: on another device, or when the graph
     cannot be built or fails its check against PyTorch, a warning is logged and PyTorch
-    stays in charge.
+    stays in charge (``(None, "torch")``).
     """
     check_backend(backend)
-    transformer.runtime_encoder = None
-    if backend == "torch":
-        return "torch"
-    device = next(transformer.parameters()).device
-    if device.type != "cpu":
-        logger.warning("backend=%r runs on CPU only; the model is on %s, so PyTorch is used.", backend, device)
-        return "torch"
+    if backend == "torch" or not runs_on(backend, next(transformer.parameters()).device):
+        return None, "torch"
     try:
         if backend.startswith("openvino"):
             from embedding_core.backends import openvino
 
-            transformer.runtime_encoder = openvino.load_openvino_encoder(transformer, backend, revision=revision)
-        else:
-            from embedding_core.backends import onnx
+            return openvino.load_openvino_encoder(transformer, backend, revision=revision), backend
+        from embedding_core.backends import onnx
 
-            transformer.runtime_encoder = onnx.load_onnx_encoder(transformer.auto_model, backend, revision=revision)
+        return onnx.load_onnx_encoder(transformer.auto_model, backend, revision=revision), backend
     except BackendError as error:
         logger.warning("%s; PyTorch is used instead.", error)
-        return "torch"
-    return backend
+        return None, "torch"

@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -17,6 +19,28 @@ CACHE_ENV = "EMBEDDING_CORE_CACHE"
 
 class BackendError(RuntimeError):
     """A runtime could not take over the encoder (missing package, failed build or check)."""
+
+
+class Runtime(Protocol):
+    """What stands in for the Transformer's PyTorch encoder on CPU: token ids and attention
+    mask in, last hidden state (a float32 CPU tensor the caller owns) out."""
+
+    path: str
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+    def imap(self, items: Iterable[tuple[Any, torch.Tensor, torch.Tensor]]) -> Iterator[tuple[Any, torch.Tensor]]:
+        """``(context, input_ids, attention_mask)`` -> ``(context, last hidden state)``, in order;
+        a runtime may keep several batches in flight."""
+        ...
+
+
+class OneBatchAtATime:
+    """``imap`` for a runtime that runs one batch at a time."""
+
+    def imap(self, items: Iterable[tuple[Any, torch.Tensor, torch.Tensor]]) -> Iterator[tuple[Any, torch.Tensor]]:
+        for context, input_ids, attention_mask in items:
+            yield context, self(input_ids, attention_mask)
 
 
 def cache_root() -> Path:

@@ -31,6 +31,7 @@ from torch import nn
 from embedding_core.backends.common import (
     BackendError,
     EncoderOutput,
+    OneBatchAtATime,
     cache_root,
     int64_feeds,
     probe_cosine,
@@ -55,7 +56,7 @@ class OnnxBackendError(BackendError):
     """The model could not be run through ONNX Runtime (export, optimization or check failed)."""
 
 
-class OnnxEncoder:
+class OnnxEncoder(OneBatchAtATime):
     """Runs ``input_ids`` + ``attention_mask`` through an ONNX Runtime session on CPU.
 
     Returns the last hidden state as a float32 CPU tensor, like the PyTorch encoder's

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import torch
 from torch import nn
+
+from embedding_core.modules.base import Module, register
 
 _ACTIVATION_PREFIXES = ("torch.nn.modules.activation.", "torch.nn.modules.linear.", "torch.nn.")
 
@@ -34,7 +35,8 @@ def activation_name(activation: nn.Module) -> str:
     return f"{cls.__module__}.{cls.__name__}"
 
 
-class Dense(nn.Module):
+@register
+class Dense(Module):
     """``activation(linear(sentence_embedding))``, as in a sentence-transformers Dense folder."""
 
     def __init__(
@@ -54,34 +56,30 @@ class Dense(nn.Module):
     def get_sentence_embedding_dimension(self) -> int:
         return self.out_features
 
+    def output_dimension(self, input_dimension: int | None) -> int:
+        return self.out_features
+
     def forward(self, features: dict[str, Any]) -> dict[str, Any]:
         features["sentence_embedding"] = self.activation_function(self.linear(features["sentence_embedding"]))
         return features
 
+    config_keys = ("in_features", "out_features", "bias", "activation_function")
+
     def get_config_dict(self) -> dict[str, Any]:
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "bias": self.bias,
-            "activation_function": activation_name(self.activation_function),
-        }
+        return {**super().get_config_dict(), "activation_function": activation_name(self.activation_function)}
 
     def save(self, output_path: str) -> None:
         from safetensors.torch import save_file
 
-        os.makedirs(output_path, exist_ok=True)
-        with open(os.path.join(output_path, "config.json"), "w", encoding="utf-8") as fh:
-            json.dump(self.get_config_dict(), fh, indent=2)
+        self.save_config(output_path)
         state = {key: value.contiguous() for key, value in self.linear.state_dict().items()}
         save_file({f"linear.{key}": value for key, value in state.items()}, os.path.join(output_path, "model.safetensors"))
 
     @classmethod
-    def load(cls, input_path: str) -> Dense:
-        config_path = os.path.join(input_path, "config.json")
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(f"Dense module folder {input_path} has no config.json.")
-        with open(config_path, encoding="utf-8") as fh:
-            config = json.load(fh)
+    def load(cls, input_path: str, **context: Any) -> Dense:
+        config = cls.load_config(input_path)
+        if not config:
+            raise FileNotFoundError(f"Dense module folder {input_path} has no {cls.config_file}.")
         module = cls(
             in_features=int(config["in_features"]),
             out_features=int(config["out_features"]),

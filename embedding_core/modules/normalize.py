@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+
+from embedding_core.modules.base import Module, register
 
 
-class Normalize(nn.Module):
+@register
+class Normalize(Module):
     """L2-normalizes ``sentence_embedding``; it has no configuration and no weights."""
 
     def forward(self, features: dict[str, Any]) -> dict[str, Any]:
@@ -21,5 +23,5 @@ class Normalize(nn.Module):
         """Nothing to write: the folder may be absent, and loading then uses the defaults."""
 
     @classmethod
-    def load(cls, input_path: str) -> Normalize:
+    def load(cls, input_path: str, **context: Any) -> Normalize:
         return cls()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import torch
-from torch import nn
+
+from embedding_core.modules.base import Module, register
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
@@ -30,7 +29,8 @@ def _modes_from_config(config: dict[str, Any]) -> list[str]:
     return legacy or ["mean"]
 
 
-class Pooling(nn.Module):
+@register
+class Pooling(Module):
     """Pools token embeddings with one or more modes; several modes are concatenated in order.
 
     With ``include_prompt=False`` the prompt's tokens are masked out of the pooling, so the
@@ -54,6 +54,9 @@ class Pooling(nn.Module):
 
     def get_sentence_embedding_dimension(self) -> int:
         return self.word_embedding_dimension * len(self.pooling_modes)
+
+    def output_dimension(self, input_dimension: int | None) -> int:
+        return self.get_sentence_embedding_dimension()
 
     def forward(self, features: dict[str, Any]) -> dict[str, Any]:
         tokens = features["token_embeddings"]
@@ -106,25 +109,19 @@ class Pooling(nn.Module):
         config["include_prompt"] = self.include_prompt
         return config
 
-    def save(self, output_path: str) -> None:
-        os.makedirs(output_path, exist_ok=True)
-        with open(os.path.join(output_path, "config.json"), "w", encoding="utf-8") as fh:
-            json.dump(self.get_config_dict(), fh, indent=2)
-
     @classmethod
-    def load(cls, input_path: str, word_embedding_dimension: int | None = None) -> Pooling:
-        config: dict[str, Any] = {}
-        config_path = os.path.join(input_path, "config.json")
-        if os.path.exists(config_path):
-            with open(config_path, encoding="utf-8") as fh:
-                config = json.load(fh)
-        dimension = config.get("embedding_dimension", config.get("word_embedding_dimension"))
-        if dimension is None:
-            dimension = word_embedding_dimension
-        if dimension is None:
-            raise ValueError(f"{config_path} names no embedding dimension and none could be inferred.")
+    def load(cls, input_path: str, dimension: int | None = None, **context: Any) -> Pooling:
+        """``dimension`` (the Transformer's width) is used when the config names none."""
+        config = cls.load_config(input_path)
+        width = config.get("embedding_dimension", config.get("word_embedding_dimension"))
+        if width is None:
+            width = dimension
+        if width is None:
+            raise ValueError(
+                f"{input_path}/{cls.config_file} names no embedding dimension and none could be inferred."
+            )
         return cls(
-            int(dimension),
+            int(width),
             pooling_mode=_modes_from_config(config),
             include_prompt=bool(config.get("include_prompt", True)),
         )

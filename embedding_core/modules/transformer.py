@@ -8,7 +8,9 @@ import os
 from typing import Any
 
 import torch
-from torch import nn
+
+from embedding_core.backends import Runtime, load_runtime
+from embedding_core.modules.base import Module, register
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +30,18 @@ def _needs_remote_code(model_path: str) -> bool:
     return bool(config.get("auto_map"))
 
 
-class Transformer(nn.Module):
+@register
+class Transformer(Module):
     """Tokenizes text and runs a Hugging Face ``AutoModel`` to get ``token_embeddings``.
 
     ``max_seq_length`` comes from ``sentence_bert_config.json`` when present, else from the
     tokenizer, and is never above what the model's position embeddings support.
+    ``backend`` other than ``"torch"`` hands CPU inputs to another :class:`Runtime`
+    (see ``embedding_core.backends``); ``revision`` labels its cached build.
     """
+
+    config_keys = ("max_seq_length", "do_lower_case")
+    config_file = SENTENCE_BERT_CONFIG
 
     def __init__(
         self,
@@ -42,6 +50,8 @@ class Transformer(nn.Module):
         do_lower_case: bool = False,
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
+        backend: str = "torch",
+        revision: str | None = None,
     ) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -64,6 +74,15 @@ class Transformer(nn.Module):
                 max_seq_length = int(tokenizer_limit)
         self._max_seq_length = self._capped(max_seq_length)
         self.auto_model.eval()
+        self.runtime: Runtime | None = None
+        self.backend = "torch"
+        self.set_backend(backend, revision)
+
+    def set_backend(self, backend: str, revision: str | None = None) -> str:
+        """Run CPU inputs through ``backend``'s runtime; returns the backend in effect
+        (``"torch"`` when the runtime cannot be used here, with a warning saying why)."""
+        self.runtime, self.backend = load_runtime(self, backend, revision)
+        return self.backend
 
     def _position_limit(self) -> int | None:
         config = self.auto_model.config
@@ -98,6 +117,9 @@ class Transformer(nn.Module):
     def get_word_embedding_dimension(self) -> int:
         return int(self.auto_model.config.hidden_size)
 
+    def output_dimension(self, input_dimension: int | None) -> int:
+        return self.get_word_embedding_dimension()
+
     def tokenize_to_ids(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text (special tokens added, truncated to ``max_seq_length``), unpadded."""
         if self.do_lower_case:
@@ -127,13 +149,12 @@ class Transformer(nn.Module):
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # An ONNX Runtime / OpenVINO encoder (SentenceTransformer(backend=...)) runs CPU
         # inputs; anything else (another device, token_type_ids) goes through PyTorch.
-        runtime_encoder = getattr(self, "runtime_encoder", None)
         if (
-            runtime_encoder is not None
+            self.runtime is not None
             and features["input_ids"].device.type == "cpu"
             and "token_type_ids" not in features
         ):
-            features["token_embeddings"] = runtime_encoder(features["input_ids"], features["attention_mask"])
+            features["token_embeddings"] = self.runtime(features["input_ids"], features["attention_mask"])
             return features
         model_inputs = {"input_ids": features["input_ids"], "attention_mask": features["attention_mask"]}
         if "token_type_ids" in features:
@@ -145,22 +166,25 @@ class Transformer(nn.Module):
     def save(self, output_path: str) -> None:
         self.auto_model.save_pretrained(output_path)
         self.tokenizer.save_pretrained(output_path)
-        with open(os.path.join(output_path, SENTENCE_BERT_CONFIG), "w", encoding="utf-8") as fh:
-            json.dump(
-                {"max_seq_length": self._max_seq_length, "do_lower_case": self.do_lower_case}, fh, indent=2
-            )
+        self.save_config(output_path)
 
     @classmethod
-    def load(cls, model_path: str, trust_remote_code: bool = False, **model_kwargs: Any) -> Transformer:
-        config: dict[str, Any] = {}
-        config_path = os.path.join(model_path, SENTENCE_BERT_CONFIG)
-        if os.path.exists(config_path):
-            with open(config_path, encoding="utf-8") as fh:
-                config = json.load(fh)
+    def load(
+        cls,
+        input_path: str,
+        trust_remote_code: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        backend: str = "torch",
+        revision: str | None = None,
+        **context: Any,
+    ) -> Transformer:
+        config = cls.load_config(input_path)
         return cls(
-            model_path,
+            input_path,
             max_seq_length=config.get("max_seq_length"),
             do_lower_case=bool(config.get("do_lower_case", False)),
             trust_remote_code=trust_remote_code,
             model_kwargs=model_kwargs or None,
+            backend=backend,
+            revision=revision,
         )

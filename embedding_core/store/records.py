@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -128,23 +127,6 @@ class ModelSnapshot:
     default_prompt_name: str | None = None
     similarity_fn: str = "cosine"
     files_hash: str | None = None
-
-    def load(self, device: str | None = None, cache_folder: str | None = None,
-             local_files_only: bool = False):
-        """The `SentenceTransformer` of this snapshot: from its folder when this machine has
-        it, else re-resolved at the same pinned revision (raises if that gives another)."""
-        from embedding_core.hub import resolve_model
-        from embedding_core.model import SentenceTransformer
-
-        path = self.path
-        if not os.path.isdir(path):
-            resolved = resolve_model(self.model, revision=self.revision if self.source == "hub" else None,
-                                     cache_folder=cache_folder, local_files_only=local_files_only)
-            if resolved.revision != self.revision:
-                raise RuntimeError(f"model snapshot {self.model}@{self.revision} is not available "
-                                   f"here (found {resolved.revision}); re-materialize model_snapshot")
-            path = resolved.path
-        return SentenceTransformer(path, device=device)
 
 
 @dataclass(frozen=True)

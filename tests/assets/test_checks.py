@@ -36,7 +36,7 @@ def stored_shard(store, partition: str, params_from: EncoderResource) -> StoredS
     ids, vectors = store.read_embeddings(version)
     corpus_ids = store.read_corpus(store.corpus_version(partition)).column("id").to_pylist()
     return StoredShard(version, ids.column("id").to_pylist(), vectors, corpus_ids, snapshot,
-                       params_from.params(snapshot))
+                       params_from.open().params(snapshot))
 
 
 def test_every_embeddings_check_passes_on_normalized_truncated_vectors(tmp_path, landing, instance):

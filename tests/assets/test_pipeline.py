@@ -143,14 +143,14 @@ def test_model_revision_bump_marks_embeddings_stale_and_adds_versions(tmp_path, 
 
     resolver = get_stale_status_resolver(instance, [*defs.assets])
     assert resolver.get_status(AssetKey("embeddings"), "python_docs.jsonl") == StaleStatus.STALE
-    assert store.stale_partitions(new, encoder.params(new)) == sorted(SHARDS)
+    assert store.stale_partitions(new, encoder.open().params(new)) == sorted(SHARDS)
 
     keys = register_landing_partitions(defs, instance)
     assert all(r.success for r in materialize_selection(defs, instance, [AssetKey("embeddings")], keys))
     versions = store.embedding_versions("python_docs.jsonl")
     assert [v.revision for v in versions] == [old.revision, new.revision]
     assert [len(store.read_embeddings(v)[1]) for v in versions] == [ROWS_PER_SHARD] * 2
-    assert store.stale_partitions(new, encoder.params(new)) == []
+    assert store.stale_partitions(new, encoder.open().params(new)) == []
     resolver = get_stale_status_resolver(instance, [*defs.assets])
     assert resolver.get_status(AssetKey("embeddings"), "python_docs.jsonl") == StaleStatus.FRESH
 

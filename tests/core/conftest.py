@@ -24,6 +24,13 @@ def parity_texts() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def vectors() -> tuple[np.ndarray, np.ndarray]:
+    """Random float32 queries (23 x 48) and corpus (1000 x 48)."""
+    rng = np.random.default_rng(7)
+    return rng.normal(size=(23, 48)).astype(np.float32), rng.normal(size=(1000, 48)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
 def reference(bundled_model_path):
     from sentence_transformers import SentenceTransformer as ReferenceModel
 

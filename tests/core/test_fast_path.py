@@ -72,7 +72,7 @@ def test_built_graph_is_reused_from_the_cache(bundled_model_path, onnx_model, ba
     assert len(graphs) == 1
     built_at = graphs[0].stat().st_mtime_ns
     again = SentenceTransformer(bundled_model_path, device="cpu", backend="onnx")
-    assert again.transformer.runtime_encoder.path == str(graphs[0])
+    assert again.transformer.runtime.path == str(graphs[0])
     assert graphs[0].stat().st_mtime_ns == built_at
     # No half-written build folders are left behind.
     assert not [p for p in backend_cache.rglob(".build-*")]

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
 from embedding_core import SentenceTransformer
-from embedding_core.modules import Dense, Normalize, Pooling, Transformer
-from embedding_core.modules.transformer import RemoteCodeRequiredError
-from tests.core.conftest import assert_rows_match, write_json
+from embedding_core.modules import Normalize, Pooling, Transformer
+from tests.core.conftest import assert_rows_match
 
 SENTENCES = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
 
@@ -35,59 +30,10 @@ def test_default_model_is_the_bundled_all_minilm(bundled_model_path):
     assert default.revision.startswith("sha256:")
 
 
-def test_plain_transformers_folder_gets_mean_pooling(tmp_path, tiny_bert_dir, caplog):
-    from sentence_transformers import SentenceTransformer as ReferenceModel
-
-    plain = tmp_path / "plain"
-    shutil.copytree(tiny_bert_dir, plain)
-    for name in ("modules.json", "sentence_bert_config.json"):
-        (plain / name).unlink()
-    shutil.rmtree(plain / "1_Pooling")
-    with caplog.at_level(logging.WARNING, logger="embedding_core.model"):
-        ours = SentenceTransformer(str(plain), device="cpu")
-    assert "no modules.json" in caplog.text and "mean pooling" in caplog.text
-    assert [type(m) for m in ours] == [Transformer, Pooling] and ours.pooling_modes == ["mean"]
-    texts = ["A plain transformers checkpoint.", "Mean pooling is the fallback."]
-    assert_rows_match(ours.encode(texts), ReferenceModel(str(plain), device="cpu").encode(texts))
-
-
-def test_model_needing_remote_code_fails_clearly(tmp_path, tiny_bert_dir):
-    folder = tmp_path / "remote"
-    shutil.copytree(tiny_bert_dir, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RemoteCodeRequiredError, match="trust_remote_code=True"):
-        SentenceTransformer(str(folder), device="cpu")
-
-
-def test_unknown_module_type_is_named(tmp_path, tiny_bert_dir):
-    folder = tmp_path / "odd"
-    shutil.copytree(tiny_bert_dir, folder)
-    modules = json.loads((folder / "modules.json").read_text())
-    modules.append({"idx": 2, "name": "2", "path": "2_LSTM", "type": "sentence_transformers.models.LSTM"})
-    write_json(folder / "modules.json", modules)
-    with pytest.raises(ValueError, match="sentence_transformers.models.LSTM"):
-        SentenceTransformer(str(folder), device="cpu")
-
-
 def test_device_none_picks_cpu_without_accelerators(tiny_bert_dir):
     assert SentenceTransformer(str(tiny_bert_dir)).device.type == "cpu"
     with pytest.raises(RuntimeError):
         SentenceTransformer(str(tiny_bert_dir), device="tpu")
-
-
-def test_max_seq_length_truncates_and_is_capped(tiny_bert_dir, caplog):
-    tiny = SentenceTransformer(str(tiny_bert_dir), device="cpu")
-    assert tiny.max_seq_length == 64
-    tiny.max_seq_length = 10
-    tokens = tiny.encode("one two three four five six seven eight nine ten eleven", output_value="token_embeddings")
-    assert tokens.shape == (10, 32)
-    with caplog.at_level(logging.WARNING):
-        tiny.max_seq_length = 4096
-    assert tiny.max_seq_length == 128  # the tiny model's max_position_embeddings
-    with pytest.raises(ValueError):
-        tiny.max_seq_length = 0
 
 
 def test_max_seq_length_change_matches_reference(model, reference):
@@ -191,45 +137,6 @@ def test_token_budget_batches_give_the_same_vectors(model):
     np.testing.assert_allclose(
         model.encode(texts, max_tokens_per_batch=256), model.encode(texts, batch_size=2), atol=1e-5
     )
-
-
-# ---------------------------------------------------------------- save / load
-def test_save_reloads_identically_here_and_in_reference(tmp_path, bundled_model_path):
-    from sentence_transformers import SentenceTransformer as ReferenceModel
-
-    original = SentenceTransformer(
-        bundled_model_path, device="cpu", prompts={"query": "query: ", "doc": "passage: "}, default_prompt_name="query"
-    )
-    original.similarity_fn_name = "dot"
-    original.save(str(tmp_path / "saved"))
-    ours = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
-    theirs = ReferenceModel(str(tmp_path / "saved"), device="cpu")
-    assert ours.prompts == {"query": "query: ", "doc": "passage: "} and ours.default_prompt_name == "query"
-    assert theirs.prompts["query"] == "query: " and theirs.default_prompt_name == "query"
-    assert ours.similarity_fn_name == "dot" and ours.max_seq_length == 256
-    expected = original.encode(SENTENCES)
-    np.testing.assert_array_equal(ours.encode(SENTENCES), expected)
-    assert_rows_match(theirs.encode(SENTENCES), expected)
-
-
-def test_save_pretrained_keeps_pooling_dense_and_truncate_dim(tmp_path, tiny_bert_dir):
-    from sentence_transformers import SentenceTransformer as ReferenceModel
-
-    torch.manual_seed(3)
-    transformer = Transformer.load(str(tiny_bert_dir))
-    built = SentenceTransformer(
-        modules=[transformer, Pooling(32, ["max", "cls"], include_prompt=False), Dense(64, 16), Normalize()],
-        device="cpu",
-        truncate_dim=8,
-    )
-    assert built.model_source == "modules" and built.revision is None
-    built.save_pretrained(str(tmp_path / "built"))
-    reloaded = SentenceTransformer(str(tmp_path / "built"), device="cpu")
-    assert reloaded.pooling_modes == ["max", "cls"] and reloaded.pooling.include_prompt is False
-    assert reloaded.truncate_dim == 8 and reloaded.get_sentence_embedding_dimension() == 8
-    np.testing.assert_allclose(reloaded.encode(SENTENCES), built.encode(SENTENCES), atol=1e-6)
-    reference = ReferenceModel(str(tmp_path / "built"), device="cpu")
-    assert_rows_match(reference.encode(SENTENCES)[:, :8], built.encode(SENTENCES))
 
 
 # ---------------------------------------------------------------- similarity

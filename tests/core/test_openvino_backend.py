@@ -38,7 +38,7 @@ def ov_int8_model(load_backend):
 def test_encoder_outputs_are_owned_by_the_caller_and_thread_safe(ov_model, model, parity_texts):
     """Each call returns its own buffer; two threads at once get their own results."""
     batches = [model.tokenize(parity_texts[start : start + 6]) for start in (0, 60)]
-    encoder = ov_model.transformer.runtime_encoder
+    encoder = ov_model.transformer.runtime
     expected = [encoder(batch["input_ids"], batch["attention_mask"]) for batch in batches]
     assert not np.shares_memory(expected[0].numpy(), expected[1].numpy())
     results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
@@ -60,7 +60,7 @@ def test_encoder_outputs_are_owned_by_the_caller_and_thread_safe(ov_model, model
 
 def test_imap_keeps_batches_in_flight_and_returns_them_in_order(ov_model, model, parity_texts):
     """The streamed path gives each batch's own result, in order, and survives being abandoned."""
-    encoder = ov_model.transformer.runtime_encoder
+    encoder = ov_model.transformer.runtime
     batches = [model.tokenize(parity_texts[start : start + 5]) for start in range(0, 60, 5)]
     items = [(index, batch["input_ids"], batch["attention_mask"]) for index, batch in enumerate(batches)]
     results = list(encoder.imap(iter(items)))
@@ -89,7 +89,7 @@ def test_openvino_bf16_is_near_fp32_or_refused_without_native_bf16(bundled_model
         bf16 = SentenceTransformer(bundled_model_path, device="cpu", backend="openvino-bf16")
     if ov_backend.cpu_has_bf16():
         assert bf16.backend == "openvino-bf16"
-        assert bf16.transformer.runtime_encoder.precision == "bf16"
+        assert bf16.transformer.runtime.precision == "bf16"
         cosines = row_cosines(bf16.encode(texts), model.encode(texts))
         assert cosines.min() >= 0.9999, cosines.min()
     else:
@@ -102,7 +102,7 @@ def test_int8_runs_its_matrix_products_in_int8(ov_int8_model):
     """Quantization really happened: the graph has int8 fake-quantize nodes around the matmuls."""
     import openvino as ov
 
-    graph = ov.Core().read_model(ov_int8_model.transformer.runtime_encoder.path)
+    graph = ov.Core().read_model(ov_int8_model.transformer.runtime.path)
     kinds = [node.get_type_name() for node in graph.get_ops()]
     assert kinds.count("FakeQuantize") >= 6 * 6, kinds.count("FakeQuantize")  # 6 layers, >= 6 matmuls each
 
@@ -120,7 +120,7 @@ def test_built_models_are_reused_from_the_cache(bundled_model_path, ov_model, ov
     assert len(folders) == 2 and folders[0] == "fp32" and folders[1].startswith("int8-"), folders
     built_at = {path: path.stat().st_mtime_ns for path in backend_cache.rglob("model.*")}
     again = SentenceTransformer(bundled_model_path, device="cpu", backend="openvino-int8")
-    assert again.transformer.runtime_encoder.path == ov_int8_model.transformer.runtime_encoder.path
+    assert again.transformer.runtime.path == ov_int8_model.transformer.runtime.path
     assert {path: path.stat().st_mtime_ns for path in backend_cache.rglob("model.*")} == built_at
     assert not list(backend_cache.rglob(".build-*"))
 
@@ -128,7 +128,7 @@ def test_built_models_are_reused_from_the_cache(bundled_model_path, ov_model, ov
 def test_other_calibration_texts_build_another_int8_model(ov_int8_model, backend_cache, parity_texts):
     transformer = ov_int8_model.transformer
     encoder = ov_backend.load_openvino_encoder(transformer, "openvino-int8", calibration_texts=parity_texts[:40])
-    assert encoder.path != transformer.runtime_encoder.path
+    assert encoder.path != transformer.runtime.path
     assert len([p for p in backend_cache.rglob("model.xml") if p.parent.name.startswith("int8-")]) == 2
 
 

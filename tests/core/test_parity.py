@@ -32,7 +32,7 @@ def test_encode_matches_reference(model, reference, parity_texts, options):
 
 
 def test_parity_texts_span_short_and_long_inputs(model, parity_texts):
-    lengths = model.tokenize_texts(parity_texts).lengths
+    lengths = model.prepare(parity_texts).lengths
     assert len(parity_texts) >= 200
     assert lengths.min() <= 10 and lengths.max() == model.max_seq_length == 256
 

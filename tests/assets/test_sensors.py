@@ -1,6 +1,5 @@
-"""The Definitions object, the sensors and the schedule, evaluated against real stores."""
+"""The sensors: new landing files, and a new revision of the model, against real stores."""
 
-import hashlib
 import json
 import re
 
@@ -11,61 +10,17 @@ from dagster import (
     RunRequest,
     SensorResult,
     SkipReason,
-    build_schedule_context,
     build_sensor_context,
     materialize,
 )
-from dagster._core.definitions.backfill_policy import BackfillPolicyType
 
-from embedding_assets.backfill import (
-    contiguous_chunks,
-    materialize_selection,
-    register_landing_partitions,
-)
-from embedding_assets.definitions import build_definitions, definitions_from_env
-from embedding_assets.partitions import (
-    MAX_PARTITIONS_PER_RUN,
-    PartitionKeyCollisionError,
-    partition_key_for_file,
-)
+from embedding_assets.backfill import materialize_selection
+from embedding_assets.definitions import build_definitions
 from embedding_assets.resources import EncoderResource
-from embedding_assets.schedules import refresh_stale_embeddings
 from embedding_assets.sensors import corpus_landing_sensor, model_revision_sensor
-from embedding_core.hub import DEFAULT_MODEL_NAME
+from embedding_core.landing import PartitionKeyCollisionError
 from embedding_core.store import ModelSnapshot
-from tests.assets.conftest import SHARDS, materialize_everything
-
-
-def test_definitions_hold_the_lineage_graph_checks_automation_and_policies():
-    defs = definitions_from_env({"EMBEDDING_STORE_ROOT": "/tmp/unused-store",
-                                 "EMBEDDING_TARGET_DEVICES": "cuda:0,cuda:1",
-                                 "EMBEDDING_NORMALIZE": "true"})
-    graph = defs.resolve_asset_graph()
-    assert graph.get(AssetKey("embeddings")).parent_keys == {AssetKey("corpus"), AssetKey("model_snapshot")}
-    assert {key.name for key in graph.asset_check_keys} == {
-        "rows_valid", "encodes_canary", "rows_match_corpus", "dim_matches_model", "vectors_finite",
-        "unit_norm", "embeddings_match_model"}
-    for key in ("corpus", "embeddings"):
-        node = graph.get(AssetKey(key))
-        assert node.partitions_def.name == "corpus_shards"
-        assert node.backfill_policy.policy_type == BackfillPolicyType.MULTI_RUN
-        assert node.backfill_policy.max_partitions_per_run == MAX_PARTITIONS_PER_RUN
-    # No store-wide lock: N workers encode and commit N shards at once.
-    assert all(not graph.get(AssetKey(key)).pools for key in ("corpus", "model_snapshot", "embeddings"))
-    assert sorted(s.name for s in defs.sensors) == ["corpus_landing_sensor", "model_revision_sensor"]
-    assert sorted(s.name for s in defs.schedules) == ["refresh_stale_embeddings", "weekly_store_maintenance"]
-    encoder = defs.resources["encoder"]
-    assert (encoder.target_devices, encoder.normalize_embeddings) == (["cuda:0", "cuda:1"], True)
-    assert defs.resources["embedding_store"].root == "/tmp/unused-store"
-
-
-def test_backfill_chunks_are_contiguous_ranges_of_at_most_the_policy_size():
-    keys = [f"p{i}" for i in range(20)]
-    chunks = contiguous_chunks(keys, [*keys[:10], "p12", "p13", "p19"], size=4)
-    assert chunks == [["p0", "p1", "p2", "p3"], ["p4", "p5", "p6", "p7"], ["p8", "p9"],
-                      ["p12", "p13"], ["p19"]]
-    with pytest.raises(ValueError, match=r"unknown partition\(s\) \['nope'\]"):
-        contiguous_chunks(keys, ["nope"], size=4)
+from tests.assets.conftest import SHARDS
 
 
 def evaluate_landing_sensor(defs, instance: DagsterInstance, cursor: str | None):
@@ -136,46 +91,6 @@ def test_model_revision_sensor_requests_a_snapshot_when_a_local_model_changes(tm
     old = defs.resources["embedding_store"].open().current_model_snapshot(str(model_dir)).revision
     assert request.run_key.startswith(f"model_snapshot:{model_dir}:sha256:")
     assert old not in request.run_key
-
-
-def evaluate_schedule(defs, instance: DagsterInstance):
-    # The context opens its own instance from the ref; leaving the block closes it (and resets
-    # Dagster's current defs-state storage) now, not when garbage collection gets to it.
-    with build_schedule_context(instance=instance, resources=defs.resources) as context:
-        return refresh_stale_embeddings(context)
-
-
-def test_schedule_requests_exactly_the_stale_partitions(defs, landing, instance):
-    assert "no model snapshot" in evaluate_schedule(defs, instance).skip_message
-
-    materialize_everything(defs, instance)
-    assert "all embeddings are current" in evaluate_schedule(defs, instance).skip_message
-
-    with open(landing / "python_docs.jsonl", "a", encoding="utf-8") as appended:
-        appended.write(json.dumps({"id": "extra", "text": "One more paragraph."}) + "\n")
-    keys = register_landing_partitions(defs, instance)
-    assert materialize_selection(defs, instance, [AssetKey("corpus")], keys)[0].success
-    requests = evaluate_schedule(defs, instance)
-    assert [r.partition_key for r in requests] == ["python_docs.jsonl"]
-    store = defs.resources["embedding_store"].open()
-    snapshot = store.current_model_snapshot(DEFAULT_MODEL_NAME)
-    assert requests[0].run_key.startswith(f"python_docs.jsonl:{snapshot.revision}:")
-
-
-@pytest.mark.parametrize(
-    ("relative_path", "key"),
-    [
-        ("python_docs.jsonl", "python_docs.jsonl"),
-        ("My Notes (v2).jsonl", "My_Notes_v2_.jsonl"),
-        ("sub dir/ünïcode.csv", "sub_dir__unicode.csv"),
-        ("2024/q1/batch...7.parquet", "2024__q1__batch.7.parquet"),
-        ("日本語.txt", "_-e1422b28.txt"),
-        ("x" * 150 + ".jsonl", "x" * 85 + "-" + hashlib.sha256(("x" * 150 + ".jsonl").encode()).hexdigest()[:8] + ".jsonl"),
-    ],
-)
-def test_partition_keys_of_landing_files_are_dagster_and_path_safe(relative_path, key):
-    assert partition_key_for_file(relative_path) == key
-    assert re.fullmatch(r"[A-Za-z0-9._-]{1,100}", key) and "..." not in key
 
 
 def test_landing_sensor_gives_odd_file_names_safe_keys_that_materialize_from_their_files(tmp_path, instance):

@@ -1,0 +1,32 @@
+"""Locations: a local folder or a pyarrow filesystem URI (``s3://bucket/prefix``, ``gs://...``,
+``file:///abs/path``), and the filesystem that reads it. The one place that tells them apart."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.fs as pafs
+
+
+def is_uri(location: str) -> bool:
+    """Whether ``location`` is a filesystem URI rather than a local path."""
+    return "://" in location
+
+
+def absolute_location(location: str) -> str:
+    """A local path made absolute; a URI as it is."""
+    return location if is_uri(location) else os.path.abspath(location)
+
+
+def filesystem_and_root(location: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of ``location`` and the root path inside it (no trailing slash)."""
+    if is_uri(location):
+        filesystem, root = pafs.FileSystem.from_uri(location)
+        return filesystem, root.rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+def location_of(location: str, path: str) -> str:
+    """Where ``path`` (a path inside ``location``'s filesystem) is, spelled like ``location``:
+    a local path, or a URI with ``location``'s scheme."""
+    return f"{location.split('://', 1)[0]}://{path}" if is_uri(location) else path

@@ -1,0 +1,135 @@
+"""The landing folder: corpus files dropped into a folder (or a bucket prefix), one
+partition each, named by a key derived from the file's path.
+
+A key is the path relative to the folder, made safe by :func:`partition_key_for_file`
+(``python_docs.jsonl`` stays, ``2024/My Notes.csv`` becomes ``2024__My_Notes.csv``). Every
+call lists the folder once.
+
+    >>> landing = LandingFolder("landing")
+    >>> for key, file in landing.files().items():
+    ...     shard = landing.read(file)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+from embedding_core.corpus import SUPPORTED_SUFFIXES, CorpusShard, read_corpus_file
+from embedding_core.fs import filesystem_and_root, location_of
+
+MAX_PARTITION_KEY_LENGTH = 100
+SUBFOLDER_SEPARATOR = "__"
+
+
+class PartitionKeyCollisionError(ValueError):
+    """Two or more landing files whose names map to the same partition key."""
+
+
+def partition_key_for_file(relative_path: str) -> str:
+    """The partition key of a landing file, from its path relative to the landing folder.
+
+    Keys are safe in Dagster (UI, URLs, the ``a...b`` range syntax) and as a folder name:
+    accents are dropped, every other run of characters outside ``[A-Za-z0-9._-]`` becomes
+    ``_``, runs of dots become one, and subfolders are joined with ``__``. A key longer
+    than 100 characters, or one whose name kept no letter or digit, is cut and gets an
+    8-character hash of the path (the suffix stays last). Safe names stay as they are::
+
+        >>> partition_key_for_file("python_docs.jsonl")
+        'python_docs.jsonl'
+        >>> partition_key_for_file("My Notes (v2).jsonl")
+        'My_Notes_v2_.jsonl'
+        >>> partition_key_for_file("sub dir/ünïcode.csv")
+        'sub_dir__unicode.csv'
+    """
+    decomposed = unicodedata.normalize("NFKD", relative_path)
+    without_accents = "".join(char for char in decomposed if not unicodedata.combining(char))
+    segments = [re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "_", segment))
+                for segment in without_accents.split("/") if segment]
+    key = SUBFOLDER_SEPARATOR.join(segments)
+    stem, suffix = os.path.splitext(key)
+    if len(key) > MAX_PARTITION_KEY_LENGTH or not re.search(r"[A-Za-z0-9]", stem):
+        digest = hashlib.sha256(relative_path.encode("utf-8")).hexdigest()[:8]
+        key = f"{stem[: MAX_PARTITION_KEY_LENGTH - len(suffix) - 9]}-{digest}{suffix}"
+    return key
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    """A corpus file in the landing folder: the partition key its path maps to, the path
+    relative to the folder, where it is (local path or URI), and a fingerprint (size and
+    modification time) of its content."""
+
+    partition_key: str
+    relative_path: str
+    uri: str
+    fingerprint: str
+
+
+class LandingFolder:
+    """The corpus files of a landing folder (local path or filesystem URI), by partition key."""
+
+    def __init__(self, location: str, id_field: str = "id", text_field: str = "text") -> None:
+        self.location = location
+        self.id_field = id_field
+        self.text_field = text_field
+        self.filesystem, self.root = filesystem_and_root(location)
+
+    def files(self, partition_keys: Iterable[str] | None = None) -> dict[str, LandingFile]:
+        """The files behind ``partition_keys`` (default: every corpus file), sorted by key.
+
+        Raises ``FileNotFoundError`` for a key with no file, and
+        :class:`PartitionKeyCollisionError` naming the files when two names map to one of
+        the keys asked for.
+        """
+        listing = self._list()
+        wanted = sorted(listing) if partition_keys is None else list(partition_keys)
+        missing = [key for key in wanted if key not in listing]
+        if missing:
+            raise FileNotFoundError(f"corpus partition {missing[0]!r} has no file in {self.location}")
+        collisions = {key: listing[key] for key in wanted if len(listing[key]) > 1}
+        if collisions:
+            raise self._collision_error(collisions)
+        return {key: listing[key][0] for key in wanted}
+
+    def fingerprints(self) -> dict[str, str]:
+        """Partition key -> fingerprint (size and modification time) of every corpus file."""
+        return {key: file.fingerprint for key, file in self.files().items()}
+
+    def read(self, file: LandingFile) -> CorpusShard:
+        """Read and normalize a landing file."""
+        return read_corpus_file(f"{self.root}/{file.relative_path}", filesystem=self.filesystem,
+                                id_field=self.id_field, text_field=self.text_field)
+
+    def _list(self) -> dict[str, list[LandingFile]]:
+        """One listing of the folder: every visible corpus file, grouped by key."""
+        selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
+        files: dict[str, list[LandingFile]] = {}
+        for info in self.filesystem.get_file_info(selector):
+            relative_path = info.path[len(self.root) + 1:]
+            hidden = any(part.startswith(".") for part in relative_path.split("/"))
+            if (info.type == pafs.FileType.File and not hidden
+                    and relative_path.lower().endswith(SUPPORTED_SUFFIXES)):
+                key = partition_key_for_file(relative_path)
+                files.setdefault(key, []).append(LandingFile(
+                    key, relative_path, location_of(self.location, info.path),
+                    f"{info.size}:{info.mtime_ns}"))
+        return {key: sorted(same_key, key=lambda file: file.relative_path)
+                for key, same_key in sorted(files.items())}
+
+    def _collision_error(self, collisions: dict[str, list[LandingFile]]) -> PartitionKeyCollisionError:
+        lines = [
+            " and ".join(repr(file.relative_path) for file in files)
+            + f" map to the same partition key {key!r}"
+            for key, files in collisions.items()
+        ]
+        return PartitionKeyCollisionError(
+            f"landing files in {self.location} collide: " + "; ".join(lines)
+            + ". Rename one file of each group."
+        )

@@ -1,0 +1,173 @@
+"""Pinned models: resolve a configured model to an immutable snapshot, load it (a small,
+bounded cache per process), and encode with it in a session that owns the pool.
+
+    >>> encoder = EncoderConfig("sentence-transformers/all-MiniLM-L6-v2")
+    >>> snapshot = encoder.resolve()                  # pinned revision, dim, pooling, prompts
+    >>> with encoder.session(snapshot, encoder.params(snapshot)) as session:
+    ...     vectors = session.encode(["first text", "second text"])
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from embedding_core.hub import folder_content_hash, resolve_model
+from embedding_core.model import SentenceTransformer
+from embedding_core.store import EmbeddingParams, EmbeddingStore, ModelSnapshot
+
+# Loaded models kept per process: the partitions of one run (and in-process test runs) share
+# one load, and a long-lived process that meets many models keeps only the latest few.
+MAX_LOADED_MODELS = 2
+_loaded: OrderedDict[tuple[str, str, str | None], SentenceTransformer] = OrderedDict()
+
+
+class SnapshotNotCurrentError(RuntimeError):
+    """The store has no current snapshot of the configured model (and revision)."""
+
+
+def require_current_snapshot(
+    store: EmbeddingStore, model_key: str, revision: str | None = None, match_revision: bool = True
+) -> ModelSnapshot:
+    """The store's current snapshot of ``model_key``; with ``match_revision``, it must also
+    have been resolved from ``revision``. Raises :class:`SnapshotNotCurrentError` saying
+    what to materialize."""
+    snapshot = store.current_model_snapshot(model_key)
+    if snapshot is None:
+        raise SnapshotNotCurrentError(f"no model snapshot of {model_key!r} in {store.catalog_label}; "
+                                      "materialize model_snapshot first")
+    if match_revision and (snapshot.requested_revision or None) != revision:
+        raise SnapshotNotCurrentError(
+            f"the current model_snapshot of {model_key!r} was resolved from revision "
+            f"{snapshot.requested_revision!r}, but {revision!r} is configured; "
+            "materialize model_snapshot first"
+        )
+    return snapshot
+
+
+def load_snapshot_model(snapshot: ModelSnapshot, device: str | None = None, cache_folder: str | None = None,
+                        local_files_only: bool = False) -> SentenceTransformer:
+    """The model of a snapshot: from its folder when this machine has it, else re-resolved at
+    the same pinned revision (raises if that gives another). Not cached."""
+    path = snapshot.path
+    if not os.path.isdir(path):
+        resolved = resolve_model(snapshot.model, revision=snapshot.revision if snapshot.source == "hub" else None,
+                                 cache_folder=cache_folder, local_files_only=local_files_only)
+        if resolved.revision != snapshot.revision:
+            raise RuntimeError(f"model snapshot {snapshot.model}@{snapshot.revision} is not available "
+                               f"here (found {resolved.revision}); re-materialize model_snapshot")
+        path = resolved.path
+    return SentenceTransformer(path, device=device)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """A configured model and how texts are encoded with it (what ``EncoderResource`` holds)."""
+
+    model_name: str
+    revision: str | None = None
+    cache_folder: str | None = None
+    local_files_only: bool = False
+    device: str | None = None
+    target_devices: tuple[str, ...] | None = None
+    batch_size: int = 32
+    precision: str = "float32"
+    normalize_embeddings: bool = False
+    prompt_name: str | None = None
+    truncate_dim: int | None = None
+
+    def resolve(self) -> ModelSnapshot:
+        """Resolve the configured model to a pinned snapshot (loads it to read its shape)."""
+        resolved = resolve_model(self.model_name, revision=self.revision, cache_folder=self.cache_folder,
+                                 local_files_only=self.local_files_only)
+        pinned = ModelSnapshot(
+            model_key=self.model_name, model=resolved.name, revision=resolved.revision,
+            source=resolved.source, path=resolved.path, dim=0, requested_revision=self.revision,
+        )
+        model = self.load(pinned)
+        return replace(
+            pinned, dim=int(model.get_sentence_embedding_dimension()),
+            max_seq_length=model.max_seq_length,
+            pooling=tuple(model.pooling_modes), prompts=dict(model.prompts),
+            default_prompt_name=model.default_prompt_name,
+            similarity_fn=model.similarity_fn_name,
+            files_hash=folder_content_hash(resolved.path),
+        )
+
+    def params(self, snapshot: ModelSnapshot) -> EmbeddingParams:
+        """The parameters that, with the snapshot's revision, decide the stored vectors."""
+        prompt_name = self.prompt_name or snapshot.default_prompt_name
+        if prompt_name is not None and prompt_name not in snapshot.prompts:
+            raise ValueError(f"prompt_name {prompt_name!r} is not among the prompts of "
+                             f"{snapshot.model}: {sorted(snapshot.prompts)}")
+        return EmbeddingParams(
+            precision=self.precision, normalize_embeddings=self.normalize_embeddings,
+            prompt_name=prompt_name,
+            prompt=snapshot.prompts.get(prompt_name) if prompt_name else None,
+            truncate_dim=self.truncate_dim, max_seq_length=snapshot.max_seq_length,
+        )
+
+    def load(self, snapshot: ModelSnapshot) -> SentenceTransformer:
+        """The model of a snapshot on the configured device, loaded once per process (the
+        ``MAX_LOADED_MODELS`` most recently used stay loaded)."""
+        key = (snapshot.path, snapshot.revision, self.device)
+        if key not in _loaded:
+            _loaded[key] = load_snapshot_model(snapshot, self.device, self.cache_folder, self.local_files_only)
+            while len(_loaded) > MAX_LOADED_MODELS:
+                _loaded.popitem(last=False)
+        _loaded.move_to_end(key)
+        return _loaded[key]
+
+    def session(self, snapshot: ModelSnapshot, params: EmbeddingParams,
+                log: Callable[[str], None] | None = None) -> EncodingSession:
+        """An :class:`EncodingSession` of this snapshot and parameters; use it in a ``with``."""
+        return EncodingSession(self, snapshot, params, log)
+
+
+class EncodingSession:
+    """Texts -> vectors for the store, with one snapshot and one parameter set.
+
+    The model loads, and the pool starts (with ``target_devices``), only when something is
+    actually encoded; ``close()`` (or leaving the ``with`` block) stops the pool. ``log``
+    hears about each batch of work (an asset passes ``context.log.info``).
+    """
+
+    def __init__(self, config: EncoderConfig, snapshot: ModelSnapshot, params: EmbeddingParams,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.snapshot = snapshot
+        self.params = params
+        self.log = log
+        self.model: SentenceTransformer | None = None
+        self.pool: Any = None
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if self.log is not None:
+            self.log(f"encoding {len(texts)} texts with {self.snapshot.model}@{self.snapshot.revision[:19]}")
+        if self.model is None:
+            self.model = self.config.load(self.snapshot)
+            if self.config.target_devices:
+                self.pool = self.model.start_multi_process_pool(list(self.config.target_devices))
+        if self.params.max_seq_length is not None:
+            self.model.max_seq_length = self.params.max_seq_length
+        return self.model.encode(
+            list(texts), batch_size=self.config.batch_size, precision=self.params.precision,
+            normalize_embeddings=self.params.normalize_embeddings, prompt=self.params.prompt,
+            truncate_dim=self.params.truncate_dim, pool=self.pool, show_progress_bar=False,
+        )
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def __enter__(self) -> EncodingSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,87 @@
+"""The landing folder: partition keys of file names, one listing, collisions, URIs."""
+
+import hashlib
+import json
+import re
+
+import pyarrow.fs as pafs
+import pytest
+
+from embedding_core.landing import LandingFolder, PartitionKeyCollisionError, partition_key_for_file
+
+
+@pytest.mark.parametrize(
+    ("relative_path", "key"),
+    [
+        ("python_docs.jsonl", "python_docs.jsonl"),
+        ("My Notes (v2).jsonl", "My_Notes_v2_.jsonl"),
+        ("sub dir/ünïcode.csv", "sub_dir__unicode.csv"),
+        ("2024/q1/batch...7.parquet", "2024__q1__batch.7.parquet"),
+        ("日本語.txt", "_-e1422b28.txt"),
+        ("x" * 150 + ".jsonl", "x" * 85 + "-" + hashlib.sha256(("x" * 150 + ".jsonl").encode()).hexdigest()[:8] + ".jsonl"),
+    ],
+)
+def test_partition_keys_of_landing_files_are_dagster_and_path_safe(relative_path, key):
+    assert partition_key_for_file(relative_path) == key
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,100}", key) and "..." not in key
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def test_files_maps_visible_corpus_files_to_keys_sorted_with_their_paths(tmp_path):
+    write_jsonl(tmp_path / "b.jsonl", [{"id": "b1", "text": "Bee."}])
+    write_jsonl(tmp_path / "sub dir" / "a.jsonl", [{"id": "a1", "text": "Ay."}])
+    (tmp_path / "notes.md").write_text("not a corpus file\n")
+    write_jsonl(tmp_path / ".hidden" / "c.jsonl", [{"id": "c1", "text": "Sea."}])
+
+    files = LandingFolder(str(tmp_path)).files()
+    assert list(files) == ["b.jsonl", "sub_dir__a.jsonl"]
+    assert files["sub_dir__a.jsonl"].relative_path == "sub dir/a.jsonl"
+    assert files["sub_dir__a.jsonl"].uri == str(tmp_path / "sub dir" / "a.jsonl")
+    size = (tmp_path / "b.jsonl").stat().st_size
+    assert LandingFolder(str(tmp_path)).fingerprints()["b.jsonl"].startswith(f"{size}:")
+
+
+def test_one_listing_serves_every_key_of_a_call(tmp_path, monkeypatch):
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+        write_jsonl(tmp_path / name, [{"id": name, "text": f"Text of {name}."}])
+    landing = LandingFolder(str(tmp_path))
+    listings = []
+    original = landing.filesystem.get_file_info
+    monkeypatch.setattr(landing, "filesystem", type("Counting", (), {
+        "get_file_info": lambda self, selector: listings.append(selector) or original(selector)})())
+    files = landing.files(["a.jsonl", "c.jsonl"])
+    assert list(files) == ["a.jsonl", "c.jsonl"] and len(listings) == 1
+
+
+def test_read_normalizes_the_file_behind_a_key(tmp_path):
+    write_jsonl(tmp_path / "docs.jsonl", [{"doc": "d1", "body": "First."}, {"doc": "d2", "body": "Second."}])
+    landing = LandingFolder(str(tmp_path), id_field="doc", text_field="body")
+    shard = landing.read(landing.files(["docs.jsonl"])["docs.jsonl"])
+    assert shard.table.column("id").to_pylist() == ["d1", "d2"]
+    assert shard.table.column("text").to_pylist() == ["First.", "Second."]
+
+
+def test_a_key_without_a_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"corpus partition 'gone.jsonl' has no file in "):
+        LandingFolder(str(tmp_path)).files(["gone.jsonl"])
+
+
+def test_colliding_names_fail_only_the_keys_they_share(tmp_path):
+    for name in ("My Notes (v2).jsonl", "My_Notes_v2_.jsonl", "fine.jsonl"):
+        write_jsonl(tmp_path / name, [{"id": "n1", "text": f"From {name}."}])
+    landing = LandingFolder(str(tmp_path))
+    with pytest.raises(PartitionKeyCollisionError,
+                       match=r"'My Notes \(v2\).jsonl' and 'My_Notes_v2_.jsonl' map to the same partition key"):
+        landing.files()
+    assert list(landing.files(["fine.jsonl"])) == ["fine.jsonl"]
+
+
+def test_a_uri_landing_folder_gives_uris(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"id": "a1", "text": "Ay."}])
+    landing = LandingFolder(f"file://{tmp_path}")
+    assert isinstance(landing.filesystem, pafs.LocalFileSystem)
+    assert landing.files()["a.jsonl"].uri == f"file://{tmp_path}/a.jsonl"
