@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import duckdb
 
-from embedding_core.store import views
+import embedding_core.store.views as views
 from embedding_core.store.files import DataPath, s3_secret_sql, sql_str
 
 __all__ = ["CATALOG_FILE_NAME", "LAKE", "Catalog", "CommitConflictError", "StoreBusyError"]

@@ -23,7 +23,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from embedding_core.store import maintenance, queries, writer
+import embedding_core.store.maintenance as maintenance
+import embedding_core.store.queries as queries
+import embedding_core.store.writer as writer
 from embedding_core.store.catalog import CATALOG_FILE_NAME, Catalog
 from embedding_core.store.files import DataPath
 from embedding_core.store.records import (

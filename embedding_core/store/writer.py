@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedding_core.store import queries
+import embedding_core.store.queries as queries
 from embedding_core.store.catalog import Catalog, lake_name
 from embedding_core.store.maintenance import repair_embeddings_view
 from embedding_core.store.records import (
