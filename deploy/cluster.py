@@ -35,8 +35,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy import servers
-from deploy.servers import HOST, ServerError
+from deploy import processes, servers
+from deploy.processes import HOST, ServerError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_DIR = Path(__file__).resolve().parent
@@ -77,12 +77,12 @@ class Cluster:
     def webserver_url(self) -> str:
         return self.urls["webserver"]
 
-    def workers(self) -> list[servers.Server]:
-        return [s for s in (servers.load(self.state_dir, n) for n in worker_names(self.state_dir)) if s]
+    def workers(self) -> list[processes.Server]:
+        return [s for s in (processes.load(self.state_dir, n) for n in worker_names(self.state_dir)) if s]
 
 
 def worker_names(state_dir: Path) -> list[str]:
-    return [name for name in servers.recorded(state_dir) if name.startswith("worker")]
+    return [name for name in processes.recorded(state_dir) if name.startswith("worker")]
 
 
 def _write_env(state: Path, env: dict[str, str], urls: dict[str, str]) -> None:
@@ -163,7 +163,7 @@ def start(config: ClusterConfig | None = None) -> Cluster:
     """Start the whole profile; on any failure, stop what was started and raise."""
     config = config or ClusterConfig()
     state = Path(config.state_dir).resolve()
-    running = [n for n in servers.recorded(state) if (s := servers.load(state, n)) and s.is_running()]
+    running = [n for n in processes.recorded(state) if (s := processes.load(state, n)) and s.is_running()]
     if running:
         raise ServerError(f"a cluster is already running in {state} ({', '.join(running)}); "
                           "stop it first: python -m deploy.cluster stop")
@@ -227,8 +227,8 @@ def _start(config: ClusterConfig, state: Path) -> Cluster:
     }
     _write_env(state, env, urls)
 
-    code_port = servers.free_port()
-    servers.start_process(
+    code_port = processes.free_port()
+    processes.start_process(
         "code-server",
         [_bin("dagster"), "code-server", "start", "-h", HOST, "-p", str(code_port),
          "-m", "embedding_assets.definitions", "-a", "defs", "--location-name", LOCATION_NAME],
@@ -236,9 +236,9 @@ def _start(config: ClusterConfig, state: Path) -> Cluster:
         timeout=config.timeout,
     )  # fmt: skip
     workspace = _workspace(state, code_port)
-    web_port = config.webserver_port or servers.free_port()
+    web_port = config.webserver_port or processes.free_port()
     web_url = f"http://{HOST}:{web_port}"
-    servers.start_process(
+    processes.start_process(
         "webserver",
         [_bin("dagster-webserver"), "-h", HOST, "-p", str(web_port), "-w", str(workspace)],
         state, port=web_port, ready=lambda: _location_loaded(web_url), env=env, cwd=REPO_ROOT,
@@ -246,7 +246,7 @@ def _start(config: ClusterConfig, state: Path) -> Cluster:
     )  # fmt: skip
     urls = {"webserver": web_url, **urls}
     _write_env(state, env, urls)
-    servers.start_process(
+    processes.start_process(
         "daemon",
         [_bin("dagster-daemon"), "run", "-w", str(workspace)],
         state, port=0, ready=lambda: _daemon_alive(postgres), env=env, cwd=REPO_ROOT,
@@ -258,7 +258,7 @@ def _start(config: ClusterConfig, state: Path) -> Cluster:
     }
     for index in range(1, config.workers + 1):
         node = f"worker{index}@{socket.gethostname()}"
-        servers.start_process(
+        processes.start_process(
             f"worker{index}",
             [_bin("celery"), "-A", "dagster_celery.app", "worker", "-Q", "dagster", "-n", node,
              "--concurrency", "1", "--pool", "prefork", "--prefetch-multiplier", "1",
@@ -275,12 +275,12 @@ def stop(state_dir: Path | str = DEFAULT_STATE_DIR) -> list[str]:
     """Stop every process recorded in the state dir by PID: the Dagster processes and workers
     together, then the servers they use. Returns the names of those that were running."""
     state = Path(state_dir)
-    names = servers.recorded(state)
+    names = processes.recorded(state)
     apps = [n for n in reversed(names) if n not in INFRA]
     try:
-        stopped = servers.stop_many(state, apps)
+        stopped = processes.stop_many(state, apps)
     finally:
-        stopped_infra = servers.stop_many(state, [n for n in INFRA if n in names])
+        stopped_infra = processes.stop_many(state, [n for n in INFRA if n in names])
     return stopped + stopped_infra
 
 
@@ -288,8 +288,8 @@ def status(state_dir: Path | str = DEFAULT_STATE_DIR) -> list[tuple[str, int, bo
     state = Path(state_dir)
     return [
         (name, server.pid, server.is_running())
-        for name in servers.recorded(state)
-        if (server := servers.load(state, name)) is not None
+        for name in processes.recorded(state)
+        if (server := processes.load(state, name)) is not None
     ]
 
 

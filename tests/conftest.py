@@ -40,10 +40,10 @@ def server_state_dir():
     path = Path(tempfile.mkdtemp(prefix="embedding-servers-"))
     path.chmod(0o755)
     yield path
-    from deploy import servers
+    from deploy import processes
 
-    for name in reversed(servers.recorded(path)):
-        servers.stop(path, name)
+    for name in reversed(processes.recorded(path)):
+        processes.stop(path, name)
     shutil.rmtree(path, ignore_errors=True)
 
 

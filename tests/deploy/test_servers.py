@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deploy import servers
+from deploy import processes, servers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,17 +70,17 @@ def test_stop_by_pid_from_another_process(kind, tmp_path_factory):
     server = start()
     try:
         assert (state / f"{server.name}.pid").read_text().strip() == str(server.pid)
-        assert servers.load(state, server.name).port == server.port
-        code = f"from deploy import servers; assert servers.stop({str(state)!r}, {server.name!r})"
+        assert processes.load(state, server.name).port == server.port
+        code = f"from deploy import processes; assert processes.stop({str(state)!r}, {server.name!r})"
         subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
-        servers.reap_children()
+        processes.reap_children()
         assert not server.is_running()
         assert not psutil.pid_exists(server.pid) or psutil.Process(server.pid).status() == "zombie"
-        assert servers.recorded(state) == []
+        assert processes.recorded(state) == []
         # stopping again is harmless
-        assert servers.stop(state, server.name) is False
+        assert processes.stop(state, server.name) is False
     finally:
-        servers.stop(state, server.name)
+        processes.stop(state, server.name)
         import shutil
 
         shutil.rmtree(state, ignore_errors=True)
@@ -88,6 +88,6 @@ def test_stop_by_pid_from_another_process(kind, tmp_path_factory):
 
 def test_failed_start_names_the_server_and_shows_its_log(tmp_path, redis_server):
     # the port is taken: redis exits, and the error carries its log
-    with pytest.raises(servers.ServerError, match=r"(?s)redis2 exited .*Address already in use"):
+    with pytest.raises(processes.ServerError, match=r"(?s)redis2 exited .*Address already in use"):
         servers.start_redis(tmp_path, name="redis2", port=redis_server.port)
-    assert servers.recorded(tmp_path) == []
+    assert processes.recorded(tmp_path) == []

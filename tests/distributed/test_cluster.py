@@ -30,7 +30,7 @@ from dagster._core.storage.tags import (
 )
 
 from deploy import cluster as cluster_mod
-from deploy import servers
+from deploy import processes
 from embedding_assets.submit import DagsterWebserver
 from tests.conftest import DATA_DIR
 
@@ -88,7 +88,7 @@ def _backfill(cluster, *args: str, timeout: float = 300) -> subprocess.Completed
 
 
 def _pg(cluster):
-    postgres = servers.load(cluster.state_dir, "postgres")
+    postgres = processes.load(cluster.state_dir, "postgres")
     return postgres.connect(cluster_mod.DAGSTER_DB)
 
 
