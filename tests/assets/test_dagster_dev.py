@@ -114,7 +114,8 @@ def test_dagster_dev_serves_the_graph_and_runs_queued_materializations(dagster_d
         time.sleep(1)
     graph = {node["assetKey"]["path"][0]: sorted(dep["path"][0] for dep in node["dependencyKeys"])
              for node in nodes}
-    assert graph == {"corpus": [], "model_snapshot": [], "embeddings": ["corpus", "model_snapshot"]}
+    assert graph == {"corpus": [], "model_snapshot": [], "embeddings": ["corpus", "model_snapshot"],
+                     "store_maintenance": []}
 
     added = graphql(
         """mutation($repo: RepositorySelector!) {
