@@ -157,7 +157,7 @@ def submit_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         except ValueError as error:
             parser.error(str(error))
 
-    landing_keys = list(definitions_from_env().resources["corpus_source"].list_files())
+    landing_keys = list(definitions_from_env().resources["corpus_source"].open().files())
     try:
         selected, runs = submit_backfill(
             args.submit, landing_keys, select,
