@@ -10,8 +10,9 @@ reported, each with its position in the file and the reason:
 * ``text_too_long``: a text of more than `MAX_TEXT_CHARS` characters (every format);
 * ``invalid_unicode``: a JSONL id or text holding a lone surrogate (``"\\ud800"``);
 * ``too_deeply_nested``: a JSONL line nested deeper than the JSON parser can follow;
-* ``unterminated_quote``: a CSV record whose quote never closes; it is left out and
-  reading resumes on the next line, so the rows after it are kept.
+* ``unterminated_quote``: a CSV record whose quote never closes, or closes inside a field
+  lines later; it is left out and reading resumes on the next line, so the rows it would
+  have swallowed are kept.
 
 Rows are split on ``\\n`` only (a trailing ``\\r`` is dropped): U+2028, U+0085 or a form
 feed inside a line are part of the text.
@@ -191,9 +192,10 @@ def _jsonl_records(content: str) -> list[tuple[int, object]]:
 
 
 def _csv_records(path: str, content: str) -> list[tuple[int, object]]:
-    """CSV records as dicts by header name, numbered from 1. A record whose quote never
-    closes (it would swallow the rest of the file) is a `_Lost` record; reading resumes on
-    the line after the one that opened it."""
+    """CSV records as dicts by header name, numbered from 1. A record spanning lines whose
+    quote never closes (it would swallow the rest of the file) or closes inside a field (it
+    swallowed the next rows) is a `_Lost` record; reading resumes on the line after the one
+    that started it, so the rows after it are kept."""
     lines = content.split("\n")
     lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
     limit = csv.field_size_limit()
@@ -204,17 +206,19 @@ def _csv_records(path: str, content: str) -> list[tuple[int, object]]:
         while start < len(lines):
             reader = csv.reader(iter(lines[start:]), strict=False)
             chunk: list[tuple[int, list[str] | _Lost]] = []
-            first_line = start
+            first_line, lost = start, None
             for row in reader:
+                end_line = start + reader.line_num
+                if (end_line - first_line > 1 or end_line == len(lines)) and (
+                        lost := _quote_error(lines[first_line:end_line], first_line)):
+                    break
                 chunk.append((first_line, row))
-                first_line = start + reader.line_num
-            if chunk and _unterminated(lines[chunk[-1][0]:]):
-                opened = chunk.pop()[0]
-                parsed += [*chunk, (opened, _Lost(opened + 1, len(lines)))]
-                start = opened + 1
-            else:
+                first_line = end_line
+            if lost is None:
                 parsed += chunk
                 break
+            parsed += [*chunk, (first_line, lost)]
+            start = first_line + 1
     except csv.Error as error:
         raise CorpusFormatError(f"{path}: malformed CSV: {error}") from error
     finally:
@@ -231,25 +235,32 @@ def _csv_records(path: str, content: str) -> list[tuple[int, object]]:
 
 @dataclass(frozen=True)
 class _Lost:
-    """A CSV record left out: its quote, opened on `line`, is still open at the end of the
-    file (line `last`)."""
+    """A CSV record left out: it starts on line `line` and a quoted field in it never
+    closes (`closed` False) or closes inside a field, on line `last`."""
 
     line: int
     last: int
+    closed: bool
 
     def detail(self) -> str:
-        return (f"the quote opened on line {self.line} is never closed (it would take lines "
-                f"{self.line}-{self.last} as one text); reading resumed on line {self.line + 1}")
+        what = (f"closes inside a field on line {self.last}" if self.closed
+                else "is never closed")
+        span = f"lines {self.line}-{self.last}" if self.last > self.line else f"line {self.line}"
+        return (f"a quote in the record starting on line {self.line} {what} (it would take "
+                f"{span} as one text); reading resumed on line {self.line + 1}")
 
 
-def _unterminated(tail: list[str]) -> bool:
-    """Whether the CSV record starting at ``tail[0]`` ends inside a quoted field."""
-    reader = csv.reader(iter(tail), strict=True)
+def _quote_error(record_lines: list[str], first_line: int) -> _Lost | None:
+    """A `_Lost` when the CSV record of ``record_lines`` (which starts on 0-based line
+    `first_line`) fails strict quoting: unterminated, or spanning lines with text after a
+    closing quote. Such a text on one line alone stays accepted as before."""
     try:
-        next(reader, None)
+        next(csv.reader(iter(record_lines), strict=True), None)
     except csv.Error as error:
-        return "unexpected end of data" in str(error)
-    return False
+        unterminated = "unexpected end of data" in str(error)
+        if unterminated or len(record_lines) > 1:
+            return _Lost(first_line + 1, first_line + len(record_lines), closed=not unterminated)
+    return None
 
 
 def _parquet_records(path: str, filesystem: pafs.FileSystem) -> list[tuple[int, object]]:

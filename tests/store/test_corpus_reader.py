@@ -170,8 +170,15 @@ def test_csv_rows_after_an_unterminated_quote_are_kept_and_the_lost_record_repor
     assert shard.table.column("text").to_pylist() == ["first", "third", "fourth"]
     assert [(r.row, r.reason) for r in shard.rejected] == [(2, "unterminated_quote")]
     assert shard.rejection_report() == (
-        f"{path} row 2: unterminated_quote: the quote opened on line 3 is never closed "
-        "(it would take lines 3-5 as one text); reading resumed on line 4")
+        f"{path} row 2: unterminated_quote: a quote in the record starting on line 3 is never "
+        "closed (it would take lines 3-5 as one text); reading resumed on line 4")
+    # A stray quote that closes lines later, inside a field: before, b's text was 'broken\nc,third"'.
+    path.write_text('id,text\na,first\nb,"broken\nc,"third"\nd,fourth\n')
+    shard = read_corpus_file(path)
+    assert shard.table.column("text").to_pylist() == ["first", "third", "fourth"]
+    assert [(r.row, r.reason, r.detail) for r in shard.rejected] == [(2, "unterminated_quote", (
+        "a quote in the record starting on line 3 closes inside a field on line 4 (it would take "
+        "lines 3-4 as one text); reading resumed on line 4"))]
     # A quoted text spanning lines, closed properly, is still one text.
     path.write_text('id,text\na,"two\nlines"\nb,"x"\n')
     assert read_corpus_file(path).table.column("text").to_pylist() == ["two\nlines", "x"]
