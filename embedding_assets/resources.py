@@ -41,9 +41,13 @@ class CorpusSourceResource(ConfigurableResource):
     landing_dir: str = Field(description="Local folder or pyarrow filesystem URI.")
     id_field: str = "id"
     text_field: str = "text"
+    allow_outside_links: bool = Field(
+        default=False, description="Follow symbolic links to files outside the landing folder "
+        "(refused and reported by default).")
 
     def open(self) -> LandingFolder:
-        return LandingFolder(self.landing_dir, id_field=self.id_field, text_field=self.text_field)
+        return LandingFolder(self.landing_dir, id_field=self.id_field, text_field=self.text_field,
+                             allow_outside_links=self.allow_outside_links)
 
 
 class EncoderResource(ConfigurableResource):

@@ -6,7 +6,16 @@ reported, each with its position in the file and the reason:
 
 * ``invalid_json`` / ``not_an_object``: a JSONL line that is not a JSON object;
 * ``missing_id``: no usable id;
-* ``non_text`` / ``empty_text``: the text field is not a string, or only whitespace.
+* ``non_text`` / ``empty_text``: the text field is not a string, or only whitespace;
+* ``text_too_long``: a text of more than `MAX_TEXT_CHARS` characters (every format);
+* ``invalid_unicode``: a JSONL id or text holding a lone surrogate (``"\\ud800"``);
+* ``too_deeply_nested``: a JSONL line nested deeper than the JSON parser can follow;
+* ``unterminated_quote``: a CSV record whose quote never closes, or closes inside a field
+  lines later; it is left out and reading resumes on the next line, so the rows it would
+  have swallowed are kept.
+
+Rows are split on ``\\n`` only (a trailing ``\\r`` is dropped): U+2028, U+0085 or a form
+feed inside a line are part of the text.
 
 An id used by more than one row is not a bad row but a bad file: which text is meant is
 unknowable, so `read_corpus_file` raises `DuplicateIdError` naming the ids and their rows.
@@ -20,9 +29,9 @@ Example::
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
@@ -37,11 +46,14 @@ __all__ = [
     "CorpusFormatError",
     "CorpusShard",
     "DuplicateIdError",
+    "MAX_TEXT_CHARS",
     "RejectedRow",
     "read_corpus_file",
 ]
 
 SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".parquet", ".txt")
+# The longest text any format accepts (characters); longer ones are rejected rows.
+MAX_TEXT_CHARS = 32 * 1024 * 1024
 
 
 class CorpusFormatError(ValueError):
@@ -73,11 +85,12 @@ class DuplicateIdError(CorpusFormatError):
 @dataclass(frozen=True)
 class RejectedRow:
     """A source row left out of the corpus: `row` is its 1-based line (JSONL, text) or record
-    number (CSV, Parquet)."""
+    number (CSV, Parquet); `detail` says more where the reason alone does not."""
 
     row: int
     id: str | None
     reason: str
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,7 @@ class CorpusShard:
         lines = [
             f"{self.source} {_position_word(self.source)} {row.row}: {row.reason}"
             + (f" (id {row.id!r})" if row.id is not None else "")
+            + (f": {row.detail}" if row.detail else "")
             for row in self.rejected[:limit]
         ]
         if len(self.rejected) > limit:
@@ -156,7 +170,12 @@ def _read_text(path: str, filesystem: pafs.FileSystem) -> str:
 
 
 def _numbered_lines(content: str) -> list[tuple[int, str]]:
-    return [(number, line) for number, line in enumerate(content.splitlines(), start=1)
+    """Non-blank lines split on ``\\n`` only (not `str.splitlines`, which also splits on
+    U+2028, U+0085, form feed and other characters that are legal inside a text)."""
+    lines = content.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [(number, line.removesuffix("\r")) for number, line in enumerate(lines, start=1)
             if line.strip()]
 
 
@@ -167,15 +186,81 @@ def _jsonl_records(content: str) -> list[tuple[int, object]]:
             records.append((line_no, json.loads(line)))
         except json.JSONDecodeError:
             records.append((line_no, _INVALID_JSON))
+        except RecursionError:
+            records.append((line_no, _TOO_DEEP))
     return records
 
 
 def _csv_records(path: str, content: str) -> list[tuple[int, object]]:
-    reader = csv.DictReader(io.StringIO(content, newline=""))
+    """CSV records as dicts by header name, numbered from 1. A record spanning lines whose
+    quote never closes (it would swallow the rest of the file) or closes inside a field (it
+    swallowed the next rows) is a `_Lost` record; reading resumes on the line after the one
+    that started it, so the rows after it are kept."""
+    lines = content.split("\n")
+    lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+    limit = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)  # texts are held to MAX_TEXT_CHARS, in every format
     try:
-        return list(enumerate(reader, start=1))
+        parsed: list[tuple[int, list[str] | _Lost]] = []
+        start = 0
+        while start < len(lines):
+            reader = csv.reader(iter(lines[start:]), strict=False)
+            chunk: list[tuple[int, list[str] | _Lost]] = []
+            first_line, lost = start, None
+            for row in reader:
+                end_line = start + reader.line_num
+                if (end_line - first_line > 1 or end_line == len(lines)) and (
+                        lost := _quote_error(lines[first_line:end_line], first_line)):
+                    break
+                chunk.append((first_line, row))
+                first_line = end_line
+            if lost is None:
+                parsed += chunk
+                break
+            parsed += [*chunk, (first_line, lost)]
+            start = first_line + 1
     except csv.Error as error:
-        raise CorpusFormatError(f"{path}: malformed CSV near record {reader.line_num}: {error}") from error
+        raise CorpusFormatError(f"{path}: malformed CSV: {error}") from error
+    finally:
+        csv.field_size_limit(limit)
+    parsed = [(line, row) for line, row in parsed if row != []]
+    if not parsed:
+        return []
+    if isinstance(parsed[0][1], _Lost):
+        raise CorpusFormatError(f"{path}: the header's quote, opened on line 1, is never closed")
+    header = parsed[0][1]
+    return [(number, row if isinstance(row, _Lost) else dict(zip(header, row + [None] * len(header))))
+            for number, (_, row) in enumerate(parsed[1:], start=1)]
+
+
+@dataclass(frozen=True)
+class _Lost:
+    """A CSV record left out: it starts on line `line` and a quoted field in it never
+    closes (`closed` False) or closes inside a field, on line `last`."""
+
+    line: int
+    last: int
+    closed: bool
+
+    def detail(self) -> str:
+        what = (f"closes inside a field on line {self.last}" if self.closed
+                else "is never closed")
+        span = f"lines {self.line}-{self.last}" if self.last > self.line else f"line {self.line}"
+        return (f"a quote in the record starting on line {self.line} {what} (it would take "
+                f"{span} as one text); reading resumed on line {self.line + 1}")
+
+
+def _quote_error(record_lines: list[str], first_line: int) -> _Lost | None:
+    """A `_Lost` when the CSV record of ``record_lines`` (which starts on 0-based line
+    `first_line`) fails strict quoting: unterminated, or spanning lines with text after a
+    closing quote. Such a text on one line alone stays accepted as before."""
+    try:
+        next(csv.reader(iter(record_lines), strict=True), None)
+    except csv.Error as error:
+        unterminated = "unexpected end of data" in str(error)
+        if unterminated or len(record_lines) > 1:
+            return _Lost(first_line + 1, first_line + len(record_lines), closed=not unterminated)
+    return None
 
 
 def _parquet_records(path: str, filesystem: pafs.FileSystem) -> list[tuple[int, object]]:
@@ -187,6 +272,15 @@ def _parquet_records(path: str, filesystem: pafs.FileSystem) -> list[tuple[int, 
 
 
 _INVALID_JSON = object()
+_TOO_DEEP = object()
+
+
+def _valid_unicode(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _normalize(path: str, records: list[tuple[int, object]], id_field: str, text_field: str) -> CorpusShard:
@@ -204,8 +298,12 @@ def _normalize(path: str, records: list[tuple[int, object]], id_field: str, text
     rows_by_id: dict[str, list[int]] = {}
     rejected: list[RejectedRow] = []
     for row, record in records:
-        if record is _INVALID_JSON:
-            rejected.append(RejectedRow(row, None, "invalid_json"))
+        if record is _INVALID_JSON or record is _TOO_DEEP:
+            rejected.append(RejectedRow(row, None, "invalid_json" if record is _INVALID_JSON
+                                        else "too_deeply_nested"))
+            continue
+        if isinstance(record, _Lost):
+            rejected.append(RejectedRow(row, None, "unterminated_quote", record.detail()))
             continue
         if not isinstance(record, dict):
             rejected.append(RejectedRow(row, None, "not_an_object"))
@@ -215,12 +313,20 @@ def _normalize(path: str, records: list[tuple[int, object]], id_field: str, text
             rejected.append(RejectedRow(row, None, "missing_id"))
             continue
         row_id = str(raw_id)
+        if not _valid_unicode(row_id):
+            rejected.append(RejectedRow(row, None, "invalid_unicode", "the id holds a lone surrogate"))
+            continue
         rows_by_id.setdefault(row_id, []).append(row)
         text = record.get(text_field)
         if not isinstance(text, str):
             rejected.append(RejectedRow(row, row_id, "non_text"))
         elif not text.strip():
             rejected.append(RejectedRow(row, row_id, "empty_text"))
+        elif len(text) > MAX_TEXT_CHARS:
+            rejected.append(RejectedRow(row, row_id, "text_too_long",
+                                        f"{len(text):,} characters, more than {MAX_TEXT_CHARS:,}"))
+        elif not _valid_unicode(text):
+            rejected.append(RejectedRow(row, row_id, "invalid_unicode", "the text holds a lone surrogate"))
         else:
             ids.append(row_id)
             texts.append(text)

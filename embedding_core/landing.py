@@ -5,6 +5,11 @@ A key is the path relative to the folder, made safe by :func:`partition_key_for_
 (``python_docs.jsonl`` stays, ``2024/My Notes.csv`` becomes ``2024__My_Notes.csv``). Every
 call lists the folder once.
 
+A symbolic link whose target lies outside the folder (a file, or a linked folder) is
+refused: it is left out of the listing with a logged warning and kept in `refused`, and a
+partition key naming one raises `OutsideLinkError`. ``allow_outside_links=True`` follows
+such links. Links inside the folder are ordinary files.
+
     >>> landing = LandingFolder("landing")
     >>> for key, file in landing.files().items():
     ...     shard = landing.read(file)
@@ -13,6 +18,7 @@ call lists the folder once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import unicodedata
@@ -27,9 +33,15 @@ from embedding_core.fs import filesystem_and_root, location_of
 MAX_PARTITION_KEY_LENGTH = 100
 SUBFOLDER_SEPARATOR = "__"
 
+log = logging.getLogger(__name__)
+
 
 class PartitionKeyCollisionError(ValueError):
     """Two or more landing files whose names map to the same partition key."""
+
+
+class OutsideLinkError(PermissionError):
+    """A landing file that is a symbolic link to a file outside the landing folder."""
 
 
 def partition_key_for_file(relative_path: str) -> str:
@@ -75,21 +87,30 @@ class LandingFile:
 class LandingFolder:
     """The corpus files of a landing folder (local path or filesystem URI), by partition key."""
 
-    def __init__(self, location: str, id_field: str = "id", text_field: str = "text") -> None:
+    def __init__(self, location: str, id_field: str = "id", text_field: str = "text",
+                 allow_outside_links: bool = False) -> None:
         self.location = location
         self.id_field = id_field
         self.text_field = text_field
+        self.allow_outside_links = allow_outside_links
         self.filesystem, self.root = filesystem_and_root(location)
+        # Relative path -> real path of each link to outside the folder, as of the last listing.
+        self.refused: dict[str, str] = {}
 
     def files(self, partition_keys: Iterable[str] | None = None) -> dict[str, LandingFile]:
         """The files behind ``partition_keys`` (default: every corpus file), sorted by key.
 
-        Raises ``FileNotFoundError`` for a key with no file, and
+        Raises ``FileNotFoundError`` for a key with no file,
         :class:`PartitionKeyCollisionError` naming the files when two names map to one of
-        the keys asked for.
+        the keys asked for, and :class:`OutsideLinkError` for a key whose file is a link to
+        outside the folder.
         """
         listing = self._list()
         wanted = sorted(listing) if partition_keys is None else list(partition_keys)
+        refused = {partition_key_for_file(path): path for path in self.refused}
+        for key in wanted:
+            if key not in listing and key in refused:
+                raise self._outside_link_error(refused[key])
         missing = [key for key in wanted if key not in listing]
         if missing:
             raise FileNotFoundError(f"corpus partition {missing[0]!r} has no file in {self.location}")
@@ -103,7 +124,10 @@ class LandingFolder:
         return {key: file.fingerprint for key, file in self.files().items()}
 
     def read(self, file: LandingFile) -> CorpusShard:
-        """Read and normalize a landing file."""
+        """Read and normalize a landing file (checking again that it is not a link to
+        outside the folder, which it may have become since the listing)."""
+        if self._outside(f"{self.root}/{file.relative_path}"):
+            raise self._outside_link_error(file.relative_path)
         return read_corpus_file(f"{self.root}/{file.relative_path}", filesystem=self.filesystem,
                                 id_field=self.id_field, text_field=self.text_field)
 
@@ -111,17 +135,35 @@ class LandingFolder:
         """One listing of the folder: every visible corpus file, grouped by key."""
         selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
         files: dict[str, list[LandingFile]] = {}
+        self.refused = {}
         for info in self.filesystem.get_file_info(selector):
             relative_path = info.path[len(self.root) + 1:]
             hidden = any(part.startswith(".") for part in relative_path.split("/"))
             if (info.type == pafs.FileType.File and not hidden
                     and relative_path.lower().endswith(SUPPORTED_SUFFIXES)):
+                if (target := self._outside(info.path)) is not None:
+                    self.refused[relative_path] = target
+                    log.warning("%s", self._outside_link_error(relative_path))
+                    continue
                 key = partition_key_for_file(relative_path)
                 files.setdefault(key, []).append(LandingFile(
                     key, relative_path, location_of(self.location, info.path),
                     f"{info.size}:{info.mtime_ns}"))
         return {key: sorted(same_key, key=lambda file: file.relative_path)
                 for key, same_key in sorted(files.items())}
+
+    def _outside(self, path: str) -> str | None:
+        """The real path of a local file reached through a link to outside the folder, else None."""
+        if self.allow_outside_links or not isinstance(self.filesystem, pafs.LocalFileSystem):
+            return None
+        real, root = os.path.realpath(path), os.path.realpath(self.root)
+        return None if real.startswith(root.rstrip(os.sep) + os.sep) else real
+
+    def _outside_link_error(self, relative_path: str) -> OutsideLinkError:
+        target = self.refused.get(relative_path) or self._outside(f"{self.root}/{relative_path}")
+        return OutsideLinkError(
+            f"{self.root}/{relative_path}: refused, it is a symbolic link to {target}, outside "
+            f"the landing folder {self.location} (allow_outside_links=True follows such links)")
 
     def _collision_error(self, collisions: dict[str, list[LandingFile]]) -> PartitionKeyCollisionError:
         lines = [

@@ -51,6 +51,9 @@ def corpus(
         if shard.rejected:
             context.log.warning(f"{len(shard.rejected)} row(s) of {partition_key} left out:\n"
                                 + shard.rejection_report())
+        if shard.table.num_rows == 0:
+            context.log.warning(f"{partition_key}: {files[partition_key].uri} has no usable row; "
+                                "an empty corpus version is stored (its embeddings will be empty)")
         version = store.write_corpus(
             partition_key, shard.table, source_uri=files[partition_key].uri,
             rejected_rows=len(shard.rejected), run_id=context.run.run_id,

@@ -47,6 +47,9 @@ def embeddings(
             result = store.write_embeddings(partition_key, corpus_version, snapshot, params,
                                             session.encode, run_id=context.run.run_id)
             ids, vectors = store.read_embeddings(result.version)
+            if result.version.rows == 0:
+                context.log.warning(f"{partition_key}: the corpus shard has no rows; an empty "
+                                    "embeddings version is stored")
             stored_shards.append(StoredShard(
                 version=result.version, ids=ids.column("id").to_pylist(), vectors=vectors,
                 corpus_ids=store.read_corpus(corpus_version).column("id").to_pylist(),

@@ -82,7 +82,7 @@ def write_embeddings(
         vectors[missing] = encoded
     encode_seconds = time.perf_counter() - started
 
-    row_index = pc.index_in(rows.column("text_sha256"), value_set=pa.array(unique_shas)).to_numpy()
+    row_index = pc.index_in(rows.column("text_sha256"), value_set=pa.array(unique_shas, pa.string())).to_numpy()
     vector_rows = pa.table({
         "id": rows.column("id"), "text_sha256": rows.column("text_sha256"),
         "embedding": pa.FixedSizeListArray.from_arrays(vectors[row_index].reshape(-1), width),

@@ -278,3 +278,30 @@ def test_landing_folder_from_a_uri_and_a_copied_store(tmp_path, landing, instanc
     store = build_definitions(store_root=str(tmp_path / "store_copy")).resources["embedding_store"].open()
     with store.connect() as con:
         assert con.execute("SELECT count(*) FROM embeddings").fetchone() == (ROWS_PER_SHARD * len(SHARDS),)
+
+
+def test_empty_shards_store_empty_versions_with_a_warning_and_the_others_are_stored(tmp_path, landing, instance):
+    (landing / "empty.jsonl").write_text("")
+    (landing / "all_rejected.jsonl").write_text(json.dumps({"id": "x", "text": "  "}) + "\n{broken\n")
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
+    results = materialize_everything(defs, instance)  # before: ArrowTypeError, string vs null
+
+    store = defs.resources["embedding_store"].open()
+    for key in ("empty.jsonl", "all_rejected.jsonl"):
+        corpus_version = store.corpus_version(key)
+        (version,) = store.embedding_versions(key)
+        assert (corpus_version.rows, version.rows, version.corpus_version) == (0, 0, corpus_version.corpus_version)
+        ids, vectors = store.read_embeddings(version)
+        assert ids.num_rows == 0 and len(vectors) == 0
+    for key in SHARDS:
+        assert store.corpus_version(key).rows == ROWS_PER_SHARD
+        assert [v.rows for v in store.embedding_versions(key)] == [ROWS_PER_SHARD]
+    with store.connect() as con:
+        assert con.execute("SELECT count(*) FROM embeddings").fetchone() == (ROWS_PER_SHARD * len(SHARDS),)
+    warnings = [e.message for result in results for e in instance.all_logs(result.run_id) if e.level == 30]
+    assert any("empty.jsonl has no usable row; an empty corpus version is stored" in m for m in warnings)
+    assert any("all_rejected.jsonl: the corpus shard has no rows; an empty embeddings version" in m
+               for m in warnings)
+    checks = {c.check_name: c.passed for r in results for c in r.get_asset_check_evaluations()
+              if c.asset_key == AssetKey("embeddings")}
+    assert checks and all(checks.values()), checks

@@ -2,12 +2,18 @@
 
 import hashlib
 import json
+import logging
 import re
 
 import pyarrow.fs as pafs
 import pytest
 
-from embedding_core.landing import LandingFolder, PartitionKeyCollisionError, partition_key_for_file
+from embedding_core.landing import (
+    LandingFolder,
+    OutsideLinkError,
+    PartitionKeyCollisionError,
+    partition_key_for_file,
+)
 
 
 @pytest.mark.parametrize(
@@ -85,3 +91,37 @@ def test_a_uri_landing_folder_gives_uris(tmp_path):
     landing = LandingFolder(f"file://{tmp_path}")
     assert isinstance(landing.filesystem, pafs.LocalFileSystem)
     assert landing.files()["a.jsonl"].uri == f"file://{tmp_path}/a.jsonl"
+
+
+def test_links_to_outside_the_landing_folder_are_refused_and_reported(tmp_path, caplog):
+    landing, outside = tmp_path / "landing", tmp_path / "outside"
+    write_jsonl(outside / "secret.jsonl", [{"id": "s1", "text": "A secret."}])
+    write_jsonl(outside / "dir" / "more.jsonl", [{"id": "m1", "text": "More secrets."}])
+    write_jsonl(landing / "ok.jsonl", [{"id": "o1", "text": "Fine."}])
+    (landing / "secret.jsonl").symlink_to(outside / "secret.jsonl")
+    (landing / "linked_dir").symlink_to(outside / "dir")
+    (landing / "alias.jsonl").symlink_to("ok.jsonl")  # a link inside the folder is a file
+
+    landing_folder = LandingFolder(str(landing))
+    with caplog.at_level(logging.WARNING, logger="embedding_core.landing"):
+        files = landing_folder.files()  # before: both links were listed and read
+    assert list(files) == ["alias.jsonl", "ok.jsonl"]
+    assert landing_folder.refused == {"linked_dir/more.jsonl": str((outside / "dir" / "more.jsonl").resolve()),
+                                      "secret.jsonl": str((outside / "secret.jsonl").resolve())}
+    assert f"{landing}/secret.jsonl: refused, it is a symbolic link to {(outside / 'secret.jsonl').resolve()}, " \
+        f"outside the landing folder {landing}" in caplog.text
+    assert landing_folder.read(files["alias.jsonl"]).table.column("id").to_pylist() == ["o1"]
+    with pytest.raises(OutsideLinkError, match=r"secret.jsonl: refused, it is a symbolic link to .*outside"):
+        landing_folder.files(["secret.jsonl"])
+
+    # A file swapped for a link after the listing is refused when read.
+    ok = files["ok.jsonl"]
+    (landing / "ok.jsonl").unlink()
+    (landing / "ok.jsonl").symlink_to(outside / "secret.jsonl")
+    with pytest.raises(OutsideLinkError, match=r"ok.jsonl: refused"):
+        landing_folder.read(ok)
+
+    allowing = LandingFolder(str(landing), allow_outside_links=True)
+    assert list(allowing.files()) == ["alias.jsonl", "linked_dir__more.jsonl", "ok.jsonl", "secret.jsonl"]
+    assert allowing.read(allowing.files()["secret.jsonl"]).table.column("id").to_pylist() == ["s1"]
+    assert allowing.refused == {}

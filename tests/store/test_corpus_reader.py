@@ -122,3 +122,87 @@ def test_non_utf8_file_names_the_byte(tmp_path):
     (tmp_path / "shard.txt").write_bytes(b"fine\n\xff\xfe broken\n")
     with pytest.raises(CorpusFormatError, match=r"shard.txt: not UTF-8 text \(byte 5"):
         read_corpus_file(tmp_path / "shard.txt")
+
+
+def test_jsonl_rows_split_only_on_newline_keeping_u2028_and_u0085_in_texts(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028 and U+0085 raw; str.splitlines split on them.
+    rows = [{"id": "a", "text": "one\u2028two"}, {"id": "b", "text": "next\x85line"}]
+    path = tmp_path / "shard.jsonl"
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\r\n" for row in rows)
+                    + "{broken\n" + json.dumps({"id": "c", "text": "last"}) + "\n", encoding="utf-8")
+    shard = read_corpus_file(path)
+    assert shard.table.column("text").to_pylist() == ["one\u2028two", "next\x85line", "last"]
+    assert [(r.row, r.reason) for r in shard.rejected] == [(3, "invalid_json")]  # its real line
+
+
+def test_a_form_feed_does_not_split_a_text_line(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("page one\fstill line one\nline two\x0bwith a vertical tab\n", encoding="utf-8")
+    shard = read_corpus_file(path)
+    assert shard.table.column("id").to_pylist() == ["notes:1", "notes:2"]
+    assert shard.table.column("text").to_pylist() == ["page one\fstill line one",
+                                                      "line two\x0bwith a vertical tab"]
+
+
+def test_lone_surrogates_and_deep_nesting_are_rejected_rows_named_by_file_and_line(tmp_path):
+    path = tmp_path / "shard.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"id": "a", "text": "fine"}),
+        '{"id": "s", "text": "half a pair \\ud800"}',
+        '{"id": "\\udfff", "text": "bad id"}',
+        "[" * 200_000 + "]" * 200_000,
+        json.dumps({"id": "d", "text": "also fine"}),
+    ]) + "\n")
+    shard = read_corpus_file(path)
+    assert shard.table.column("id").to_pylist() == ["a", "d"]
+    assert [(r.row, r.id, r.reason) for r in shard.rejected] == [
+        (2, "s", "invalid_unicode"), (3, None, "invalid_unicode"), (4, None, "too_deeply_nested")]
+    report = shard.rejection_report()
+    assert f"{path} line 2: invalid_unicode (id 's'): the text holds a lone surrogate" in report
+    assert f"{path} line 4: too_deeply_nested" in report
+
+
+def test_csv_rows_after_an_unterminated_quote_are_kept_and_the_lost_record_reported(tmp_path):
+    path = tmp_path / "shard.csv"
+    path.write_text('id,text\na,first\nb,"broken\nc,third\nd,fourth\n')
+    shard = read_corpus_file(path)  # before: b's text was "broken\nc,third\nd,fourth\n"
+    assert shard.table.column("id").to_pylist() == ["a", "c", "d"]
+    assert shard.table.column("text").to_pylist() == ["first", "third", "fourth"]
+    assert [(r.row, r.reason) for r in shard.rejected] == [(2, "unterminated_quote")]
+    assert shard.rejection_report() == (
+        f"{path} row 2: unterminated_quote: a quote in the record starting on line 3 is never "
+        "closed (it would take lines 3-5 as one text); reading resumed on line 4")
+    # A stray quote that closes lines later, inside a field: before, b's text was 'broken\nc,third"'.
+    path.write_text('id,text\na,first\nb,"broken\nc,"third"\nd,fourth\n')
+    shard = read_corpus_file(path)
+    assert shard.table.column("text").to_pylist() == ["first", "third", "fourth"]
+    assert [(r.row, r.reason, r.detail) for r in shard.rejected] == [(2, "unterminated_quote", (
+        "a quote in the record starting on line 3 closes inside a field on line 4 (it would take "
+        "lines 3-4 as one text); reading resumed on line 4"))]
+    # A quoted text spanning lines, closed properly, is still one text.
+    path.write_text('id,text\na,"two\nlines"\nb,"x"\n')
+    assert read_corpus_file(path).table.column("text").to_pylist() == ["two\nlines", "x"]
+
+
+def test_every_format_has_the_same_text_size_limit(tmp_path, monkeypatch):
+    import csv
+
+    import embedding_core.corpus as corpus
+
+    big = "word " * 40_000  # 200,000 characters: over csv's default 131,072 field limit
+    (tmp_path / "big.csv").write_text(f"id,text\na,{big}\nb,small\n")
+    (tmp_path / "big.jsonl").write_text(json.dumps({"id": "a", "text": big}) + "\n"
+                                        + json.dumps({"id": "b", "text": "small"}) + "\n")
+    pq.write_table(pa.table({"id": ["a", "b"], "text": [big, "small"]}), tmp_path / "big.parquet")
+    tables = [read_corpus_file(tmp_path / f"big.{ext}").table for ext in ("csv", "jsonl", "parquet")]
+    assert tables[0].column("text").to_pylist() == [big, "small"]
+    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+    assert csv.field_size_limit() == 131_072  # the process-wide limit is left as it was
+
+    monkeypatch.setattr(corpus, "MAX_TEXT_CHARS", 100_000)
+    (tmp_path / "big.txt").write_text(f"{big}\nsmall\n")
+    for ext in ("csv", "jsonl", "parquet", "txt"):
+        shard = read_corpus_file(tmp_path / f"big.{ext}")
+        assert shard.table.column("text").to_pylist() == ["small"], ext
+        assert [(r.row, r.reason, r.detail) for r in shard.rejected] == [
+            (1, "text_too_long", "200,000 characters, more than 100,000")], ext

@@ -282,3 +282,23 @@ def test_models_of_different_dimensions_share_a_store_and_search_separately(stor
     for snapshot, dim in ((SNAPSHOT, DIM), (small, 4)):
         hits = store.search(TextHashEncoder(dim=dim).vector(target), snapshot.model, top_k=1)
         assert hits[0].id == sample_rows.column("id")[5].as_py()
+
+
+def test_an_empty_corpus_stores_an_empty_current_version_and_keeps_the_others(store, sample_rows):
+    params = EmbeddingParams()
+    other = store.write_corpus("docs", sample_rows)
+    store.write_embeddings("docs", other, SNAPSHOT, params, TextHashEncoder())
+    empty = store.write_corpus("empty", corpus_table([], []))
+    encoder = TextHashEncoder()
+    # Before: ArrowTypeError "string vs null" and no embeddings version for the partition.
+    result = store.write_embeddings("empty", empty, SNAPSHOT, params, encoder)
+    assert (result.created, result.version.rows, result.encoded_rows, result.reused_rows) == (True, 0, 0, 0)
+    assert encoder.calls == []  # nothing to encode
+    assert store.embedding_versions("empty") == [result.version]
+    ids, vectors = store.read_embeddings(result.version)
+    assert ids.num_rows == 0 and len(vectors) == 0
+    assert [v.rows for v in store.embedding_versions("docs")] == [30]
+    with store.connect() as con:
+        assert con.execute("SELECT partition, count(*) FROM embeddings GROUP BY ALL").fetchall() == [("docs", 30)]
+    again = store.write_embeddings("empty", empty, SNAPSHOT, params, encoder)
+    assert (again.created, again.version) == (False, result.version)
