@@ -4,6 +4,9 @@ write names its path."""
 
 from __future__ import annotations
 
+import errno
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +83,62 @@ def test_search_top_k_parses_positive():
     from embedding_core.cli import positive_int
 
     assert positive_int("3") == 3
+
+
+def _disk_full(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_save_names_the_module_folder_when_the_disk_is_full(model, tmp_path, monkeypatch):
+    # Before: "OSError: [Errno 28] No space left on device", naming no path.
+    from embedding_core.modules import Transformer
+
+    monkeypatch.setattr(Transformer, "save", _disk_full)
+    target = tmp_path / "saved"
+    with pytest.raises(OSError) as raised:
+        model.save(str(target))
+    assert raised.value.errno == errno.ENOSPC
+    assert str(target) in str(raised.value) and "No space left on device" in str(raised.value)
+
+
+def test_save_names_modules_json_when_the_disk_is_full(model, tmp_path, monkeypatch):
+    dump = json.dump
+
+    def dump_or_fail(content, fh, **kwargs):
+        if fh.name.endswith("modules.json"):
+            _disk_full()
+        dump(content, fh, **kwargs)
+
+    monkeypatch.setattr(json, "dump", dump_or_fail)
+    with pytest.raises(OSError, match=r"No space left on device.*modules\.json") as raised:
+        model.save(str(tmp_path / "saved"))
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename == str(tmp_path / "saved" / "modules.json")
+
+
+def test_onnx_cache_build_names_the_graph_path_when_the_disk_is_full(model, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from embedding_core.backends import onnx as onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "_export", _disk_full)
+    with pytest.raises(onnx_backend.OnnxBackendError, match=r"No space left on device") as raised:
+        onnx_backend.load_onnx_encoder(model[0].auto_model, "onnx", cache_folder=tmp_path)
+    assert str(tmp_path) in str(raised.value) and "onnx.onnx" in str(raised.value)
+
+
+def test_openvino_cache_build_names_the_model_folder_when_the_disk_is_full(model, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from embedding_core.backends import openvino as ov_backend
+
+    monkeypatch.setattr(ov_backend, "_convert", _disk_full)
+    with pytest.raises(ov_backend.OpenVinoBackendError, match=r"No space left on device") as raised:
+        ov_backend.load_openvino_encoder(model[0], "openvino", cache_folder=tmp_path)
+    assert str(tmp_path) in str(raised.value) and "fp32" in str(raised.value)
+
+
+def test_writing_keeps_an_error_that_already_names_its_file(tmp_path):
+    from embedding_core.fs import writing
+
+    with pytest.raises(FileNotFoundError) as raised, writing(tmp_path / "outer"):
+        open(tmp_path / "missing" / "file", encoding="utf-8")
+    assert raised.value.filename == str(tmp_path / "missing" / "file")
