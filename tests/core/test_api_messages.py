@@ -76,7 +76,7 @@ def test_search_top_k_must_be_positive(value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["query", "--store", str(tmp_path), "--top-k", value])
     assert exited.value.code == 2
-    assert "--top-k" in capsys.readouterr().err
+    assert "argument --top-k:" in capsys.readouterr().err  # refused before the store is opened
 
 
 def test_search_top_k_parses_positive():
