@@ -15,6 +15,52 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+
+class EncodeInputError(TypeError, ValueError):
+    """``encode`` was given something that is not a text or an ordered sequence of texts.
+
+    A ``TypeError`` (the type is wrong) and a ``ValueError`` (what sentence-transformers raises)."""
+
+
+def encode_texts(sentences: Any) -> tuple[list[str], bool]:
+    """The texts of an ``encode`` call and whether a single text was given.
+
+    ``bytes`` must be decoded first, ``None`` is no text, and a ``set`` (or any unordered
+    collection) would return embeddings in an arbitrary order, so each is refused by name.
+    Every item must be a ``str``; the first that is not is named by index and type.
+    """
+    if isinstance(sentences, str):
+        return [sentences], True
+    if isinstance(sentences, (bytes, bytearray, memoryview)):
+        raise EncodeInputError(
+            f"encode() takes str, not {type(sentences).__name__}: decode the bytes first "
+            f"(e.g. data.decode('utf-8')); got {bytes(sentences)!r:.80}"
+        )
+    if sentences is None:
+        raise EncodeInputError("encode() takes a sentence (str) or a list of sentences, got None.")
+    if isinstance(sentences, (set, frozenset, dict)):
+        raise EncodeInputError(
+            f"encode() takes an ordered sequence of sentences (list, tuple), not a "
+            f"{type(sentences).__name__}: embeddings come back in input order, which a "
+            f"{type(sentences).__name__} does not have; pass sorted(...) or list(...) of it."
+        )
+    if not isinstance(sentences, Iterable):
+        raise EncodeInputError(
+            f"encode() takes a sentence (str) or a list of sentences, not {type(sentences).__name__}."
+        )
+    texts = list(sentences)
+    for index, text in enumerate(texts):
+        if isinstance(text, (bytes, bytearray)):
+            raise EncodeInputError(
+                f"encode() takes strings; item {index} is bytes, decode it first: {bytes(text)!r:.80}"
+            )
+        if not isinstance(text, str):
+            raise EncodeInputError(
+                f"encode() takes strings; item {index} is of type {type(text).__name__}: {text!r:.80}"
+            )
+    return texts, False
+
+
 OutputValue = Literal["sentence_embedding", "token_embeddings"] | None
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 

@@ -45,6 +45,17 @@ def _pick_snapshot(store: EmbeddingStore, model_key: str | None) -> ModelSnapsho
     return snapshots[0]
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="embedding-search", description=__doc__.split("\n\n")[0])
     parser.add_argument("query", help="the text to search for")
@@ -54,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="DuckDB catalog file or postgres:<libpq string> (default: "
                         "$EMBEDDING_CATALOG, else the file under a local store; needed for s3://)")
     parser.add_argument("--model", help="model name as configured, when the store holds several")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=positive_int, default=5, help="how many hits (default: 5)")
     parser.add_argument("--prompt-name", help="encode the query with this prompt of the model")
     parser.add_argument("--device", help="cpu, cuda, ... (default: best available)")
     parser.add_argument("--json", action="store_true", help="one JSON object per hit")

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from embedding_core.fs import writing
 from embedding_core.modules import Pooling, Transformer, module_class, saved_type_name
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def load_folder(path: str, **context: Any) -> tuple[list[nn.Module], dict[str, A
 
 def save_folder(path: str, modules: Sequence[nn.Module], config: dict[str, Any]) -> None:
     """Write each module to its folder, ``modules.json`` and the model config."""
-    os.makedirs(path, exist_ok=True)
+    with writing(path):
+        os.makedirs(path, exist_ok=True)
     entries = []
     for index, module in enumerate(modules):
         type_name = saved_type_name(module)
@@ -62,13 +64,14 @@ def save_folder(path: str, modules: Sequence[nn.Module], config: dict[str, Any])
             raise TypeError(f"Module {index} ({class_name}) cannot be saved in the sentence-transformers format.")
         folder = "" if index == 0 and isinstance(module, Transformer) else f"{index}_{class_name}"
         module_path = os.path.join(path, folder)
-        os.makedirs(module_path, exist_ok=True)
-        module.save(module_path)
+        with writing(module_path):
+            os.makedirs(module_path, exist_ok=True)
+            module.save(module_path)
         entries.append({"idx": index, "name": str(index), "path": folder, "type": type_name})
-    with open(os.path.join(path, MODULES_FILE), "w", encoding="utf-8") as fh:
-        json.dump(entries, fh, indent=2)
-    with open(os.path.join(path, MODEL_CONFIG_FILE), "w", encoding="utf-8") as fh:
-        json.dump(config, fh, indent=2)
+    for name, content in ((MODULES_FILE, entries), (MODEL_CONFIG_FILE, config)):
+        target = os.path.join(path, name)
+        with writing(target), open(target, "w", encoding="utf-8") as fh:
+            json.dump(content, fh, indent=2)
 
 
 def write_model_card(path: str, name: str, facts: dict[str, object]) -> None:
@@ -77,7 +80,7 @@ def write_model_card(path: str, name: str, facts: dict[str, object]) -> None:
     if os.path.exists(readme):
         return
     lines = "".join(f"- {key}: {value}\n" for key, value in facts.items())
-    with open(readme, "w", encoding="utf-8") as fh:
+    with writing(readme), open(readme, "w", encoding="utf-8") as fh:
         fh.write(
             f"# {name}\n\nA sentence embedding model saved by embedding_core in the sentence-transformers "
             f"folder format.\n\n{lines}"

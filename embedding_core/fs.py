@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pyarrow.fs as pafs
 
@@ -30,3 +32,16 @@ def location_of(location: str, path: str) -> str:
     """Where ``path`` (a path inside ``location``'s filesystem) is, spelled like ``location``:
     a local path, or a URI with ``location``'s scheme."""
     return f"{location.split('://', 1)[0]}://{path}" if is_uri(location) else path
+
+
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """An ``OSError`` raised while writing ``path`` that names no file (``No space left on
+    device`` from a ``write``) is raised again naming ``path``, with the same errno."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        reason = error.strerror or str(error) or type(error).__name__
+        raise OSError(error.errno, reason, os.fspath(path)) from error

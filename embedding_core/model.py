@@ -25,24 +25,19 @@ from torch import nn
 
 from embedding_core._version import __version__
 from embedding_core.backends import check_backend, runs_on
-from embedding_core.batching import OUTPUT_VALUES, EncodeOptions, OutputValue
+from embedding_core.batching import OUTPUT_VALUES, EncodeOptions, OutputValue, encode_texts
 from embedding_core.chain import ModuleChain, default_device
 from embedding_core.folder import load_folder, save_folder, write_model_card
 from embedding_core.hub import ResolvedModel, resolve_model
 from embedding_core.pool import EncodePool, encode_with_pool
-from embedding_core.quantization import check_precision, quantize_embeddings
+from embedding_core.quantization import (
+    check_precision,
+    quantize_embeddings,
+    quantize_token_embeddings,
+)
 from embedding_core.util import SIMILARITY_ALIASES, SIMILARITY_FUNCTIONS
 
 logger = logging.getLogger(__name__)
-
-
-def check_texts(sentences: Sequence[Any]) -> None:
-    """Every item must be a ``str``; the first that is not is named by index and type."""
-    for index, text in enumerate(sentences):
-        if not isinstance(text, str):
-            raise TypeError(
-                f"encode() takes strings; item {index} is of type {type(text).__name__}: {text!r:.80}"
-            )
 
 
 class SentenceTransformer(ModuleChain):
@@ -239,9 +234,7 @@ class SentenceTransformer(ModuleChain):
         if output_value != "sentence_embedding":
             convert_to_numpy = convert_to_tensor = False
 
-        single = isinstance(sentences, str)
-        texts: list[str] = [sentences] if single else list(sentences)
-        check_texts(texts)
+        texts, single = encode_texts(sentences)
         resolved_prompt = self.resolve_prompt(prompt, prompt_name)
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         options = EncodeOptions(
@@ -287,6 +280,8 @@ class SentenceTransformer(ModuleChain):
         single: bool,
     ) -> Any:
         """Quantize over the whole call, then convert to what the caller asked for."""
+        if output_value == "token_embeddings" and precision != "float32":
+            embeddings = quantize_token_embeddings(embeddings, precision)
         if output_value != "sentence_embedding":
             return embeddings[0] if single else embeddings
         if precision != "float32":

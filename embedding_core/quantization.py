@@ -90,3 +90,17 @@ def quantize_embeddings(
         buckets = np.clip(np.floor((matrix - starts) / steps), 0, 255)
         result = buckets.astype(np.uint8) if precision == "uint8" else (buckets - 128).astype(np.int8)
     return result[0] if single else result
+
+
+def quantize_token_embeddings(matrices: list, precision: Precision) -> list[np.ndarray]:
+    """Quantize per-text token matrices (``(tokens, dim)`` each) with buckets shared by all of
+    them, calibrated over every token of the call, as sentence-transformers does."""
+    check_precision(precision)
+    arrays = [m.detach().to("cpu", torch.float32).numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
+              for m in matrices]
+    if not arrays:
+        return []
+    ranges = None
+    if precision in ("int8", "uint8"):
+        ranges = quantization_ranges(np.concatenate(arrays, axis=0))
+    return [quantize_embeddings(matrix, precision, ranges=ranges) for matrix in arrays]

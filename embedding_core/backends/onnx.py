@@ -37,6 +37,7 @@ from embedding_core.backends.common import (
     probe_cosine,
 )
 from embedding_core.backends.common import model_key as _model_key
+from embedding_core.fs import writing
 
 logger = logging.getLogger(__name__)
 
@@ -137,20 +138,21 @@ def load_onnx_encoder(
 
 def _build(auto_model: nn.Module, backend: str, path: Path) -> None:
     """Export -> fuse -> (quantize) into a temporary folder, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as scratch:
-        exported = Path(scratch) / "exported.onnx"
-        _export(auto_model, exported)
-        fused = Path(scratch) / "fused.onnx"
-        _fuse(auto_model, exported, fused)
-        final = fused
-        if backend == "onnx-int8":
-            final = Path(scratch) / "int8.onnx"
-            _quantize(fused, final)
-        with open(final, "rb") as fh:
-            os.fsync(fh.fileno())
-        # Same filesystem, so the rename is atomic: readers see no file or a whole one.
-        os.replace(final, path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as scratch:
+            exported = Path(scratch) / "exported.onnx"
+            _export(auto_model, exported)
+            fused = Path(scratch) / "fused.onnx"
+            _fuse(auto_model, exported, fused)
+            final = fused
+            if backend == "onnx-int8":
+                final = Path(scratch) / "int8.onnx"
+                _quantize(fused, final)
+            with open(final, "rb") as fh:
+                os.fsync(fh.fileno())
+            # Same filesystem, so the rename is atomic: readers see no file or a whole one.
+            os.replace(final, path)
     logger.info("Built the %s graph at %s", backend, path)
 
 

@@ -43,6 +43,7 @@ from embedding_core.backends.common import (
     model_key,
     probe_cosine,
 )
+from embedding_core.fs import writing
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +211,12 @@ def bundled_calibration_texts() -> list[str]:
 
 def _build(folder: Path, write) -> None:
     """``write(scratch/model.xml)`` in a scratch folder, then rename it into place as ``folder``."""
+    with writing(folder):
+        _build_in_scratch(folder, write)
+    logger.info("Built the OpenVINO model at %s", folder)
+
+
+def _build_in_scratch(folder: Path, write) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".build-") as scratch:
         built = Path(scratch) / "model"
@@ -221,7 +228,6 @@ def _build(folder: Path, write) -> None:
         except OSError:
             if not (folder / "model.xml").exists():  # not a concurrent build that won the race
                 raise
-    logger.info("Built the OpenVINO model at %s", folder)
 
 
 def _convert(auto_model: nn.Module, target: Path) -> None:
