@@ -13,36 +13,10 @@ stay readable until `EmbeddingStore.maintain` expires what is no longer current.
 - `maintenance`: expiring old versions and files;  `facade`: `EmbeddingStore`
 """
 
+import embedding_core.store.records as records
 from embedding_core.store.catalog import CATALOG_FILE_NAME, CommitConflictError, StoreBusyError
 from embedding_core.store.facade import EmbeddingStore
-from embedding_core.store.records import (
-    CorpusVersion,
-    EmbeddingParams,
-    EmbeddingVersion,
-    EmbeddingWriteResult,
-    LakeSnapshot,
-    MaintenanceReport,
-    ModelSnapshot,
-    SearchHit,
-    corpus_table,
-    text_sha256,
-    vector_width,
-)
+from embedding_core.store.records import *  # noqa: F403 (the public records, as records.__all__ lists them)
 
-__all__ = [
-    "CATALOG_FILE_NAME",
-    "CommitConflictError",
-    "CorpusVersion",
-    "EmbeddingParams",
-    "EmbeddingStore",
-    "EmbeddingVersion",
-    "EmbeddingWriteResult",
-    "LakeSnapshot",
-    "MaintenanceReport",
-    "ModelSnapshot",
-    "SearchHit",
-    "StoreBusyError",
-    "corpus_table",
-    "text_sha256",
-    "vector_width",
-]
+__all__ = ["CATALOG_FILE_NAME", "CommitConflictError", "EmbeddingStore", "StoreBusyError",
+           *records.__all__]

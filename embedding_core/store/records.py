@@ -12,8 +12,9 @@ from datetime import datetime
 
 import pyarrow as pa
 
+# The public records, re-exported by `embedding_core.store`; CORPUS_SCHEMA, sha256_json and
+# stored_dtype are for the store's own modules.
 __all__ = [
-    "CORPUS_SCHEMA",
     "CorpusVersion",
     "EmbeddingParams",
     "EmbeddingVersion",
@@ -23,8 +24,6 @@ __all__ = [
     "ModelSnapshot",
     "SearchHit",
     "corpus_table",
-    "sha256_json",
-    "stored_dtype",
     "text_sha256",
     "vector_width",
 ]
