@@ -21,8 +21,9 @@ from collections.abc import Callable
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class BackfillInterrupted(Exception):
-    """SIGINT or SIGTERM arrived: the backfill stops."""
+class BackfillInterrupted(BaseException):
+    """SIGINT or SIGTERM arrived: the backfill stops (a BaseException, as KeyboardInterrupt,
+    so no `except Exception` on the way swallows it)."""
 
     def __init__(self, signum: int | None = None) -> None:
         self.signum = signum
