@@ -46,8 +46,10 @@ from dagster._core.storage.tags import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from embedding_assets.heartbeat import Heartbeat
 from embedding_assets.partitions import MAX_PARTITIONS_PER_RUN, corpus_partitions
 from embedding_assets.signals import BackfillInterrupted, StopOnSignal, signal_name
+from embedding_core.store import CATALOG_FILE_NAME
 
 SHARD_ASSETS = (AssetKey("corpus"), AssetKey("embeddings"))
 
@@ -225,6 +227,16 @@ class InProcessRuns:
     instance: DagsterInstance | None = None
     results: list = field(default_factory=list)
 
+    def in_progress(self) -> str | None:
+        """The run this process executes now, for the heartbeat."""
+        for run in self.instance.get_runs(RunsFilter(statuses=UNFINISHED,
+                                                     tags={RUN_PROCESS_TAG: self.process_tag})):
+            first = run.tags.get(ASSET_PARTITION_RANGE_START_TAG)
+            what = f"partitions {first}...{run.tags[ASSET_PARTITION_RANGE_END_TAG]}" if first else \
+                ", ".join(key.to_user_string() for key in run.asset_selection or ())
+            return f"run {run.run_id} ({what or 'model_snapshot'}) is {run.status.value}"
+        return None
+
     def end_interrupted(self, signal_names: str) -> list[str]:
         """Mark canceled what a signal left unfinished; name every interrupted run."""
         ended = [f"{r.run_id} FAILURE" for r in self.results if was_interrupted(r)]
@@ -254,13 +266,14 @@ def backfill_in_process(args: argparse.Namespace, parser: argparse.ArgumentParse
                 parser.error(str(error))
             tags = {"embedding/trigger": "backfill-cli", RUN_PROCESS_TAG: runs.process_tag,
                     MAX_RETRIES_TAG: "0"}  # not re-executable by the daemon: a backfill redoes it
-            runs.results += materialize_selection(defs, instance, [AssetKey("model_snapshot")],
-                                                  tags=tags)
-            if runs.results[0].success and stop.signum is None:
-                runs.results += materialize_selection(
-                    defs, instance, SHARD_ASSETS, selected, tags=tags,
-                    max_partitions_per_run=args.max_partitions_per_run,
-                    stopped=lambda: stop.signum is not None)
+            with Heartbeat(runs.in_progress, local_catalog_file(defs)):
+                runs.results += materialize_selection(defs, instance, [AssetKey("model_snapshot")],
+                                                      tags=tags)
+                if runs.results[0].success and stop.signum is None:
+                    runs.results += materialize_selection(
+                        defs, instance, SHARD_ASSETS, selected, tags=tags,
+                        max_partitions_per_run=args.max_partitions_per_run,
+                        stopped=lambda: stop.signum is not None)
             if stop.signum is not None or was_interrupted(runs.results[-1]):
                 raise BackfillInterrupted(stop.signum)
         except BackfillInterrupted as interruption:
@@ -275,6 +288,14 @@ def backfill_in_process(args: argparse.Namespace, parser: argparse.ArgumentParse
         return 0 if all(result.success for result in runs.results) else 1
 
 
+def local_catalog_file(defs: Definitions) -> str | None:
+    """The store's DuckDB catalog file, if it is one (without opening the store)."""
+    resource = defs.resources["embedding_store"]
+    catalog = resource.catalog or (None if resource.root.startswith("s3://")
+                                   else os.path.join(resource.root, CATALOG_FILE_NAME))
+    return None if catalog is None or catalog.startswith("postgres:") else os.path.abspath(catalog)
+
+
 def report_runs(results: Sequence) -> None:
     for result in results:
         status = "ok" if result.success else "FAILED"
@@ -285,7 +306,7 @@ def report_runs(results: Sequence) -> None:
 def submit_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """`--submit`: the same runs, launched through the deployment's webserver."""
     from embedding_assets.definitions import definitions_from_env
-    from embedding_assets.submit import SubmitError, submit_backfill
+    from embedding_assets.submit import SubmitError, submit_backfill, terminate_unfinished
 
     if args.model_revision:
         parser.error("--model-revision cannot be combined with --submit: the deployment's "
@@ -297,16 +318,24 @@ def submit_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         except ValueError as error:
             parser.error(str(error))
 
-    landing_keys = list(definitions_from_env().resources["corpus_source"].open().files())
+    runs: list = []
+    stop = StopOnSignal(on_deadline=lambda _signum: terminate_unfinished(args.submit, runs))
     try:
-        selected, runs = submit_backfill(
-            args.submit, landing_keys, select,
-            lambda all_keys, keys: contiguous_chunks(all_keys, keys, args.max_partitions_per_run),
-            tags={"embedding/trigger": "backfill-cli"},
-        )
+        with stop:
+            landing_keys = list(definitions_from_env().resources["corpus_source"].open().files())
+            selected, _ = submit_backfill(
+                args.submit, landing_keys, select,
+                lambda all_keys, keys: contiguous_chunks(all_keys, keys, args.max_partitions_per_run),
+                tags={"embedding/trigger": "backfill-cli"}, runs=runs,
+            )
     except SubmitError as error:
         print(f"backfill: {error}", file=sys.stderr)
         return 1
+    except BackfillInterrupted as interruption:
+        ended = terminate_unfinished(args.submit, runs)
+        print(f"backfill: {interruption}; terminated on {args.submit}: {', '.join(ended) or 'none'}; "
+              "no further run launched", file=sys.stderr)
+        return 128 + (interruption.signum or stop.signum or signal.SIGINT)
     for run in runs:
         print(f"run {run.run_id} {run.tags.get(ASSET_PARTITION_RANGE_START_TAG, '')}"
               f"...{run.tags.get(ASSET_PARTITION_RANGE_END_TAG, '')}: "

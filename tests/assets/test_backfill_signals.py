@@ -112,7 +112,7 @@ def test_a_signal_stops_an_encoding_backfill_within_10_s_and_its_run_ends_failed
     assert not [run for run in runs if run.status not in ENDED | {DagsterRunStatus.SUCCESS}]
 
 
-def test_sigterm_stops_a_backfill_waiting_for_a_held_catalog(backfill_env, tmp_path):
+def test_a_backfill_waiting_for_a_held_catalog_names_the_holder_and_sigterm_stops_it(backfill_env, tmp_path):
     store = EmbeddingStore(backfill_env["EMBEDDING_STORE_ROOT"])
     store.embedding_versions()  # creates the catalog
     catalog = str(Path(backfill_env["EMBEDDING_STORE_ROOT"]) / "catalog.ducklake")
@@ -127,8 +127,9 @@ def test_sigterm_stops_a_backfill_waiting_for_a_held_catalog(backfill_env, tmp_p
         while not [run for run in instance_runs(backfill_env) if run.status == DagsterRunStatus.STARTED]:
             assert backfill.process.poll() is None and time.monotonic() < deadline, backfill.output[-4000:]
             time.sleep(0.2)
-        time.sleep(5)  # model_snapshot now retries the held catalog
-        assert backfill.process.poll() is None
+        # model_snapshot now waits for the catalog; within ~30 s the console says who holds it.
+        backfill.wait_for(rf"backfill: \d+ s in: run \S+ \(model_snapshot\) is STARTED; the catalog "
+                          rf"{re.escape(catalog)} is open in pid {holder.pid} \(python", timeout_s=60)
         sent = time.monotonic()
         backfill.process.send_signal(signal.SIGTERM)
         code = backfill.finish(timeout_s=10)
