@@ -16,7 +16,8 @@ A killed backfill never blocks the next: each run executed here carries the host
 start time of its process (`RUN_PROCESS_TAG`), and every backfill first marks failed the
 runs whose process is gone. SIGTERM or Ctrl-C stops a backfill at once: the run in progress
 ends FAILURE (CANCELED if it had not started), no further run starts, and the exit status
-is 128 + the signal number.
+is 128 + the signal number. Every 30 s it prints the run in progress and any other process
+holding the store's DuckDB catalog file (`embedding_assets.heartbeat`).
 """
 
 import argparse
