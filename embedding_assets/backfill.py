@@ -75,8 +75,10 @@ def process_alive(tag: str) -> bool | None:
         process = psutil.Process(int(pid))
         return (abs(process.create_time() - float(started)) < 1.0
                 and process.status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
+    except psutil.NoSuchProcess:  # ZombieProcess included
         return False
+    except psutil.AccessDenied:  # another user's process: alive
+        return True
 
 
 def fail_dead_runs(instance: DagsterInstance) -> list[DagsterRun]:

@@ -54,6 +54,9 @@ class StopOnSignal:
         self._arrived = threading.Event()
 
     def __enter__(self) -> StopOnSignal:
+        self._installed = threading.current_thread() is threading.main_thread()
+        if not self._installed:  # only the main thread may set signal handlers
+            return self
         self._read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
         self._write_fd = write_fd
@@ -66,6 +69,8 @@ class StopOnSignal:
     def __exit__(self, *exc_info) -> None:
         self._done.set()
         self._arrived.set()
+        if not self._installed:
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         signal.set_wakeup_fd(self._previous_fd)

@@ -68,7 +68,7 @@ def corpus(
                              f"{version.corpus_version[:16]} (lake snapshot {version.snapshot_id})")
     end_corpus_step(context, failures)
     return MaterializeResult(
-        data_version=single_data_version(versions),
+        data_version=single_data_version(versions) if not failures.errors else None,
         check_results=[AssetCheckResult(check_name=ROWS_VALID_CHECK, passed=not rejected,
                                         severity=AssetCheckSeverity.WARN,
                                         metadata={"rejected_by_partition": rejected})],
