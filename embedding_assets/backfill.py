@@ -11,23 +11,113 @@ instance under `$DAGSTER_HOME` (an in-memory instance when it is unset). With
 `make cluster`) and execute on its executor; the deployment's own EMBEDDING_* settings apply
 there. The exit status is non-zero when any run fails. Settings come from the EMBEDDING_* variables
 (`embedding_assets.definitions`).
+
+A killed backfill never blocks the next: each run executed here carries the host, pid and
+start time of its process (`RUN_PROCESS_TAG`), and every backfill first marks failed the
+runs whose process is gone. SIGTERM or Ctrl-C stops a backfill at once: the run in progress
+ends FAILURE (CANCELED if it had not started), no further run starts, and the exit status
+is 128 + the signal number. Every 30 s it prints the run in progress and any other process
+holding the store's DuckDB catalog file (`embedding_assets.heartbeat`).
 """
 
 import argparse
 import os
+import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
+import psutil
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    Definitions,
+    RunsFilter,
+    materialize,
+)
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
+    MAX_RETRIES_TAG,
 )
 from sqlalchemy.exc import IntegrityError
 
+from embedding_assets.heartbeat import Heartbeat
 from embedding_assets.partitions import MAX_PARTITIONS_PER_RUN, corpus_partitions
+from embedding_assets.signals import BackfillInterrupted, StopOnSignal, signal_name
+from embedding_core.store import CATALOG_FILE_NAME
 
 SHARD_ASSETS = (AssetKey("corpus"), AssetKey("embeddings"))
+
+# "<host>:<pid>:<process start time>" of the process that executes a run in place.
+RUN_PROCESS_TAG = "embedding/process"
+UNFINISHED = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+INTERRUPT_ERRORS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}
+
+
+def this_process_tag() -> str:
+    """`RUN_PROCESS_TAG`'s value for this process (the start time tells a reused pid apart)."""
+    process = psutil.Process()
+    return f"{socket.gethostname()}:{process.pid}:{process.create_time():.2f}"
+
+
+def process_alive(tag: str) -> bool | None:
+    """Whether the process a `RUN_PROCESS_TAG` value names still runs; None on another host."""
+    host, pid, started = tag.rsplit(":", 2)
+    if host != socket.gethostname():
+        return None
+    try:
+        process = psutil.Process(int(pid))
+        return (abs(process.create_time() - float(started)) < 1.0
+                and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return False
+    except psutil.AccessDenied:  # another user's process: alive
+        return True
+
+
+def fail_dead_runs(instance: DagsterInstance) -> list[DagsterRun]:
+    """Mark failed every unfinished run executed in place by a process of this host that is
+    gone (killed, out of memory): a run left STARTED holds nothing, but misleads."""
+    dead = []
+    for run in instance.get_runs(RunsFilter(statuses=UNFINISHED)):
+        tag = run.tags.get(RUN_PROCESS_TAG)
+        if tag and process_alive(tag) is False:
+            host, pid, _ = tag.rsplit(":", 2)
+            instance.report_run_failed(run, f"the process that executed this run (pid {pid} on "
+                                       f"{host}) is gone, killed before the run ended; marked "
+                                       f"failed by the backfill of pid {os.getpid()}")
+            dead.append(run)
+    return dead
+
+
+def end_own_runs(instance: DagsterInstance, process_tag: str, reason: str) -> list[DagsterRun]:
+    """Mark canceled this process's runs that an interruption left unfinished."""
+    runs = [run for run in instance.get_runs(RunsFilter(statuses=UNFINISHED))
+            if run.tags.get(RUN_PROCESS_TAG) == process_tag]
+    for run in runs:
+        instance.report_run_canceled(run, f"the backfill was {reason}")
+    return runs
+
+
+def was_interrupted(result) -> bool:
+    """Whether a run ended because a signal interrupted it (Dagster turns SIGINT/SIGTERM in a
+    run into an interruption error of the step or of the run)."""
+    for event in result.all_events:
+        error = ((event.step_failure_data.error if event.is_step_failure else None)
+                 or (event.event_specific_data.error
+                     if event.event_type == DagsterEventType.RUN_FAILURE
+                     and event.event_specific_data else None))
+        while error is not None:
+            if error.cls_name in INTERRUPT_ERRORS:
+                return True
+            error = error.cause
+    return False
 
 
 def register_landing_partitions(defs: Definitions, instance: DagsterInstance) -> list[str]:
@@ -66,9 +156,11 @@ def materialize_selection(
     defs: Definitions, instance: DagsterInstance, asset_keys: Sequence[AssetKey],
     partition_keys: Sequence[str] | None = None, tags: dict[str, str] | None = None,
     max_partitions_per_run: int = MAX_PARTITIONS_PER_RUN, log_level: str = "INFO",
+    stopped: Callable[[], bool] = lambda: False,
 ) -> list:
     """Materialize `asset_keys` (with their checks) in process: once when unpartitioned, else
-    one run per contiguous chunk of `partition_keys`. Returns the run results."""
+    one run per contiguous chunk of `partition_keys`. Returns the run results; none starts
+    after a run that a signal interrupted, or once `stopped()` is true."""
     assets = [*defs.assets, *defs.asset_checks]
     selection = AssetSelection.assets(*asset_keys)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
@@ -83,6 +175,8 @@ def materialize_selection(
         results.append(materialize(assets, instance=instance, resources=defs.resources,
                                    run_config=run_config, selection=selection, tags=range_tags,
                                    raise_on_error=False))
+        if was_interrupted(results[-1]) or stopped():
+            break
     return results
 
 
@@ -118,34 +212,104 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model_revision:
         os.environ["EMBEDDING_MODEL_REVISION"] = args.model_revision
 
+    runs = InProcessRuns()
+    stop = StopOnSignal(on_deadline=lambda signum: runs.end_interrupted(signal_name(signum)))
+    try:
+        with stop:
+            return backfill_in_process(args, parser, runs, stop)
+    except BackfillInterrupted as interruption:  # before the instance was open
+        print(f"backfill: {interruption} before any run started", file=sys.stderr)
+        return 128 + (interruption.signum or signal.SIGINT)
+
+
+@dataclass
+class InProcessRuns:
+    """The runs a backfill executes in this process, and how to end them when it is stopped."""
+
+    process_tag: str = field(default_factory=this_process_tag)
+    instance: DagsterInstance | None = None
+    results: list = field(default_factory=list)
+
+    def in_progress(self) -> str | None:
+        """The run this process executes now, for the heartbeat."""
+        for run in self.instance.get_runs(RunsFilter(statuses=UNFINISHED,
+                                                     tags={RUN_PROCESS_TAG: self.process_tag})):
+            first = run.tags.get(ASSET_PARTITION_RANGE_START_TAG)
+            what = f"partitions {first}...{run.tags[ASSET_PARTITION_RANGE_END_TAG]}" if first else \
+                ", ".join(key.to_user_string() for key in run.asset_selection or ())
+            return f"run {run.run_id} ({what or 'model_snapshot'}) is {run.status.value}"
+        return None
+
+    def end_interrupted(self, signal_names: str) -> list[str]:
+        """Mark canceled what a signal left unfinished; name every interrupted run."""
+        ended = [f"{r.run_id} FAILURE" for r in self.results if was_interrupted(r)]
+        if self.instance is not None:
+            ended += [f"{run.run_id} CANCELED" for run in end_own_runs(
+                self.instance, self.process_tag, f"stopped by {signal_names}")]
+        return ended
+
+
+def backfill_in_process(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                        runs: InProcessRuns, stop: StopOnSignal) -> int:
+    """model_snapshot, then the shard runs, executed here and recorded in the instance."""
     from embedding_assets.definitions import definitions_from_env
 
     defs = definitions_from_env()
     with (DagsterInstance.get() if os.environ.get("DAGSTER_HOME")
           else DagsterInstance.ephemeral()) as instance:
-        all_keys = register_landing_partitions(defs, instance)
+        runs.instance = instance
         try:
-            selected = select_partitions(all_keys, args.first, args.last, args.partitions)
-        except ValueError as error:
-            parser.error(str(error))
-        tags = {"embedding/trigger": "backfill-cli"}
-        results = materialize_selection(defs, instance, [AssetKey("model_snapshot")], tags=tags)
-        if results[0].success:
-            results += materialize_selection(defs, instance, SHARD_ASSETS, selected, tags=tags,
-                                             max_partitions_per_run=args.max_partitions_per_run)
+            for run in fail_dead_runs(instance):
+                print(f"backfill: run {run.run_id} was left {run.status.value} by a process "
+                      "that is gone; marked FAILURE", file=sys.stderr)
+            all_keys = register_landing_partitions(defs, instance)
+            try:
+                selected = select_partitions(all_keys, args.first, args.last, args.partitions)
+            except ValueError as error:
+                parser.error(str(error))
+            tags = {"embedding/trigger": "backfill-cli", RUN_PROCESS_TAG: runs.process_tag,
+                    MAX_RETRIES_TAG: "0"}  # not re-executable by the daemon: a backfill redoes it
+            with Heartbeat(runs.in_progress, local_catalog_file(defs)):
+                runs.results += materialize_selection(defs, instance, [AssetKey("model_snapshot")],
+                                                      tags=tags)
+                if runs.results[0].success and stop.signum is None:
+                    runs.results += materialize_selection(
+                        defs, instance, SHARD_ASSETS, selected, tags=tags,
+                        max_partitions_per_run=args.max_partitions_per_run,
+                        stopped=lambda: stop.signum is not None)
+            if stop.signum is not None or was_interrupted(runs.results[-1]):
+                raise BackfillInterrupted(stop.signum)
+        except BackfillInterrupted as interruption:
+            report_runs(runs.results)
+            ended = runs.end_interrupted(signal_name(interruption.signum or stop.signum))
+            print(f"backfill: {interruption}; interrupted run(s): {', '.join(ended) or 'none'}; "
+                  "no further run started", file=sys.stderr)
+            return 128 + (interruption.signum or stop.signum or signal.SIGINT)
+        report_runs(runs.results)
         store = defs.resources["embedding_store"].open()
-        for result in results:
-            status = "ok" if result.success else "FAILED"
-            print(f"run {result.run_id} {result.dagster_run.tags.get(ASSET_PARTITION_RANGE_START_TAG, '')}"
-                  f"...{result.dagster_run.tags.get(ASSET_PARTITION_RANGE_END_TAG, '')}: {status}")
         print(f"{len(selected)} partition(s); catalog: {store.catalog_label}")
-        return 0 if all(result.success for result in results) else 1
+        return 0 if all(result.success for result in runs.results) else 1
+
+
+def local_catalog_file(defs: Definitions) -> str | None:
+    """The store's DuckDB catalog file, if it is one (without opening the store)."""
+    resource = defs.resources["embedding_store"]
+    catalog = resource.catalog or (None if resource.root.startswith("s3://")
+                                   else os.path.join(resource.root, CATALOG_FILE_NAME))
+    return None if catalog is None or catalog.startswith("postgres:") else os.path.abspath(catalog)
+
+
+def report_runs(results: Sequence) -> None:
+    for result in results:
+        status = "ok" if result.success else "FAILED"
+        print(f"run {result.run_id} {result.dagster_run.tags.get(ASSET_PARTITION_RANGE_START_TAG, '')}"
+              f"...{result.dagster_run.tags.get(ASSET_PARTITION_RANGE_END_TAG, '')}: {status}")
 
 
 def submit_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """`--submit`: the same runs, launched through the deployment's webserver."""
     from embedding_assets.definitions import definitions_from_env
-    from embedding_assets.submit import SubmitError, submit_backfill
+    from embedding_assets.submit import SubmitError, submit_backfill, terminate_unfinished
 
     if args.model_revision:
         parser.error("--model-revision cannot be combined with --submit: the deployment's "
@@ -157,16 +321,24 @@ def submit_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         except ValueError as error:
             parser.error(str(error))
 
-    landing_keys = list(definitions_from_env().resources["corpus_source"].open().files())
+    runs: list = []
+    stop = StopOnSignal(on_deadline=lambda _signum: terminate_unfinished(args.submit, runs))
     try:
-        selected, runs = submit_backfill(
-            args.submit, landing_keys, select,
-            lambda all_keys, keys: contiguous_chunks(all_keys, keys, args.max_partitions_per_run),
-            tags={"embedding/trigger": "backfill-cli"},
-        )
+        with stop:
+            landing_keys = list(definitions_from_env().resources["corpus_source"].open().files())
+            selected, _ = submit_backfill(
+                args.submit, landing_keys, select,
+                lambda all_keys, keys: contiguous_chunks(all_keys, keys, args.max_partitions_per_run),
+                tags={"embedding/trigger": "backfill-cli"}, runs=runs,
+            )
     except SubmitError as error:
         print(f"backfill: {error}", file=sys.stderr)
         return 1
+    except BackfillInterrupted as interruption:
+        ended = terminate_unfinished(args.submit, runs)
+        print(f"backfill: {interruption}; terminated on {args.submit}: {', '.join(ended) or 'none'}; "
+              "no further run launched", file=sys.stderr)
+        return 128 + (interruption.signum or stop.signum or signal.SIGINT)
     for run in runs:
         print(f"run {run.run_id} {run.tags.get(ASSET_PARTITION_RANGE_START_TAG, '')}"
               f"...{run.tags.get(ASSET_PARTITION_RANGE_END_TAG, '')}: "

@@ -9,6 +9,7 @@ is needed: partitions are added, runs launched and followed over GraphQL.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from embedding_assets.partitions import corpus_partitions
 
 ASSET_JOB = "__ASSET_JOB"
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+# How often a backfill waiting on the deployment says what it waits on.
+REPORT_EVERY_S = 30.0
 
 
 class SubmitError(RuntimeError):
@@ -38,6 +41,11 @@ class SubmittedRun:
     @property
     def success(self) -> bool:
         return self.status == "SUCCESS"
+
+    @property
+    def label(self) -> str:
+        first = self.tags.get(ASSET_PARTITION_RANGE_START_TAG)
+        return f"{first}...{self.tags[ASSET_PARTITION_RANGE_END_TAG]}" if first else "model_snapshot"
 
 
 class DagsterWebserver:
@@ -109,42 +117,89 @@ class DagsterWebserver:
             __typename ... on Run { status } } }""", id=run_id)
         return data["runOrError"].get("status", "UNKNOWN")
 
-    def wait(self, runs: Sequence[SubmittedRun], timeout: float, poll: float = 2.0) -> None:
-        """Follow the runs until each has ended (or `timeout` seconds have passed)."""
-        deadline = time.monotonic() + timeout
+    def runs_in_progress(self) -> list[tuple[str, str]]:
+        """(run id, status) of every run the deployment has started and not finished: the
+        holders of its run queue's slots."""
+        data = self.query("""{ runsOrError(filter: {statuses: [STARTING, STARTED, CANCELING]}) {
+            __typename ... on Runs { results { runId status } } } }""")["runsOrError"]
+        return [(run["runId"], run["status"]) for run in data.get("results") or []]
+
+    def terminate(self, run_id: str) -> str:
+        """Ask the deployment to end a run (a queued one is canceled at once); the result type."""
+        data = self.query("""mutation($id: String!) { terminateRun(runId: $id) { __typename
+            ... on TerminateRunFailure { message } ... on PythonError { message } } }""", id=run_id)
+        return data["terminateRun"]["__typename"]
+
+    def waiting_report(self, runs: Sequence[SubmittedRun], waited_s: float) -> str:
+        """What the unfinished runs wait on: a QUEUED run waits for a slot of the deployment's
+        run queue (max_concurrent_runs), held by the runs in progress, named here."""
+        pending = [run for run in runs if run.status not in TERMINAL]
+        queued = [run for run in pending if run.status == "QUEUED"]
+        line = f"backfill: waited {waited_s:.0f} s: " + ", ".join(
+            f"run {run.run_id} ({run.label}) {run.status}" for run in pending)
+        if queued:
+            ours = {run.run_id for run in runs}
+            holders = [f"run {run_id} ({status}{', ours' if run_id in ours else ''})"
+                       for run_id, status in self.runs_in_progress()]
+            line += ("; the deployment's run slots are held by " + ", ".join(holders) if holders
+                     else "; no run is in progress: is the deployment's daemon running?")
+        return line
+
+    def wait(self, runs: Sequence[SubmittedRun], timeout: float, poll: float = 2.0,
+             report_every: float = REPORT_EVERY_S) -> None:
+        """Follow the runs until each has ended (or `timeout` seconds have passed), saying
+        every `report_every` seconds what the unfinished ones wait on."""
+        started = time.monotonic()
+        next_report = started + report_every
         while True:
             for run in runs:
                 if run.status not in TERMINAL:
                     run.status = self.status(run.run_id)
             if all(run.status in TERMINAL for run in runs):
                 return
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now - started > timeout:
                 pending = [r.run_id for r in runs if r.status not in TERMINAL]
                 raise SubmitError(f"runs still not finished after {timeout:.0f} s: {pending}")
+            if now >= next_report:
+                print(self.waiting_report(runs, now - started), file=sys.stderr, flush=True)
+                next_report = now + report_every
             time.sleep(poll)
 
 
 def submit_backfill(
     url: str, landing_keys: Sequence[str], select, chunk, tags: dict[str, str],
-    timeout: float = 3600.0,
+    timeout: float = 3600.0, runs: list[SubmittedRun] | None = None,
 ) -> tuple[list[str], list[SubmittedRun]]:
     """Add unknown landing partitions, run `model_snapshot`, then `corpus` + `embeddings` for
     the partitions `select(all_keys)` picks, one run per `chunk(all_keys, selected)` range.
-    Returns the selected partitions and the runs, each with its final status."""
+    Returns the selected partitions and the runs, each with its final status; each run is
+    appended to `runs` as soon as it is launched (so an interrupted caller can end them)."""
     server = DagsterWebserver(url)
+    runs = [] if runs is None else runs
     known = server.partition_keys()
     server.add_partitions([key for key in landing_keys if key not in known])
     all_keys = server.partition_keys()
     selected = select(all_keys)
-    runs = [server.launch(["model_snapshot"], tags)]
+    runs.append(server.launch(["model_snapshot"], tags))
     server.wait(runs, timeout)
     if runs[0].success:
-        shard_runs = [
-            server.launch(["corpus", "embeddings"], {
+        for keys in chunk(all_keys, selected):
+            runs.append(server.launch(["corpus", "embeddings"], {
                 **tags, ASSET_PARTITION_RANGE_START_TAG: keys[0],
-                ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
-            for keys in chunk(all_keys, selected)
-        ]
-        server.wait(shard_runs, timeout)
-        runs += shard_runs
+                ASSET_PARTITION_RANGE_END_TAG: keys[-1]}))
+        server.wait(runs[1:], timeout)
     return selected, runs
+
+
+def terminate_unfinished(url: str, runs: Sequence[SubmittedRun]) -> list[str]:
+    """End every run of `runs` not known to be finished; "<run id> <result>" of each."""
+    server = DagsterWebserver(url, timeout=5.0)
+    ended = []
+    for run in runs:
+        if run.status not in TERMINAL:
+            try:
+                ended.append(f"{run.run_id} {server.terminate(run.run_id)}")
+            except (OSError, SubmitError) as error:
+                ended.append(f"{run.run_id} not terminated ({error})")
+    return ended

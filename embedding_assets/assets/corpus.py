@@ -12,6 +12,7 @@ from dagster import (
 from embedding_assets.metadata import corpus_metadata, single_data_version
 from embedding_assets.partitions import backfill_policy, corpus_partitions
 from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource
+from embedding_assets.shards import ShardFailures, end_corpus_step, resolve_files
 
 ROWS_VALID_CHECK = "rows_valid"
 
@@ -38,32 +39,36 @@ def corpus(
 
     Its data version is the content hash of the ids and texts, so an unchanged file does
     not make its embeddings stale. Rejected rows are left out and counted; a file that
-    cannot be read, or that repeats an id, fails the step before any shard of the run is
-    stored, so the current versions stay as they were.
+    cannot be read, or that repeats an id, stores nothing for its partition (its current
+    version stays) while the other partitions of the run are stored, and the run fails
+    naming every such file (`embedding_assets.shards`).
     """
     store = embedding_store.open()
     landing = corpus_source.open()
-    files = landing.files(context.partition_keys)
-    shards = {partition_key: landing.read(file) for partition_key, file in files.items()}
-    rejected = {key: shard.rejected_counts() for key, shard in shards.items() if shard.rejected}
-    versions = []
-    for partition_key, shard in shards.items():
-        if shard.rejected:
-            context.log.warning(f"{len(shard.rejected)} row(s) of {partition_key} left out:\n"
-                                + shard.rejection_report())
-        if shard.table.num_rows == 0:
-            context.log.warning(f"{partition_key}: {files[partition_key].uri} has no usable row; "
-                                "an empty corpus version is stored (its embeddings will be empty)")
-        version = store.write_corpus(
-            partition_key, shard.table, source_uri=files[partition_key].uri,
-            rejected_rows=len(shard.rejected), run_id=context.run.run_id,
-        )
-        versions.append(version.corpus_version)
-        context.add_asset_metadata(corpus_metadata(version, shard), partition_key=partition_key)
-        context.log.info(f"{partition_key}: {version.rows} rows, corpus version "
-                         f"{version.corpus_version[:16]} (lake snapshot {version.snapshot_id})")
+    failures = ShardFailures("corpus", context.partition_keys, context.log)
+    files = resolve_files(landing, failures)
+    rejected, versions = {}, []
+    for partition_key, file in files.items():
+        with failures.attempt(partition_key, source=file.uri):
+            shard = landing.read(file)
+            if shard.rejected:
+                rejected[partition_key] = shard.rejected_counts()
+                context.log.warning(f"{len(shard.rejected)} row(s) of {partition_key} left out:\n"
+                                    + shard.rejection_report())
+            if shard.table.num_rows == 0:
+                context.log.warning(f"{partition_key}: {file.uri} has no usable row; an empty "
+                                    "corpus version is stored (its embeddings will be empty)")
+            version = store.write_corpus(
+                partition_key, shard.table, source_uri=file.uri,
+                rejected_rows=len(shard.rejected), run_id=context.run.run_id,
+            )
+            versions.append(version.corpus_version)
+            context.add_asset_metadata(corpus_metadata(version, shard), partition_key=partition_key)
+            context.log.info(f"{partition_key}: {version.rows} rows, corpus version "
+                             f"{version.corpus_version[:16]} (lake snapshot {version.snapshot_id})")
+    end_corpus_step(context, failures)
     return MaterializeResult(
-        data_version=single_data_version(versions),
+        data_version=single_data_version(versions) if not failures.errors else None,
         check_results=[AssetCheckResult(check_name=ROWS_VALID_CHECK, passed=not rejected,
                                         severity=AssetCheckSeverity.WARN,
                                         metadata={"rejected_by_partition": rejected})],

@@ -9,6 +9,7 @@ from embedding_assets.checks import SHARD_CHECKS, StoredShard, shard_check_resul
 from embedding_assets.metadata import embeddings_metadata, single_data_version
 from embedding_assets.partitions import backfill_policy, corpus_partitions
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
+from embedding_assets.shards import ShardFailures, corpus_failures_in_run, record_stored
 from embedding_core.snapshot import require_current_snapshot
 
 
@@ -32,34 +33,46 @@ def embeddings(
     parameters and corpus version.
 
     Texts already embedded with the same revision and parameters (in any shard) are reused;
-    an unchanged shard is not re-encoded at all.
+    an unchanged shard is not re-encoded at all. A partition that fails (or whose corpus
+    file this run could not store) does not stop the others: they are stored and recorded,
+    then the step fails naming every failed partition (`embedding_assets.shards`).
     """
     store, config = embedding_store.open(), encoder.open()
     snapshot = require_current_snapshot(store, config.model_name, config.revision)
     params = config.params(snapshot)
     stored_shards: list[StoredShard] = []
+    failures = ShardFailures("embeddings", context.partition_keys, context.log)
+    for partition_key, reason in corpus_failures_in_run(context, context.partition_keys).items():
+        failures.add(partition_key, reason)
+    stored_metadata = {}
     with config.session(snapshot, params, log=context.log.info) as session:
         for partition_key in context.partition_keys:
-            corpus_version = store.corpus_version(partition_key)
-            if corpus_version is None:
-                raise RuntimeError(f"corpus partition {partition_key!r} is not in the store; "
-                                   "materialize corpus for it first")
-            result = store.write_embeddings(partition_key, corpus_version, snapshot, params,
-                                            session.encode, run_id=context.run.run_id)
-            ids, vectors = store.read_embeddings(result.version)
-            if result.version.rows == 0:
-                context.log.warning(f"{partition_key}: the corpus shard has no rows; an empty "
-                                    "embeddings version is stored")
-            stored_shards.append(StoredShard(
-                version=result.version, ids=ids.column("id").to_pylist(), vectors=vectors,
-                corpus_ids=store.read_corpus(corpus_version).column("id").to_pylist(),
-                snapshot=snapshot, params=params,
-            ))
-            context.add_asset_metadata(embeddings_metadata(result, ids, vectors, store),
-                                       partition_key=partition_key)
-            context.log.info(f"{partition_key}: {result.version.rows} rows ({result.encoded_rows} encoded, "
-                             f"{result.reused_rows} reused), version {result.version.version_id} "
-                             f"(lake snapshot {result.version.snapshot_id})")
+            if partition_key in failures.errors:
+                continue
+            with failures.attempt(partition_key):
+                corpus_version = store.corpus_version(partition_key)
+                if corpus_version is None:
+                    raise RuntimeError(f"corpus partition {partition_key!r} is not in the store; "
+                                       "materialize corpus for it first")
+                result = store.write_embeddings(partition_key, corpus_version, snapshot, params,
+                                                session.encode, run_id=context.run.run_id)
+                ids, vectors = store.read_embeddings(result.version)
+                if result.version.rows == 0:
+                    context.log.warning(f"{partition_key}: the corpus shard has no rows; an empty "
+                                        "embeddings version is stored")
+                stored_shards.append(StoredShard(
+                    version=result.version, ids=ids.column("id").to_pylist(), vectors=vectors,
+                    corpus_ids=store.read_corpus(corpus_version).column("id").to_pylist(),
+                    snapshot=snapshot, params=params,
+                ))
+                stored_metadata[partition_key] = embeddings_metadata(result, ids, vectors, store)
+                context.add_asset_metadata(stored_metadata[partition_key], partition_key=partition_key)
+                context.log.info(f"{partition_key}: {result.version.rows} rows ({result.encoded_rows} encoded, "
+                                 f"{result.reused_rows} reused), version {result.version.version_id} "
+                                 f"(lake snapshot {result.version.snapshot_id})")
+    if failures.errors:
+        record_stored(context, "embeddings", stored_metadata)
+        failures.raise_if_any()
     return MaterializeResult(
         data_version=single_data_version([shard.version.version_id for shard in stored_shards]),
         check_results=shard_check_results(stored_shards),
