@@ -193,11 +193,18 @@ class Catalog:
 
     def _has_schema(self) -> bool:
         with self.connection(read_only=True) as con:
-            return _missing_tables(con) == []
+            return _missing_tables(con) == [] and not _views_outdated(con)
 
     def _create_schema(self) -> None:
         with self.connection(read_only=False) as con:
             missing = _missing_tables(con)
+            if not missing and _views_outdated(con):  # a store made by older code: new views
+                con.execute("BEGIN TRANSACTION")
+                for statement in views.schema_views():
+                    con.execute(statement)
+                views.ensure_embeddings_view(con)
+                set_commit_message(con, f"store views version {views.SCHEMA_VERSION}")
+                con.execute("COMMIT")
             if missing:
                 con.execute("BEGIN TRANSACTION")
                 for table in missing:
@@ -262,3 +269,11 @@ def _missing_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     present = {name for (name,) in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
     return [table for table in _TABLES if table not in present]
+
+
+def _views_outdated(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the store's views are older than this code's (`views.SCHEMA_VERSION`)."""
+    if con.execute("SELECT count(*) FROM duckdb_views() WHERE database_name = current_database() "
+                   "AND view_name = 'store_schema'").fetchone()[0] == 0:
+        return True
+    return con.execute("SELECT max(version) FROM store_schema").fetchone()[0] < views.SCHEMA_VERSION
