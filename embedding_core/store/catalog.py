@@ -32,6 +32,11 @@ CATALOG_FILE_NAME = "catalog.ducklake"
 LAKE = "lake"  # the name the lake is attached under in every connection
 POSTGRES_PREFIX = "postgres:"
 T = TypeVar("T")
+# A join of the current versions with a rows table hands the scan the list of their write
+# ids (not just its min and max, DuckDB's default past 50), so DuckLake skips every other
+# write's files by their statistics: a damaged file of one write never fails a query that
+# does not need its rows (`damage`).
+SETTINGS = {"dynamic_or_filter_threshold": 100_000}
 
 # DuckLake has no fixed-size arrays, keys, sequences or indexes: vectors are FLOAT[] (the
 # views cast), and every table is append-only. "Current" is the latest committed record
@@ -82,7 +87,8 @@ def _engine_cursor(extensions: list[str]) -> duckdb.DuckDBPyConnection:
     with _engine_lock:
         if _engine.get("pid") != os.getpid():  # a forked child must not share its parent's
             _engine.update(pid=os.getpid(), loaded=set(), con=duckdb.connect(
-                config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}))
+                config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                        **SETTINGS}))
         con, loaded = _engine["con"], _engine["loaded"]
         version = con.execute("PRAGMA version").fetchone()[0]
         for name in extensions:
@@ -133,6 +139,7 @@ class Catalog:
     def shell_sql(self) -> str:
         """What opens this lake in a plain ``duckdb`` shell, views included."""
         statements = [s3_secret_sql()] if self.data.is_s3 else []
+        statements += [f"SET {name} = {value}" for name, value in SETTINGS.items()]
         return "; ".join([*statements, self.attach_sql(), f"USE {LAKE};"])
 
     @contextmanager
