@@ -145,3 +145,22 @@ def test_a_store_copied_to_another_path_opens_and_writes_there(store, tmp_path):
     materialize(copy, "d", encoder)
     assert all(path.startswith(str(moved)) for path in lake_files(copy))
     assert copy.search(encoder.vector("text 1 of d"), SNAPSHOT.model, top_k=1)[0].id == "d1"
+
+
+def test_damage_stays_in_its_partition_in_a_store_of_more_than_fifty_partitions(store):
+    # Past 50 current versions DuckDB would hand a scan only the min and max write id of
+    # a join (catalog.SETTINGS): every file in between, the damaged one too, would be read.
+    files = {}
+    for number in range(52):
+        before = lake_files(store)
+        store.write_corpus(f"p{number:02d}", shard(f"p{number:02d}"))
+        files[f"p{number:02d}"] = (lake_files(store) - before).pop()
+    os.remove(files["p30"])
+    with store.connect() as con:
+        assert con.execute("SELECT count(*), count(DISTINCT partition) FROM documents "
+                           "WHERE partition <> 'p30'").fetchone() == (51 * 6, 51)
+    assert store.verify().damaged_partitions == ["p30"]
+    store.write_corpus("p30", shard("p30"))
+    with store.connect() as con:
+        assert con.execute("SELECT count(*) FROM documents").fetchone() == (52 * 6,)
+    assert store.verify().damaged_partitions == []
