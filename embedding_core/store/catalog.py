@@ -1,8 +1,9 @@
 """The lake's catalog: DuckDB connections with the lake attached, its tables, and commits.
 
-The catalog is a DuckDB file (embedded, no server; one process at a time holds it, so every
-connection is short and waits its turn) or a Postgres database (``postgres:<libpq
-string>``, many writers on many machines). DuckDB extensions load from the pip wheels
+The catalog is a DuckDB file (embedded, no server: many processes may read it at once, or
+one may write it, so every connection is short; a writer waiting for its turn holds nothing,
+so readers never wait on it, and it logs what it waits for every few seconds) or a Postgres
+database (``postgres:<libpq string>``, many writers on many machines). DuckDB extensions load from the pip wheels
 (``duckdb-extension-*``), never from the network.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import random
 import re
@@ -32,6 +34,7 @@ CATALOG_FILE_NAME = "catalog.ducklake"
 LAKE = "lake"  # the name the lake is attached under in every connection
 POSTGRES_PREFIX = "postgres:"
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 # A join of the current versions with a rows table hands the scan the list of their write
 # ids (not just its min and max, DuckDB's default past 50), so DuckLake skips every other
 # write's files by their statistics: a damaged file of one write never fails a query that
@@ -63,8 +66,20 @@ _RECORD_TABLES = ("model_snapshots", "corpus_versions", "embedding_versions")
 # Postgres advisory lock held while a brand-new catalog gets DuckLake's metadata and our
 # tables: two processes attaching it at once would both try to create them.
 _SCHEMA_LOCK_KEY = 0x656D6264_73746F72  # "embdstor"
+# While it waits for the catalog file, a connection says so this often (seconds).
+BUSY_LOG_INTERVAL_S = 5.0
 # Another process holds the catalog file, or another connection of this one does.
 _FILE_LOCK_WORDS = ("could not set lock", "unique file handle conflict")
+
+
+def lock_holder(error: BaseException) -> str:
+    """Who holds the catalog file, as DuckDB's lock error names it."""
+    found = re.search(r"lock is held in (.+?) \(PID (\d+)\)", str(error))
+    if found:
+        return f"process {found.group(2)} ({found.group(1)})"
+    if "unique file handle conflict" in str(error).lower():
+        return "another connection of this process"
+    return "another process"
 
 
 class StoreBusyError(RuntimeError):
@@ -167,7 +182,11 @@ class Catalog:
             con.close()
 
     def _attach(self, con: duckdb.DuckDBPyConnection, statement: str) -> None:
-        deadline = time.monotonic() + self.busy_timeout_s
+        """Attach, waiting while another process holds the DuckDB catalog file: nothing is
+        held meanwhile, and every `BUSY_LOG_INTERVAL_S` a line says what it waits for."""
+        started = time.monotonic()
+        next_log = started + BUSY_LOG_INTERVAL_S
+        purpose = "read" if "READ_ONLY" in statement else "write"
         while True:
             try:
                 con.execute(statement)
@@ -175,9 +194,15 @@ class Catalog:
             except (duckdb.IOException, duckdb.BinderException) as error:
                 if not any(word in str(error).lower() for word in _FILE_LOCK_WORDS):
                     raise
-                if time.monotonic() > deadline:
-                    raise StoreBusyError(f"the catalog {self.label} stayed held by another "
-                                         f"process for {self.busy_timeout_s:.0f} s: {error}") from error
+                waited = time.monotonic() - started
+                if waited > self.busy_timeout_s:
+                    raise StoreBusyError(
+                        f"could not {purpose} the catalog {self.label}: it stayed held by "
+                        f"{lock_holder(error)} for {self.busy_timeout_s:.0f} s ({error})") from error
+                if time.monotonic() >= next_log:
+                    logger.warning("Waiting %.0f s (of %.0f s) to %s the catalog %s, held by %s.",
+                                   waited, self.busy_timeout_s, purpose, self.label, lock_holder(error))
+                    next_log += BUSY_LOG_INTERVAL_S
                 time.sleep(0.05 + random.random() * 0.1)
 
     def ensure_schema(self) -> None:
