@@ -9,6 +9,7 @@ write it again, instead of failing for every partition.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterable
@@ -107,31 +108,46 @@ def _lake_files(con: duckdb.DuckDBPyConnection) -> list[_LakeFile]:
     return files
 
 
-def _size(con: duckdb.DuckDBPyConnection, path: str) -> int | None:
-    """The file's size in bytes, or None when it does not exist."""
-    if "://" not in path:
-        try:
-            return os.stat(path).st_size
-        except FileNotFoundError:
-            return None
+def _listed(con: duckdb.DuckDBPyConnection, pattern: str) -> dict[str, int]:
+    """Sizes of the files matching a glob (`read_blob` lists, it reads no content)."""
     try:
-        return con.execute("SELECT size FROM read_blob(?)", [path]).fetchone()[0]
+        return dict(con.execute("SELECT filename, size FROM read_blob(?)", [pattern]).fetchall())
     except duckdb.IOException as error:
         if "no files found" in str(error).lower() or "404" in str(error):
-            return None
+            return {}
         raise
 
 
+def _sizes(con: duckdb.DuckDBPyConnection, paths: list[str]) -> dict[str, int]:
+    """The size of each of `paths` that exists: a stat per local file; for object storage
+    one listing of their common prefix when there are many (a request per file is slow)."""
+    local = [path for path in paths if "://" not in path]
+    sizes = {}
+    for path in local:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            sizes[path] = os.stat(path).st_size
+    remote = [path for path in paths if "://" in path]
+    if len(remote) > 8:
+        prefix = os.path.commonprefix(remote).rsplit("/", 1)[0]
+        listed = _listed(con, prefix + "/**")
+        sizes.update({path: listed[path] for path in remote if path in listed})
+    else:
+        for path in remote:
+            sizes.update(_listed(con, path))
+    return sizes
+
+
 def _problem(con: duckdb.DuckDBPyConnection, path: str, size: int | None, rows: int | None,
-             read_rows: bool) -> str | None:
-    """What is wrong with one file, or None: existence and size, then the footer, then
-    (only when `read_rows`) every row."""
+             actual: int | None, footers: bool, read_rows: bool) -> str | None:
+    """What is wrong with one file of `actual` size, or None: existence and size, then
+    (with `footers`) the footer, then (with `read_rows`) every row."""
+    if actual is None:
+        return "missing"
+    if size is not None and actual != size:
+        return f"size {actual} bytes, the catalog recorded {size}"
+    if not footers and not read_rows:
+        return None
     try:
-        actual = _size(con, path)
-        if actual is None:
-            return "missing"
-        if size is not None and actual != size:
-            return f"size {actual} bytes, the catalog recorded {size}"
         found = con.execute("SELECT num_rows FROM parquet_file_metadata(?)", [path]).fetchone()[0]
         if rows is not None and found != rows:
             return f"footer says {found} rows, the catalog recorded {rows}"
@@ -145,26 +161,33 @@ def _problem(con: duckdb.DuckDBPyConnection, path: str, size: int | None, rows: 
 
 
 def damaged_files(con: duckdb.DuckDBPyConnection, write_ids: Iterable[str] | None = None,
-                  read_rows: bool = False) -> tuple[int, list[DamagedFile]]:
-    """Check the rows tables' files (only those holding `write_ids`, when given); returns
-    how many files were checked and the damaged ones (partitions not yet filled in)."""
+                  read_rows: bool = False, footers: bool = True) -> tuple[int, list[DamagedFile]]:
+    """Check the rows tables' files (only those holding `write_ids`, when given): that
+    each exists with its recorded size, then (`footers`) its Parquet footer, then
+    (`read_rows`) its rows. Returns how many files were checked and the damaged ones
+    (partitions not yet filled in)."""
     wanted = None if write_ids is None else set(write_ids)
-    checked, damaged = 0, []
+    files = []
     for file in _lake_files(con):
         low, high = file.write_ids
-        if wanted is not None and low is not None and not any(
-                low <= w <= (high if high is not None else low) for w in wanted):
+        if wanted is not None and low is not None and not (
+                low in wanted if high in (None, low) else any(low <= w <= high for w in wanted)):
             continue
-        checked += 1
-        problem = _problem(con, file.path, file.size, file.rows, read_rows)
+        files.append(file)
+    sizes = _sizes(con, [f.path for f in files] + [f.delete_path for f in files if f.delete_path])
+    damaged = []
+    for file in files:
+        low, high = file.write_ids
+        problem = _problem(con, file.path, file.size, file.rows, sizes.get(file.path), footers, read_rows)
         target = file.path
         if problem is None and file.delete_path is not None:
-            problem = _problem(con, file.delete_path, file.delete_size, None, read_rows)
+            problem = _problem(con, file.delete_path, file.delete_size, None, sizes.get(file.delete_path),
+                               footers, read_rows)
             target = file.delete_path
         if problem is not None:
             ids = tuple(w for w in (low, high) if w is not None)
             damaged.append(DamagedFile(target, file.table, problem, tuple(dict.fromkeys(ids))))
-    return checked, damaged
+    return len(files), damaged
 
 
 def _owners(con: duckdb.DuckDBPyConnection, file: DamagedFile) -> tuple[list[str], bool]:
@@ -204,9 +227,10 @@ class DamagedDataError(RuntimeError):
     partition again repairs it."""
 
 
-def damaged_write_ids(con: duckdb.DuckDBPyConnection, write_ids: Iterable[str] | None = None) -> set[str]:
+def damaged_write_ids(con: duckdb.DuckDBPyConnection, write_ids: Iterable[str] | None = None,
+                      footers: bool = True) -> set[str]:
     """The writes (of `write_ids`, or all) whose rows lie in a damaged file."""
-    return {w for file in damaged_files(con, write_ids)[1] for w in file.write_ids}
+    return {w for file in damaged_files(con, write_ids, footers=footers)[1] for w in file.write_ids}
 
 
 def raise_if_damaged(con: duckdb.DuckDBPyConnection, error: BaseException, what: str,

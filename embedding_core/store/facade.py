@@ -210,14 +210,15 @@ class EmbeddingStore:
 
     def stale_partitions(self, snapshot: ModelSnapshot, params: EmbeddingParams) -> list[str]:
         """Partitions whose current embeddings are missing, not from these inputs, or (like
-        their current corpus) in a damaged data file; looks at those files' size and footer."""
+        their current corpus) in a missing data file or one of another size than recorded
+        (`verify` looks deeper)."""
         dtype = stored_dtype(params.precision)
         with self.connect() as con:
             current = con.execute(
                 """SELECT partition, write_id FROM current_corpus_versions UNION ALL
                    SELECT partition, write_id FROM current_embedding_versions WHERE model = ? AND dtype = ?""",
                 [snapshot.model, dtype]).fetchall()
-            damaged = damage.damaged_write_ids(con, {write_id for _, write_id in current})
+            damaged = damage.damaged_write_ids(con, {write_id for _, write_id in current}, footers=False)
             rows = con.execute(
                 """SELECT c.partition FROM current_corpus_versions c
                    LEFT JOIN current_embedding_versions e

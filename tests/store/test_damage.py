@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -107,6 +108,11 @@ def test_a_damaged_data_file_takes_down_only_its_partition_until_it_is_written_a
     assert len(encoder.calls) == calls + (table == "embedding_rows")  # a healthy version is reused
     assert [v.version_id for v in store.embedding_versions("b")][: len(versions_before)] == [
         v.version_id for v in versions_before]
+    with store.connect() as con:
+        assert con.execute("SELECT count(*) FROM embeddings").fetchone() == (30,)
+    # Maintenance expires what it can and keeps the damaged rows it cannot delete.
+    store.maintain(older_than=timedelta(0))
+    assert [f.path for f in store.verify().damaged_files] == [broken]
     with store.connect() as con:
         assert con.execute("SELECT count(*) FROM embeddings").fetchone() == (30,)
     assert {hit.partition for hit in store.search(encoder.vector("x"), SNAPSHOT.model, top_k=30)} == {
