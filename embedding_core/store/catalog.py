@@ -154,8 +154,8 @@ class Catalog:
     def shell_sql(self) -> str:
         """What opens this lake in a plain ``duckdb`` shell, views included."""
         statements = [s3_secret_sql()] if self.data.is_s3 else []
-        statements += [f"SET {name} = {value}" for name, value in SETTINGS.items()]
-        return "; ".join([*statements, self.attach_sql(), f"USE {LAKE};"])
+        settings = [f"SET {name} = {value}" for name, value in SETTINGS.items()]
+        return "; ".join([*statements, self.attach_sql(), *settings, f"USE {LAKE};"])
 
     @contextmanager
     def connection(self, read_only: bool = True,
