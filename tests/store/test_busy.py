@@ -113,3 +113,32 @@ def test_a_foreign_read_write_connection_is_named_while_a_reader_waits_then_busy
     assert len(lines) >= 2
     assert all(f"to read the catalog {filled.catalog}, held by process {holder.pid}" in line for line in lines)
     assert waiting_store.corpus_partitions() == ["docs"]
+
+
+def test_on_postgres_a_foreign_open_read_transaction_blocks_neither_writers_nor_readers(
+        tmp_path, pg_catalog, sample_rows):
+    import psycopg2
+
+    store = EmbeddingStore(tmp_path / "store", pg_catalog, busy_timeout_s=30)
+    corpus = store.write_corpus("docs", sample_rows)
+    foreign = psycopg2.connect(pg_catalog.removeprefix("postgres:"))
+    try:
+        with foreign.cursor() as cursor:  # a repeatable-read transaction, left open
+            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            cursor.execute("SELECT count(*) FROM ducklake_snapshot")
+            cursor.execute("SELECT count(*) FROM ducklake_data_file")
+        outcome: list = []
+
+        def write():
+            outcome.append(store.write_embeddings("docs", corpus, SNAPSHOT, EmbeddingParams(), TextHashEncoder()))
+
+        writer = threading.Thread(target=write, daemon=True)
+        started = time.monotonic()
+        writer.start()
+        writer.join(60)
+        assert not writer.is_alive() and outcome and outcome[0].created
+        hits = store.search(TextHashEncoder().vector(sample_rows.column("text")[7].as_py()), SNAPSHOT.model)
+        assert hits[0].id == sample_rows.column("id")[7].as_py()
+        assert time.monotonic() - started < 60
+    finally:
+        foreign.close()
