@@ -179,3 +179,24 @@ def test_damage_stays_in_its_partition_in_a_store_of_more_than_fifty_partitions(
     with store.connect() as con:
         assert con.execute("SELECT count(*) FROM documents").fetchone() == (52 * 6,)
     assert store.verify().damaged_partitions == []
+
+
+def test_a_store_whose_views_predate_the_repair_gets_them_on_open(store):
+    encoder = TextHashEncoder()
+    materialize(store, "a", encoder)
+    # The views as the store before this change made them: a version's rows from its first record.
+    with store._catalog.connection(read_only=False) as con:
+        con.execute("DROP VIEW store_schema")
+        con.execute("CREATE OR REPLACE VIEW stored_embedding_versions AS SELECT *, snapshot_id FROM "
+                    "embedding_versions QUALIFY row_number() OVER (PARTITION BY version_id "
+                    "ORDER BY snapshot_id, rowid) = 1")
+    commits = len(store.lake_snapshots())
+    reopened = EmbeddingStore(store.root)
+    assert [s.message for s in reopened.lake_snapshots()[commits:]] == ["store views version 2"]
+    EmbeddingStore(store.root)
+    assert len(reopened.lake_snapshots()) == commits + 1  # once
+    with reopened.connect() as con:
+        assert con.execute("SELECT version FROM store_schema").fetchone() == (2,)
+        assert "l.write_id AS write_id" in con.execute(
+            "SELECT sql FROM duckdb_views() WHERE view_name = 'stored_embedding_versions'").fetchone()[0]
+        assert con.execute("SELECT DISTINCT typeof(embedding) FROM embeddings").fetchall() == [("FLOAT[8]",)]
