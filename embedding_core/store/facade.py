@@ -280,15 +280,17 @@ class EmbeddingStore:
         """
         table = validated_corpus(partition, table)
         version = sha256_json([table.column("id").to_pylist(), table.column("text_sha256").to_pylist()])
+        # Files are checked outside the transaction: on Postgres a failed read aborts it.
         with self.connect() as con:
             current = queries.corpus_version(con, partition, None)
-            if (current is not None and current.corpus_version == version
-                    and not damage.damaged_write_ids(con, [current.write_id])):
-                return current
+            stored = queries.corpus_version(con, partition, version)
+            damaged = stored.write_id if stored and damage.damaged_write_ids(con, [stored.write_id]) else None
+        if current is not None and current.corpus_version == version and damaged is None:
+            return current
 
         def work(con: duckdb.DuckDBPyConnection) -> None:
             stored = queries.corpus_version(con, partition, version)
-            if stored is not None and damage.damaged_write_ids(con, [stored.write_id]):
+            if stored is not None and stored.write_id == damaged:
                 stored = None  # its rows lie in a damaged file: store them again
             write_id = stored.write_id if stored is not None else uuid.uuid4().hex
             if stored is None:

@@ -59,13 +59,16 @@ def maintain(catalog: Catalog, older_than: timedelta) -> MaintenanceReport:
     until it commits.
     """
     cutoff = datetime.now(timezone.utc) - older_than
+    # Deleting rows reads their files: versions in damaged files stay (`verify` lists them).
+    # Checked outside the transaction: on Postgres a failed read would abort it.
+    with catalog.connection() as con:
+        expiring = {w for query in (_EXPIRED_EMBEDDINGS, _EXPIRED_CORPUS)
+                    for *_, write_ids in con.execute(query, [cutoff]).fetchall() for w in write_ids}
+        damaged = damage.damaged_write_ids(con, expiring) if expiring else set()
 
     def expire_versions(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
         embeddings = con.execute(_EXPIRED_EMBEDDINGS, [cutoff]).fetchall()
         corpora = con.execute(_EXPIRED_CORPUS, [cutoff]).fetchall()
-        # Deleting rows reads their files: versions in damaged files stay (`verify` lists them).
-        expiring = {w for *_, write_ids in embeddings + corpora for w in write_ids}
-        damaged = damage.damaged_write_ids(con, expiring) if expiring else set()
         if damaged:
             logger.warning("maintenance keeps %d expired version(s) whose data files are damaged",
                            sum(bool(damaged & set(ids)) for *_, ids in embeddings + corpora))

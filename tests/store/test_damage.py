@@ -200,3 +200,46 @@ def test_a_store_whose_views_predate_the_repair_gets_them_on_open(store):
         assert "l.write_id AS write_id" in con.execute(
             "SELECT sql FROM duckdb_views() WHERE view_name = 'stored_embedding_versions'").fetchone()[0]
         assert con.execute("SELECT DISTINCT typeof(embedding) FROM embeddings").fetchall() == [("FLOAT[8]",)]
+
+
+@pytest.mark.slow
+def test_damage_on_object_storage_is_found_and_repaired(s3_server, s3_root, pg_catalog):
+    store = EmbeddingStore(s3_root, pg_catalog)
+    bucket = s3_root.removeprefix("s3://").split("/", 1)[0]
+    client = s3_server.client()
+
+    def keys() -> set[str]:
+        return {item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                for item in page.get("Contents", [])}
+
+    files = {}
+    for number in range(10):  # more files than one request each: verify lists the prefix once
+        before = keys()
+        store.write_corpus(f"p{number}", shard(f"p{number}"))
+        files[f"p{number}"] = (keys() - before).pop()
+    encoder = TextHashEncoder()
+    before = keys()
+    store.write_embeddings("p6", store.corpus_version("p6"), SNAPSHOT, PARAMS, encoder)
+    vectors_of_p6 = (keys() - before).pop()
+    others = [f"p{number}" for number in range(10) if number != 6]  # no embeddings yet
+    assert store.stale_partitions(SNAPSHOT, PARAMS) == others
+    client.delete_object(Bucket=bucket, Key=vectors_of_p6)
+    assert store.stale_partitions(SNAPSHOT, PARAMS) == [f"p{number}" for number in range(10)]
+    store.write_embeddings("p6", store.corpus_version("p6"), SNAPSHOT, PARAMS, encoder)
+    assert store.stale_partitions(SNAPSHOT, PARAMS) == others
+    client.delete_object(Bucket=bucket, Key=files["p3"])
+    body = client.get_object(Bucket=bucket, Key=files["p6"])["Body"].read()
+    client.put_object(Bucket=bucket, Key=files["p6"], Body=body[: len(body) // 2])
+
+    report = store.verify()
+    assert report.files_checked == 12 and report.damaged_partitions == ["p3", "p6"]
+    assert {(f.path, f.problem.split(" ")[0], f.current) for f in report.damaged_files} == {
+        (f"s3://{bucket}/{files['p3']}", "missing", True), (f"s3://{bucket}/{files['p6']}", "size", True),
+        (f"s3://{bucket}/{vectors_of_p6}", "missing", False)}
+    with store.connect() as con:
+        assert con.execute("SELECT count(*) FROM documents WHERE partition NOT IN ('p3', 'p6')").fetchone() == (48,)
+    for partition in ("p3", "p6"):
+        store.write_corpus(partition, shard(partition))
+    assert store.verify().damaged_partitions == []
+    with store.connect() as con:
+        assert con.execute("SELECT count(*) FROM documents").fetchone() == (60,)
