@@ -4,9 +4,14 @@
 
 Encodes the query with the store's current model snapshot (its `query` prompt when it has
 one) and ranks the current vectors of that model with DuckDB.
+
+`embedding-store verify` checks the store's data files (exit status 1 when one is damaged):
+
+    embedding-store verify --store store [--read-rows] [--json]
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -86,6 +91,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = " ".join((hit.text or "").split())
         print(f"{rank:>2}. {hit.score:.4f}  [{hit.partition}] {hit.id}\n    {text[:160]}")
     return 0
+
+
+def _store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=os.environ.get("EMBEDDING_STORE_ROOT", "store"),
+                        help="store root folder or URI (default: $EMBEDDING_STORE_ROOT or ./store)")
+    parser.add_argument("--catalog", default=os.environ.get("EMBEDDING_CATALOG"),
+                        help="DuckDB catalog file or postgres:<libpq string> (default: "
+                        "$EMBEDDING_CATALOG, else the file under a local store; needed for s3://)")
+
+
+def store_main(argv: Sequence[str] | None = None) -> int:
+    """`embedding-store verify`: name damaged data files and the partitions they take down."""
+    parser = argparse.ArgumentParser(prog="embedding-store", description="Check an embedding store.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    verify = commands.add_parser("verify", help="check that every data file exists, has its recorded "
+                                 "size and a readable Parquet footer; exit status 1 when one is damaged")
+    _store_arguments(verify)
+    verify.add_argument("--read-rows", action="store_true", help="also read every row (reads the whole lake)")
+    verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    args = parser.parse_args(argv)
+    if not is_uri(args.store) and not args.catalog and not os.path.isfile(
+            os.path.join(args.store, CATALOG_FILE_NAME)):
+        parser.error(f"no embedding catalog under {args.store!r}")
+    store = EmbeddingStore(args.store, catalog=args.catalog)
+    report = store.verify(read_rows=args.read_rows)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report)))
+    else:
+        print(f"{store.catalog_label}: {report.files_checked} data files checked, "
+              f"{len(report.damaged_files)} damaged")
+        for file in report.damaged_files:
+            print(f"  {file.path}  [{file.table}; partitions {', '.join(file.partitions) or '-'}"
+                  f"{'; current' if file.current else ''}]: {file.problem}")
+        if report.damaged_partitions:
+            print(f"damaged partitions (materialize them again to repair): {', '.join(report.damaged_partitions)}")
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

@@ -314,9 +314,12 @@ class SentenceTransformer(ModuleChain):
         return self.forward_tokens(self.prepare(texts, prompt), options, to_cpu, show_progress_bar)
 
     # ------------------------------------------------------------------ pool
-    def start_multi_process_pool(self, target_devices: list[str] | None = None) -> EncodePool:
-        """Start worker processes (one per GPU, or CPU workers splitting the cores) for ``encode``."""
-        return EncodePool.start(self, target_devices)
+    def start_multi_process_pool(self, target_devices: list[str] | None = None,
+                                 stall_timeout_s: float | None = None) -> EncodePool:
+        """Start worker processes (one per GPU, or CPU workers splitting the cores) for ``encode``;
+        a worker that holds work with no progress for ``stall_timeout_s`` fails the call (see
+        ``EncodePool``)."""
+        return EncodePool.start(self, target_devices, stall_timeout_s)
 
     @staticmethod
     def stop_multi_process_pool(pool: EncodePool) -> None:

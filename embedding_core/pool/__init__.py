@@ -20,7 +20,10 @@ How it stays trustworthy:
 * Each worker has its own pipes, so a worker killed by the OS cannot hold a lock the others
   need. A collector thread in the parent waits on the result pipes and on the processes'
   sentinels together: a death is noticed at once, reported with the device, and the pool is
-  marked broken (its other workers are stopped; further calls raise).
+  marked broken (its other workers are stopped; further calls raise). A worker that holds
+  work and falls silent (no result, no heartbeat) for the stall timeout, e.g. one stopped with
+  SIGSTOP, is killed and reported the same way (``WorkerStalledError``; ``stall_timeout_s``
+  or ``$EMBEDDING_POOL_STALL_TIMEOUT``, default 30 s).
 * Results are routed by task id to the call that submitted them, so threads sharing a pool
   each get their own results. A worker's exception comes back with its traceback.
 * ``close()`` always succeeds: it stops the workers, terminates and then kills any that do not
@@ -43,6 +46,7 @@ from embedding_core.pool.errors import (
     PoolStartError,
     PoolWorkerError,
     WorkerDiedError,
+    WorkerStalledError,
 )
 from embedding_core.pool.planning import (
     CHUNKS_PER_WORKER,
@@ -55,6 +59,6 @@ from embedding_core.pool.planning import (
 
 __all__ = [
     "CHUNKS_PER_WORKER", "MAX_CHUNK_TEXTS", "EncodePool", "EncodingModel", "PoolClosedError",
-    "PoolError", "PoolStartError", "PoolWorkerError", "WorkerDiedError", "WorkerSpec",
+    "PoolError", "PoolStartError", "PoolWorkerError", "WorkerDiedError", "WorkerSpec", "WorkerStalledError",
     "available_cores", "encode_with_pool", "plan_chunks", "plan_workers",
 ]

@@ -8,6 +8,7 @@ import logging
 import queue
 import shutil
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -16,9 +17,16 @@ from typing import Any
 import numpy as np
 
 from embedding_core.batching import EncodeOptions, TokenizedTexts
-from embedding_core.pool.errors import PoolClosedError, PoolError, WorkerDiedError
+from embedding_core.pool.errors import (
+    PoolClosedError,
+    PoolError,
+    WorkerDiedError,
+    WorkerStalledError,
+)
 from embedding_core.pool.processes import (
     CLOSE_GRACE_S,
+    KILL_WAIT_S,
+    STALL_TIMEOUT_ENV,
     Worker,
     describe_exit,
     discard_workers,
@@ -55,8 +63,9 @@ class Task:
 class PoolState:
     """Everything the workers and the collector thread share; the pool's finalizer closes it."""
 
-    def __init__(self, workers: list[Worker], temp_dir: str | None) -> None:
+    def __init__(self, workers: list[Worker], temp_dir: str | None, stall_timeout_s: float = 30.0) -> None:
         self.workers = workers
+        self.stall_timeout_s = stall_timeout_s
         self.temp_dir = temp_dir
         self.lock = threading.Lock()
         self.tokenize_lock = threading.Lock()
@@ -88,6 +97,8 @@ class PoolState:
                 worker.task_conn.send((task_id, job.tokens.subset(rows), job.options))
             except OSError:  # the worker died; the collector reports it from its sentinel
                 return
+            if not worker.in_flight:  # idle until now: its silence counts from here
+                worker.last_heard = time.monotonic()
             worker.in_flight.add(task_id)
             self.tasks[task_id] = Task(job, rows, worker)
 
@@ -117,12 +128,32 @@ class PoolState:
                     worker.join(1.0)
                     self._worker_died(worker)
                     return
+            stalled = self._stalled_worker()
+            if stalled is not None and not self.closed:
+                self._worker_stalled(*stalled)
+                return
+
+    def _stalled_worker(self) -> tuple[Worker, float, int, int] | None:
+        """A worker that holds work and was silent for the stall timeout: it, how long it
+        was silent, and the chunks and texts it holds."""
+        now = time.monotonic()
+        with self.lock:
+            for worker in self.workers:
+                silent = now - worker.last_heard
+                # A message waiting in its pipe is progress the collector has not read yet.
+                if worker.in_flight and silent > self.stall_timeout_s and not worker.result_conn.poll():
+                    texts = sum(len(self.tasks[t].rows) for t in worker.in_flight if t in self.tasks)
+                    return worker, silent, len(worker.in_flight), texts
+        return None
 
     def _receive(self, worker: Worker) -> None:
         try:
             kind, task_id, payload = worker.result_conn.recv()
         except (EOFError, OSError):  # the worker is exiting: its sentinel reports it
             worker.result_eof = True
+            return
+        worker.last_heard = time.monotonic()
+        if kind == "alive":  # a heartbeat: the worker runs
             return
         with self.lock:
             task = self.tasks.pop(task_id, None)
@@ -131,14 +162,30 @@ class PoolState:
         if task is not None and not task.job.finished:
             task.job.events.put((kind, task, payload))
 
+    def _worker_stalled(self, worker: Worker, silent: float, chunks: int, texts: int) -> None:
+        """Kill a worker that stopped making progress (SIGKILL also ends a stopped process)."""
+        worker.signal("kill")
+        exitcode = worker.join(KILL_WAIT_S)
+        self._break(worker, WorkerStalledError(
+            f"Pool {worker.label} held {chunks} chunk(s) of {texts} texts and showed no progress "
+            f"(no result, no heartbeat) for {silent:.0f} s, past the stall timeout of "
+            f"{self.stall_timeout_s:g} s (${STALL_TIMEOUT_ENV}); is it stopped (SIGSTOP) or frozen? "
+            "It was killed and the pool is broken: stop it and start a new one.",
+            worker.spec.device,
+            exitcode,
+        ))
+
     def _worker_died(self, worker: Worker) -> None:
         exitcode = worker.exitcode()
-        error = WorkerDiedError(
+        self._break(worker, WorkerDiedError(
             f"Pool {worker.label} {describe_exit(exitcode)}. The pool is broken: "
             "stop it and start a new one.",
             worker.spec.device,
             exitcode,
-        )
+        ))
+
+    def _break(self, worker: Worker, error: WorkerDiedError) -> None:
+        """Fail every call in flight with `error` and stop the other workers."""
         with self.lock:
             self.broken = error
             jobs = list(self.registered.values())

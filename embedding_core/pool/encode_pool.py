@@ -22,7 +22,9 @@ from embedding_core.pool.planning import available_cores, plan_chunks, plan_work
 from embedding_core.pool.processes import (
     CLOSE_GRACE_S,
     discard_workers,
+    heartbeat_interval,
     refuse_while_bootstrapping,
+    stall_timeout,
     start_workers,
 )
 from embedding_core.pool.worker import Recipe, unpack, weights_fingerprint
@@ -59,6 +61,12 @@ class EncodePool:
 
     The workers hold the weights the model had when the pool started: start a new pool after
     changing them.
+
+    A worker that holds work and shows no progress (no result, and none of the heartbeats a
+    running worker sends every second) for ``stall_timeout_s`` seconds (default
+    ``$EMBEDDING_POOL_STALL_TIMEOUT``, else 30) is killed and the call fails with
+    ``WorkerStalledError`` naming the worker, its pid and its device: a stopped (SIGSTOP)
+    or frozen worker never hangs ``encode``.
     """
 
     def __init__(self, state: PoolState, model: EncodingModel, fingerprint: str, folder: str) -> None:
@@ -69,9 +77,11 @@ class EncodePool:
         self._finalizer = weakref.finalize(self, shutdown, state)
 
     @classmethod
-    def start(cls, model: EncodingModel, target_devices: Sequence[Any] | None = None) -> EncodePool:
+    def start(cls, model: EncodingModel, target_devices: Sequence[Any] | None = None,
+              stall_timeout_s: float | None = None) -> EncodePool:
         """Validate the devices, start the workers and wait until each has loaded ``model``."""
         refuse_while_bootstrapping()
+        stall_s = stall_timeout(stall_timeout_s)
         mps = getattr(torch.backends, "mps", None)
         cores = available_cores()
         specs = plan_workers(
@@ -90,7 +100,7 @@ class EncodePool:
             path = temp_dir
         try:
             started = time.perf_counter()
-            workers, fingerprints = start_workers(specs, model.recipe(path))
+            workers, fingerprints = start_workers(specs, model.recipe(path), heartbeat_interval(stall_s))
             if any(fp != expected for fp in fingerprints) and temp_dir is None:
                 logger.warning(
                     "The model's weights differ from its folder %s (changed in memory since loading): "
@@ -98,7 +108,7 @@ class EncodePool:
                 )
                 discard_workers(workers, grace_s=CLOSE_GRACE_S)
                 temp_dir = _save_temporary_copy(model)
-                workers, fingerprints = start_workers(specs, model.recipe(temp_dir))
+                workers, fingerprints = start_workers(specs, model.recipe(temp_dir), heartbeat_interval(stall_s))
             if any(fp != expected for fp in fingerprints):
                 discard_workers(workers, grace_s=0.0)
                 raise PoolStartError(
@@ -109,7 +119,7 @@ class EncodePool:
             if temp_dir is not None:
                 shutil.rmtree(temp_dir, ignore_errors=True)
             raise
-        state = PoolState(workers, temp_dir)
+        state = PoolState(workers, temp_dir, stall_s)
         state.collector = threading.Thread(target=state.collect, name="embedding-pool-collector", daemon=True)
         state.collector.start()
         logger.info(
@@ -241,8 +251,10 @@ def encode_with_pool(
     devices: Sequence[Any] | None = None,
     chunk_size: int | None = None,
     show_progress_bar: bool = False,
+    stall_timeout_s: float | None = None,
 ) -> torch.Tensor | list[Any]:
-    """``model.compute`` over a pool: ``pool`` if given, else a temporary pool on ``devices``.
+    """``model.compute`` over a pool: ``pool`` if given, else a temporary pool on ``devices``
+    (with ``stall_timeout_s``, see `EncodePool`).
 
     A temporary pool is always closed, whatever happens during the call.
     """
@@ -252,5 +264,5 @@ def encode_with_pool(
                 f"pool must come from model.start_multi_process_pool(), got {type(pool).__name__}."
             )
         return pool.compute(model, texts, prompt, options, chunk_size, show_progress_bar)
-    with EncodePool.start(model, devices) as temporary:
+    with EncodePool.start(model, devices, stall_timeout_s) as temporary:
         return temporary.compute(model, texts, prompt, options, chunk_size, show_progress_bar)

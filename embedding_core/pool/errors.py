@@ -32,5 +32,10 @@ class WorkerDiedError(PoolError):
         self.exitcode = exitcode
 
 
+class WorkerStalledError(WorkerDiedError):
+    """A worker held work and showed no progress (no result, no heartbeat) for the pool's
+    stall timeout, e.g. it was stopped with SIGSTOP; it was killed and the pool is broken."""
+
+
 class PoolClosedError(PoolError):
     """The pool was stopped (before or during the call)."""

@@ -31,6 +31,10 @@ CLOSE_GRACE_S = 5.0
 KILL_WAIT_S = 30.0
 # How long ``start`` waits for the workers to load the model.
 START_TIMEOUT_S = float(os.environ.get("EMBEDDING_POOL_START_TIMEOUT", "600"))
+# How long a worker that holds work may show no progress (no result and no heartbeat, which
+# a running worker sends every second) before the call fails: see `stall_timeout`.
+STALL_TIMEOUT_ENV = "EMBEDDING_POOL_STALL_TIMEOUT"
+DEFAULT_STALL_TIMEOUT_S = 30.0
 # Exit code of a worker that found the pool being started while its main module was re-imported.
 _MAIN_GUARD_EXIT_CODE = 78
 _THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -72,6 +76,26 @@ def _child_environment(threads: int) -> Iterator[None]:
                     os.environ[name] = value
 
 
+def stall_timeout(value: float | None) -> float:
+    """The stall timeout in seconds: `value`, else $EMBEDDING_POOL_STALL_TIMEOUT, else 30."""
+    source = "stall_timeout_s"
+    if value is None:
+        source = f"${STALL_TIMEOUT_ENV}"
+        raw = os.environ.get(STALL_TIMEOUT_ENV, "").strip()
+        try:
+            value = float(raw) if raw else DEFAULT_STALL_TIMEOUT_S
+        except ValueError:
+            raise ValueError(f"{source} must be a number of seconds, got {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{source} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def heartbeat_interval(stall_timeout_s: float) -> float:
+    """How often a worker tells the parent it runs: several times per stall timeout."""
+    return min(1.0, stall_timeout_s / 5)
+
+
 def describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "stopped answering"
@@ -98,6 +122,8 @@ class Worker:
     # multiprocessing then reports no exit code: every join, poll and close goes through here.
     reap_lock: threading.Lock = field(default_factory=threading.Lock)
     result_eof: bool = False
+    # When the parent last heard from it (a result or a heartbeat), or gave it work while idle.
+    last_heard: float = field(default_factory=time.monotonic)
 
     @property
     def label(self) -> str:
@@ -154,7 +180,8 @@ def discard_workers(workers: list[Worker], grace_s: float) -> None:
                 worker.process.close()
 
 
-def start_workers(specs: list[WorkerSpec], recipe: Recipe) -> tuple[list[Worker], list[str]]:
+def start_workers(specs: list[WorkerSpec], recipe: Recipe,
+                  heartbeat_s: float = 1.0) -> tuple[list[Worker], list[str]]:
     """Spawn one process per spec and wait until each has loaded the model (or failed)."""
     context = multiprocessing.get_context("spawn")
     workers: list[Worker] = []
@@ -164,7 +191,7 @@ def start_workers(specs: list[WorkerSpec], recipe: Recipe) -> tuple[list[Worker]
             result_reader, result_writer = context.Pipe(duplex=False)
             process = context.Process(
                 target=worker_main,
-                args=(spec, recipe, task_reader, result_writer),
+                args=(spec, recipe, task_reader, result_writer, heartbeat_s),
                 name=f"embedding-pool-{index}-{spec.device}",
                 daemon=True,
             )

@@ -13,6 +13,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -108,7 +109,20 @@ def _receive_tasks(task_conn: Connection, tasks: queue.SimpleQueue) -> None:
             return
 
 
-def worker_main(spec: WorkerSpec, recipe: Recipe, task_conn: Connection, result_conn: Connection) -> None:
+def _heartbeat(result_conn: Connection, send_lock: threading.Lock, interval_s: float) -> None:
+    """Tell the parent every `interval_s` that this process runs: a worker that is stopped
+    (SIGSTOP) or frozen falls silent, and the parent fails the call it holds."""
+    while True:
+        time.sleep(interval_s)
+        try:
+            with send_lock:
+                result_conn.send(("alive", None, None))
+        except (OSError, ValueError):  # the parent is gone or the pool is closing
+            return
+
+
+def worker_main(spec: WorkerSpec, recipe: Recipe, task_conn: Connection, result_conn: Connection,
+                heartbeat_s: float = 1.0) -> None:
     """A worker process: load the model once, then encode token-id chunks until told to stop."""
     # Ctrl-C reaches the whole process group; the parent decides what stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -127,6 +141,8 @@ def worker_main(spec: WorkerSpec, recipe: Recipe, task_conn: Connection, result_
 
     tasks: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_receive_tasks, args=(task_conn, tasks), daemon=True).start()
+    send_lock = threading.Lock()
+    threading.Thread(target=_heartbeat, args=(result_conn, send_lock, heartbeat_s), daemon=True).start()
     while (message := tasks.get()) is not None:
         task_id, tokens, options = message
         try:
@@ -134,7 +150,8 @@ def worker_main(spec: WorkerSpec, recipe: Recipe, task_conn: Connection, result_
         except Exception:
             reply = ("error", task_id, traceback.format_exc())
         try:
-            result_conn.send(reply)
+            with send_lock:
+                result_conn.send(reply)
         except OSError:  # the parent is gone
             break
     # Nothing is left to flush or release: skip the interpreter's slow teardown of torch.

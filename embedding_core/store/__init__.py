@@ -11,12 +11,15 @@ stay readable until `EmbeddingStore.maintain` expires what is no longer current.
 - `views`: `embeddings`, `documents` and the current-version views
 - `queries`: reading records and rows back;  `writer`: reuse, encode, one commit
 - `maintenance`: expiring old versions and files;  `facade`: `EmbeddingStore`
+- `damage`: finding missing or unreadable data files (`EmbeddingStore.verify`)
 """
 
 import embedding_core.store.records as records
 from embedding_core.store.catalog import CATALOG_FILE_NAME, CommitConflictError, StoreBusyError
+from embedding_core.store.damage import DamagedDataError, DamagedFile, VerifyReport
 from embedding_core.store.facade import EmbeddingStore
 from embedding_core.store.records import *  # noqa: F403 (the public records, as records.__all__ lists them)
 
-__all__ = ["CATALOG_FILE_NAME", "CommitConflictError", "EmbeddingStore", "StoreBusyError",
+__all__ = ["CATALOG_FILE_NAME", "CommitConflictError", "DamagedDataError", "DamagedFile", "EmbeddingStore",
+           "StoreBusyError", "VerifyReport",
            *records.__all__]

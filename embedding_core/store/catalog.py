@@ -1,8 +1,9 @@
 """The lake's catalog: DuckDB connections with the lake attached, its tables, and commits.
 
-The catalog is a DuckDB file (embedded, no server; one process at a time holds it, so every
-connection is short and waits its turn) or a Postgres database (``postgres:<libpq
-string>``, many writers on many machines). DuckDB extensions load from the pip wheels
+The catalog is a DuckDB file (embedded, no server: many processes may read it at once, or
+one may write it, so every connection is short; a writer waiting for its turn holds nothing,
+so readers never wait on it, and it logs what it waits for every few seconds) or a Postgres
+database (``postgres:<libpq string>``, many writers on many machines). DuckDB extensions load from the pip wheels
 (``duckdb-extension-*``), never from the network.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import random
 import re
@@ -32,6 +34,12 @@ CATALOG_FILE_NAME = "catalog.ducklake"
 LAKE = "lake"  # the name the lake is attached under in every connection
 POSTGRES_PREFIX = "postgres:"
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+# A join of the current versions with a rows table hands the scan the list of their write
+# ids (not just its min and max, DuckDB's default past 50), so DuckLake skips every other
+# write's files by their statistics: a damaged file of one write never fails a query that
+# does not need its rows (`damage`).
+SETTINGS = {"dynamic_or_filter_threshold": 100_000}
 
 # DuckLake has no fixed-size arrays, keys, sequences or indexes: vectors are FLOAT[] (the
 # views cast), and every table is append-only. "Current" is the latest committed record
@@ -58,8 +66,20 @@ _RECORD_TABLES = ("model_snapshots", "corpus_versions", "embedding_versions")
 # Postgres advisory lock held while a brand-new catalog gets DuckLake's metadata and our
 # tables: two processes attaching it at once would both try to create them.
 _SCHEMA_LOCK_KEY = 0x656D6264_73746F72  # "embdstor"
+# While it waits for the catalog file, a connection says so this often (seconds).
+BUSY_LOG_INTERVAL_S = 5.0
 # Another process holds the catalog file, or another connection of this one does.
 _FILE_LOCK_WORDS = ("could not set lock", "unique file handle conflict")
+
+
+def lock_holder(error: BaseException) -> str:
+    """Who holds the catalog file, as DuckDB's lock error names it."""
+    found = re.search(r"lock is held in (.+?) \(PID (\d+)\)", str(error))
+    if found:
+        return f"process {found.group(2)} ({found.group(1)})"
+    if "unique file handle conflict" in str(error).lower():
+        return "another connection of this process"
+    return "another process"
 
 
 class StoreBusyError(RuntimeError):
@@ -82,7 +102,8 @@ def _engine_cursor(extensions: list[str]) -> duckdb.DuckDBPyConnection:
     with _engine_lock:
         if _engine.get("pid") != os.getpid():  # a forked child must not share its parent's
             _engine.update(pid=os.getpid(), loaded=set(), con=duckdb.connect(
-                config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}))
+                config={"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+                        **SETTINGS}))
         con, loaded = _engine["con"], _engine["loaded"]
         version = con.execute("PRAGMA version").fetchone()[0]
         for name in extensions:
@@ -133,7 +154,8 @@ class Catalog:
     def shell_sql(self) -> str:
         """What opens this lake in a plain ``duckdb`` shell, views included."""
         statements = [s3_secret_sql()] if self.data.is_s3 else []
-        return "; ".join([*statements, self.attach_sql(), f"USE {LAKE};"])
+        settings = [f"SET {name} = {value}" for name, value in SETTINGS.items()]
+        return "; ".join([*statements, self.attach_sql(), *settings, f"USE {LAKE};"])
 
     @contextmanager
     def connection(self, read_only: bool = True,
@@ -160,7 +182,11 @@ class Catalog:
             con.close()
 
     def _attach(self, con: duckdb.DuckDBPyConnection, statement: str) -> None:
-        deadline = time.monotonic() + self.busy_timeout_s
+        """Attach, waiting while another process holds the DuckDB catalog file: nothing is
+        held meanwhile, and every `BUSY_LOG_INTERVAL_S` a line says what it waits for."""
+        started = time.monotonic()
+        next_log = started + BUSY_LOG_INTERVAL_S
+        purpose = "read" if "READ_ONLY" in statement else "write"
         while True:
             try:
                 con.execute(statement)
@@ -168,9 +194,15 @@ class Catalog:
             except (duckdb.IOException, duckdb.BinderException) as error:
                 if not any(word in str(error).lower() for word in _FILE_LOCK_WORDS):
                     raise
-                if time.monotonic() > deadline:
-                    raise StoreBusyError(f"the catalog {self.label} stayed held by another "
-                                         f"process for {self.busy_timeout_s:.0f} s: {error}") from error
+                waited = time.monotonic() - started
+                if waited > self.busy_timeout_s:
+                    raise StoreBusyError(
+                        f"could not {purpose} the catalog {self.label}: it stayed held by "
+                        f"{lock_holder(error)} for {self.busy_timeout_s:.0f} s ({error})") from error
+                if time.monotonic() >= next_log:
+                    logger.warning("Waiting %.0f s (of %.0f s) to %s the catalog %s, held by %s.",
+                                   waited, self.busy_timeout_s, purpose, self.label, lock_holder(error))
+                    next_log += BUSY_LOG_INTERVAL_S
                 time.sleep(0.05 + random.random() * 0.1)
 
     def ensure_schema(self) -> None:
@@ -193,11 +225,18 @@ class Catalog:
 
     def _has_schema(self) -> bool:
         with self.connection(read_only=True) as con:
-            return _missing_tables(con) == []
+            return _missing_tables(con) == [] and not _views_outdated(con)
 
     def _create_schema(self) -> None:
         with self.connection(read_only=False) as con:
             missing = _missing_tables(con)
+            if not missing and _views_outdated(con):  # a store made by older code: new views
+                con.execute("BEGIN TRANSACTION")
+                for statement in views.schema_views():
+                    con.execute(statement)
+                views.ensure_embeddings_view(con)
+                set_commit_message(con, f"store views version {views.SCHEMA_VERSION}")
+                con.execute("COMMIT")
             if missing:
                 con.execute("BEGIN TRANSACTION")
                 for table in missing:
@@ -262,3 +301,11 @@ def _missing_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     present = {name for (name,) in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
     return [table for table in _TABLES if table not in present]
+
+
+def _views_outdated(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the store's views are older than this code's (`views.SCHEMA_VERSION`)."""
+    if con.execute("SELECT count(*) FROM duckdb_views() WHERE database_name = current_database() "
+                   "AND view_name = 'store_schema'").fetchone()[0] == 0:
+        return True
+    return con.execute("SELECT max(version) FROM store_schema").fetchone()[0] < views.SCHEMA_VERSION

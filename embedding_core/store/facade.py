@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,10 +24,12 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+import embedding_core.store.damage as damage
 import embedding_core.store.maintenance as maintenance
 import embedding_core.store.queries as queries
 import embedding_core.store.writer as writer
 from embedding_core.store.catalog import CATALOG_FILE_NAME, Catalog
+from embedding_core.store.damage import VerifyReport
 from embedding_core.store.files import DataPath
 from embedding_core.store.records import (
     CorpusVersion,
@@ -48,6 +51,8 @@ from embedding_core.store.rows import (
 from embedding_core.store.views import VECTOR_TABLES
 
 __all__ = ["EmbeddingStore"]
+
+logger = logging.getLogger(__name__)
 
 
 class EmbeddingStore:
@@ -134,9 +139,15 @@ class EmbeddingStore:
             return queries.corpus_version(con, partition, corpus_version)
 
     def read_corpus(self, corpus: CorpusVersion) -> pa.Table:
-        """The stored rows (`id`, `text`, `text_sha256`) of a corpus version, in order."""
+        """The stored rows (`id`, `text`, `text_sha256`) of a corpus version, in order;
+        `DamagedDataError` when they lie in a damaged data file."""
         with self.connect() as con:
-            return queries.corpus_rows(con, corpus.write_id)
+            try:
+                return queries.corpus_rows(con, corpus.write_id)
+            except duckdb.Error as error:
+                damage.raise_if_damaged(con, error, f"corpus {corpus.corpus_version[:16]} of partition "
+                                        f"{corpus.partition!r}", [corpus.write_id])
+                raise
 
     def corpus_partitions(self) -> list[str]:
         """Partitions that have a stored corpus version, sorted."""
@@ -186,15 +197,28 @@ class EmbeddingStore:
         2-D array, in corpus order."""
         table_name = VECTOR_TABLES[version.dtype][0]
         with self.connect() as con:
-            table = con.execute(f"SELECT id, text_sha256, embedding FROM {table_name} "
-                                "WHERE write_id = ? ORDER BY rowid", [version.write_id]).to_arrow_table()
+            try:
+                table = con.execute(f"SELECT id, text_sha256, embedding FROM {table_name} "
+                                    "WHERE write_id = ? ORDER BY rowid", [version.write_id]).to_arrow_table()
+            except duckdb.Error as error:
+                damage.raise_if_damaged(con, error, f"embedding version {version.version_id} of partition "
+                                        f"{version.partition!r}", [version.write_id])
+                raise
         width = vector_width(version.params.get("precision", "float32"), version.dim)
         return table.select(["id", "text_sha256"]), vectors_to_numpy(table.column("embedding"),
                                                                      width, version.dtype)
 
     def stale_partitions(self, snapshot: ModelSnapshot, params: EmbeddingParams) -> list[str]:
-        """Partitions whose current embeddings are missing or not from these inputs."""
+        """Partitions whose current embeddings are missing, not from these inputs, or (like
+        their current corpus) in a missing data file or one of another size than recorded
+        (`verify` looks deeper)."""
+        dtype = stored_dtype(params.precision)
         with self.connect() as con:
+            current = con.execute(
+                """SELECT partition, write_id FROM current_corpus_versions UNION ALL
+                   SELECT partition, write_id FROM current_embedding_versions WHERE model = ? AND dtype = ?""",
+                [snapshot.model, dtype]).fetchall()
+            damaged = damage.damaged_write_ids(con, {write_id for _, write_id in current}, footers=False)
             rows = con.execute(
                 """SELECT c.partition FROM current_corpus_versions c
                    LEFT JOIN current_embedding_versions e
@@ -202,9 +226,18 @@ class EmbeddingStore:
                    WHERE e.version_id IS NULL OR e.revision <> ? OR e.params_hash <> ?
                       OR e.corpus_version <> c.corpus_version
                    ORDER BY c.partition""",
-                [snapshot.model, stored_dtype(params.precision), snapshot.revision, params.params_hash],
+                [snapshot.model, dtype, snapshot.revision, params.params_hash],
             ).fetchall()
-        return [partition for (partition,) in rows]
+        return sorted({partition for (partition,) in rows}
+                      | {partition for partition, write_id in current if write_id in damaged})
+
+    def verify(self, read_rows: bool = False) -> VerifyReport:
+        """Check every data file the lake references: that it exists, has the size the
+        catalog recorded and a readable Parquet footer (and, with `read_rows`, that every
+        row reads: slower, it reads the whole lake). Names the damaged files and the
+        partitions whose current versions they hold; writing those again repairs them."""
+        with self.connect() as con:
+            return damage.verify(con, read_rows=read_rows)
 
     def search(self, query_embedding: np.ndarray, model: str, top_k: int = 5,
                similarity_fn: str = "cosine") -> list[SearchHit]:
@@ -217,16 +250,23 @@ class EmbeddingStore:
             raise ValueError(f"similarity_fn must be one of {sorted(functions)}, not {similarity_fn!r}")
         query = np.asarray(query_embedding, dtype=np.float32).reshape(-1)
         dim = query.shape[0]
+        sql = f"""SELECT {functions[similarity_fn]}(e.embedding::FLOAT[{dim}], ?::FLOAT[{dim}])
+                         AS score, e.id, e.partition, d.text
+                  FROM (SELECT * FROM embeddings WHERE model = ? AND len(embedding) = {dim}
+                        AND NOT list_contains(?::VARCHAR[], partition)) e
+                  LEFT JOIN (SELECT * FROM documents WHERE NOT list_contains(?::VARCHAR[], partition)) d
+                    ON d.partition = e.partition AND d.id = e.id AND d.text_sha256 = e.text_sha256
+                  ORDER BY score DESC, e.id LIMIT ?"""
         with self.connect() as con:
-            rows = con.execute(
-                f"""SELECT {functions[similarity_fn]}(e.embedding::FLOAT[{dim}], ?::FLOAT[{dim}])
-                           AS score, e.id, e.partition, d.text
-                    FROM (SELECT * FROM embeddings WHERE model = ? AND len(embedding) = {dim}) e
-                    LEFT JOIN documents d
-                      ON d.partition = e.partition AND d.id = e.id AND d.text_sha256 = e.text_sha256
-                    ORDER BY score DESC, e.id LIMIT ?""",
-                [query.tolist(), model, top_k],
-            ).fetchall()
+            try:
+                rows = con.execute(sql, [query.tolist(), model, [""], [""], top_k]).fetchall()
+            except duckdb.Error as error:  # a damaged partition: search the others
+                if not damage.is_damage_error(error):
+                    raise
+                skip = damage.verify(con).damaged_partitions
+                logger.warning("search leaves out partitions %s: their data files are damaged (run "
+                               "`embedding-store verify`, then materialize them again)", skip)
+                rows = con.execute(sql, [query.tolist(), model, skip, skip, top_k]).fetchall()
         return [SearchHit(float(score), id_, partition, text) for score, id_, partition, text in rows]
 
     # ------------------------------------------------------------------ writing
@@ -240,12 +280,18 @@ class EmbeddingStore:
         """
         table = validated_corpus(partition, table)
         version = sha256_json([table.column("id").to_pylist(), table.column("text_sha256").to_pylist()])
-        current = self.corpus_version(partition)
-        if current is not None and current.corpus_version == version:
+        # Files are checked outside the transaction: on Postgres a failed read aborts it.
+        with self.connect() as con:
+            current = queries.corpus_version(con, partition, None)
+            stored = queries.corpus_version(con, partition, version)
+            damaged = stored.write_id if stored and damage.damaged_write_ids(con, [stored.write_id]) else None
+        if current is not None and current.corpus_version == version and damaged is None:
             return current
 
         def work(con: duckdb.DuckDBPyConnection) -> None:
             stored = queries.corpus_version(con, partition, version)
+            if stored is not None and stored.write_id == damaged:
+                stored = None  # its rows lie in a damaged file: store them again
             write_id = stored.write_id if stored is not None else uuid.uuid4().hex
             if stored is None:
                 con.register("corpus_shard", table)

@@ -3,16 +3,20 @@ repair the `embeddings` view after a commit raced another."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 
 import duckdb
 
+import embedding_core.store.damage as damage
 from embedding_core.store.catalog import Catalog, lake_name, set_commit_message
 from embedding_core.store.files import sql_str
 from embedding_core.store.records import MaintenanceReport
 from embedding_core.store.views import VECTOR_TABLES, ensure_embeddings_view
 
 __all__ = ["maintain", "repair_embeddings_view"]
+
+logger = logging.getLogger(__name__)
 
 # Versions nothing shows any more: not current, last made current before the cutoff.
 _EXPIRED_EMBEDDINGS = """
@@ -55,10 +59,21 @@ def maintain(catalog: Catalog, older_than: timedelta) -> MaintenanceReport:
     until it commits.
     """
     cutoff = datetime.now(timezone.utc) - older_than
+    # Deleting rows reads their files: versions in damaged files stay (`verify` lists them).
+    # Checked outside the transaction: on Postgres a failed read would abort it.
+    with catalog.connection() as con:
+        expiring = {w for query in (_EXPIRED_EMBEDDINGS, _EXPIRED_CORPUS)
+                    for *_, write_ids in con.execute(query, [cutoff]).fetchall() for w in write_ids}
+        damaged = damage.damaged_write_ids(con, expiring) if expiring else set()
 
     def expire_versions(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
         embeddings = con.execute(_EXPIRED_EMBEDDINGS, [cutoff]).fetchall()
         corpora = con.execute(_EXPIRED_CORPUS, [cutoff]).fetchall()
+        if damaged:
+            logger.warning("maintenance keeps %d expired version(s) whose data files are damaged",
+                           sum(bool(damaged & set(ids)) for *_, ids in embeddings + corpora))
+            embeddings = [row for row in embeddings if not damaged & set(row[2])]
+            corpora = [row for row in corpora if not damaged & set(row[2])]
         for version_id, dtype, write_ids in embeddings:
             con.execute(f"DELETE FROM {VECTOR_TABLES[dtype][0]} WHERE write_id IN ?", [write_ids])
             con.execute("DELETE FROM embedding_versions WHERE version_id = ?", [version_id])

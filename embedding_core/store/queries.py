@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import duckdb
 import numpy as np
@@ -57,18 +58,21 @@ def embedding_versions(con: duckdb.DuckDBPyConnection, source: str, args: list) 
 
 
 def stored_embedding_version(con: duckdb.DuckDBPyConnection, version_id: str) -> EmbeddingVersion | None:
-    """A stored version by id: its first record (read from the table, cheaper than the view)."""
-    versions = embedding_versions(con, "embedding_versions WHERE version_id = ? ORDER BY snapshot_id, rowid LIMIT 1",
+    """A stored version by id: its first record, with the rows of its latest (read from the
+    table, cheaper than the view; see `views`)."""
+    versions = embedding_versions(con, "embedding_versions WHERE version_id = ? ORDER BY snapshot_id, rowid",
                                   [version_id])
-    return versions[0] if versions else None
+    return replace(versions[0], write_id=versions[-1].write_id) if versions else None
 
 
 def stored_vectors(con: duckdb.DuckDBPyConnection, model: str, revision: str, params_hash: str,
-                   dtype: str, shas: list[str], width: int) -> dict[str, np.ndarray]:
-    """Vectors already stored for these text hashes under the same model, revision and params."""
+                   dtype: str, shas: list[str], width: int,
+                   exclude: set[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Vectors already stored for these text hashes under the same model, revision and
+    params (leaving out the writes in `exclude`)."""
     write_ids = [write_id for (write_id,) in con.execute(
         "SELECT DISTINCT write_id FROM embedding_versions WHERE model = ? AND revision = ? AND params_hash = ?",
-        [model, revision, params_hash]).fetchall()]
+        [model, revision, params_hash]).fetchall() if write_id not in exclude]
     if not write_ids or not shas:
         return {}
     con.register("wanted_shas", pa.table({"text_sha256": pa.array(shas, pa.string())}))

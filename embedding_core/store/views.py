@@ -3,15 +3,17 @@
 
 Every table is append-only, so "current" is the latest committed record per key: ordered
 by the lake snapshot that committed it (DuckLake's `snapshot_id` column), never by a
-clock. A version's own attributes (its rows' `write_id`, when it was first stored) come
-from its first record; later records of the same version only make it current again.
+clock. A version's own attributes (when it was first stored, by which run) come from its
+first record; later records of the same version make it current again, and its rows are
+those of its latest record's `write_id`: the same rows, unless a writer wrote them again
+because a data file of the first ones was damaged (`damage`).
 """
 
 from __future__ import annotations
 
 import duckdb
 
-__all__ = ["VECTOR_TABLES", "embeddings_view_sql", "ensure_embeddings_view", "schema_views"]
+__all__ = ["SCHEMA_VERSION", "VECTOR_TABLES", "embeddings_view_sql", "ensure_embeddings_view", "schema_views"]
 
 # stored dtype -> (rows table, DuckDB type). DuckLake has no fixed-size arrays: the
 # `embeddings` view casts to FLOAT[dim].
@@ -30,6 +32,18 @@ def _latest(key: str) -> str:
     return f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY snapshot_id DESC, rowid DESC) = 1"
 
 
+def _stored(table: str, key: str) -> str:
+    """First record per key, with the `write_id` of the key's latest record."""
+    on = " AND ".join(f"l.{k} = f.{k}" for k in key.split(", "))
+    return f"""SELECT f.* REPLACE (l.write_id AS write_id) FROM (
+                SELECT *, snapshot_id FROM {table} {_first(key)}) f
+            JOIN (SELECT {key}, write_id FROM {table} {_latest(key)}) l ON {on}"""
+
+
+# Raised when the views change: a store whose views are older gets them again on open.
+SCHEMA_VERSION = 2
+
+
 def embeddings_view_sql(vector_type: str) -> str:
     """The `embeddings` view: current float32 vectors of every partition and model."""
     table = VECTOR_TABLES["float32"][0]
@@ -46,13 +60,13 @@ def schema_views() -> list[str]:
         f"""CREATE OR REPLACE VIEW current_model_snapshots AS
             SELECT * FROM model_snapshots {_latest('model_key')}""",
         f"""CREATE OR REPLACE VIEW stored_corpus_versions AS
-            SELECT *, snapshot_id FROM corpus_versions {_first('partition, corpus_version')}""",
+            {_stored('corpus_versions', 'partition, corpus_version')}""",
         f"""CREATE OR REPLACE VIEW current_corpus_versions AS
             SELECT s.* FROM stored_corpus_versions s SEMI JOIN (
                 SELECT partition, corpus_version FROM corpus_versions {_latest('partition')}
             ) c ON c.partition = s.partition AND c.corpus_version = s.corpus_version""",
         f"""CREATE OR REPLACE VIEW stored_embedding_versions AS
-            SELECT *, snapshot_id FROM embedding_versions {_first('version_id')}""",
+            {_stored('embedding_versions', 'version_id')}""",
         f"""CREATE OR REPLACE VIEW current_embedding_versions AS
             SELECT s.* FROM stored_embedding_versions s SEMI JOIN (
                 SELECT version_id FROM embedding_versions {_latest('partition, model, dtype')}
@@ -61,6 +75,7 @@ def schema_views() -> list[str]:
             SELECT r.id, r.text, r.text_sha256, c.partition, c.corpus_version
             FROM current_corpus_versions c JOIN corpus_rows r ON r.write_id = c.write_id""",
         embeddings_view_sql("FLOAT[]"),
+        f"CREATE OR REPLACE VIEW store_schema AS SELECT {SCHEMA_VERSION} AS version",
     ]
 
 

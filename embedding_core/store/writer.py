@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import embedding_core.store.damage as damage
 import embedding_core.store.queries as queries
 from embedding_core.store.catalog import Catalog, lake_name
 from embedding_core.store.maintenance import repair_embeddings_view
@@ -52,16 +53,23 @@ def write_embeddings(
     width = vector_width(params.precision, dim)
     with catalog.connection() as con:
         existing = queries.stored_embedding_version(con, vid)
-        if existing is not None:
+        # Rows lost to a damaged data file: write the version again, under a new write_id.
+        damaged = existing.write_id if existing and damage.damaged_write_ids(con, [existing.write_id]) else None
+        if existing is not None and damaged is None:
             current = queries.embedding_versions(
                 con, "current_embedding_versions WHERE partition = ? AND model = ? AND dtype = ?",
                 [partition, snapshot.model, dtype])
         else:
-            rows = queries.corpus_rows(con, corpus.write_id)
+            rows = _corpus_rows(con, corpus)
             unique_shas, first_rows = unique_with_first_index(rows.column("text_sha256"))
-            known = queries.stored_vectors(con, snapshot.model, snapshot.revision, params.params_hash,
-                                           dtype, unique_shas, width)
-    if existing is not None:
+            args = (con, snapshot.model, snapshot.revision, params.params_hash, dtype, unique_shas, width)
+            try:
+                known = queries.stored_vectors(*args)
+            except duckdb.Error as error:  # reuse nothing from damaged files
+                if not damage.is_damage_error(error):
+                    raise
+                known = queries.stored_vectors(*args, exclude=damage.damaged_write_ids(con))
+    if existing is not None and damaged is None:
         if current != [existing]:  # the same inputs again: make the stored version current
             record = {**asdict(existing), "params": json.dumps(existing.params, sort_keys=True)}
             _commit_version(catalog, record, run_id, rows=None)
@@ -92,15 +100,25 @@ def write_embeddings(
               "revision": snapshot.revision, "params_hash": params.params_hash, "params": params.to_json(),
               "corpus_version": corpus.corpus_version, "rows": rows.num_rows, "reused_rows": reused_rows,
               "dim": dim, "dtype": dtype, "bytes": vector_rows.nbytes, "write_id": uuid.uuid4().hex}
-    version, created = _commit_version(catalog, record, run_id, rows=vector_rows)
+    version, created = _commit_version(catalog, record, run_id, rows=vector_rows, damaged_write_id=damaged)
     return EmbeddingWriteResult(version, created=created, encoded_rows=len(missing),
                                 reused_rows=reused_rows, encode_seconds=encode_seconds)
 
 
-def _commit_version(catalog: Catalog, record: dict, run_id: str | None,
-                    rows: pa.Table | None) -> tuple[EmbeddingVersion, bool]:
+def _corpus_rows(con: duckdb.DuckDBPyConnection, corpus: CorpusVersion) -> pa.Table:
+    try:
+        return queries.corpus_rows(con, corpus.write_id)
+    except duckdb.Error as error:
+        damage.raise_if_damaged(con, error, f"corpus {corpus.corpus_version[:16]} of partition "
+                                f"{corpus.partition!r} (write the corpus again first)", [corpus.write_id])
+        raise
+
+
+def _commit_version(catalog: Catalog, record: dict, run_id: str | None, rows: pa.Table | None,
+                    damaged_write_id: str | None = None) -> tuple[EmbeddingVersion, bool]:
     """Commit a version record (with its rows when given), which makes it current; returns
-    the stored version and whether this call stored its rows."""
+    the stored version and whether this call stored its rows. Rows stored under
+    `damaged_write_id` count as not stored."""
     vid, partition = record["version_id"], record["partition"]
     base_snapshot: list[int] = []
 
@@ -108,6 +126,8 @@ def _commit_version(catalog: Catalog, record: dict, run_id: str | None,
         base_snapshot[:] = [_current_snapshot(con)]
         # A concurrent writer may have committed the same inputs since we looked: keep its rows.
         stored = queries.stored_embedding_version(con, vid)
+        if stored is not None and stored.write_id == damaged_write_id:
+            stored = None
         write_id = stored.write_id if stored else record["write_id"]
         if rows is not None and not stored:
             con.register("vector_rows", rows)

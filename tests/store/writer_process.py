@@ -5,12 +5,14 @@
 Embeds the partition's current corpus with `TextHashEncoder(DIM)` and prints the result as
 JSON. Options shape the timing: `--commit-at` holds the encode until a wall-clock time
 (so several writers commit together), `--encode-seconds` makes encoding slow, `--ready`
-names a file touched when encoding starts, and `--hang-in-commit` a file touched inside
-the commit transaction (rows written, not committed) before the writer hangs there.
+names a file touched when encoding starts, `--hang-in-commit` a file touched inside the
+commit transaction (rows written, not committed) before the writer hangs there, and
+`--busy-timeout` how long it waits for a catalog file another process holds. It logs to stderr.
 """
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -30,9 +32,11 @@ def main() -> None:
     parser.add_argument("--encode-seconds", type=float, default=0.0)
     parser.add_argument("--ready", type=Path)
     parser.add_argument("--hang-in-commit", type=Path)
+    parser.add_argument("--busy-timeout", type=float, default=600.0)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    store = EmbeddingStore(args.root, args.catalog)
+    store = EmbeddingStore(args.root, args.catalog, busy_timeout_s=args.busy_timeout)
     encoder = TextHashEncoder(args.dim)
 
     def encode(texts: list[str]):
