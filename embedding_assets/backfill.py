@@ -18,13 +18,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
+from dagster import AssetKey, DagsterInstance, Definitions
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
 from sqlalchemy.exc import IntegrityError
 
+from embedding_assets.jobs import EMBED_CORPUS, SNAPSHOT_MODEL
 from embedding_assets.partitions import MAX_PARTITIONS_PER_RUN, corpus_partitions
 
 SHARD_ASSETS = (AssetKey("corpus"), AssetKey("embeddings"))
@@ -67,23 +68,34 @@ def materialize_selection(
     partition_keys: Sequence[str] | None = None, tags: dict[str, str] | None = None,
     max_partitions_per_run: int = MAX_PARTITIONS_PER_RUN, log_level: str = "INFO",
 ) -> list:
-    """Materialize `asset_keys` (with their checks) in process: once when unpartitioned, else
-    one run per contiguous chunk of `partition_keys`. Returns the run results."""
-    assets = [*defs.assets, *defs.asset_checks]
-    selection = AssetSelection.assets(*asset_keys)
+    """Materialize `asset_keys` (with their checks) in process, as runs of the named job that
+    holds them: once when unpartitioned, else one run per contiguous chunk of
+    `partition_keys`. Returns the run results."""
+    job = named_job(defs, asset_keys)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+
+    def run(run_tags: dict[str, str] | None):
+        return job.execute_in_process(instance=instance, run_config=run_config, tags=run_tags,
+                                      asset_selection=list(asset_keys), raise_on_error=False)
+
     if partition_keys is None:
-        return [materialize(assets, instance=instance, resources=defs.resources, run_config=run_config,
-                            selection=selection, tags=tags, raise_on_error=False)]
+        return [run(tags)]
     all_keys = instance.get_dynamic_partitions(corpus_partitions.name)
     results = []
     for chunk in contiguous_chunks(all_keys, partition_keys, max_partitions_per_run):
-        range_tags = {**(tags or {}), ASSET_PARTITION_RANGE_START_TAG: chunk[0],
-                      ASSET_PARTITION_RANGE_END_TAG: chunk[-1]}
-        results.append(materialize(assets, instance=instance, resources=defs.resources,
-                                   run_config=run_config, selection=selection, tags=range_tags,
-                                   raise_on_error=False))
+        results.append(run({**(tags or {}), ASSET_PARTITION_RANGE_START_TAG: chunk[0],
+                            ASSET_PARTITION_RANGE_END_TAG: chunk[-1]}))
     return results
+
+
+def named_job(defs: Definitions, asset_keys: Sequence[AssetKey]):
+    """The named job (embed_corpus, snapshot_model) that holds `asset_keys`, so the runs show
+    under that job in the UI."""
+    for name in (SNAPSHOT_MODEL, EMBED_CORPUS):
+        job = defs.resolve_job_def(name)
+        if set(asset_keys) <= set(job.asset_layer.asset_graph.get_all_asset_keys()):
+            return job
+    raise ValueError(f"no job of {SNAPSHOT_MODEL}, {EMBED_CORPUS} holds {list(asset_keys)}")
 
 
 def select_partitions(all_keys: Sequence[str], first: str | None, last: str | None,
