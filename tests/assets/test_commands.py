@@ -19,7 +19,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 def command_env(tmp_path) -> dict:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT / "instance" / "dagster.yaml", home / "dagster.yaml")
     return {**os.environ, "DAGSTER_HOME": str(home), "EMBEDDING_STORE_ROOT": str(tmp_path / "store"),
             "EMBEDDING_LANDING_DIR": str(write_sample_slice(tmp_path / "landing", rows=6))}
 

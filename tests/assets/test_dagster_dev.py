@@ -70,7 +70,7 @@ def dagster_dev(tmp_path):
     """`dagster dev` in its own process group, killed (the whole group) whatever happens."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT / "instance" / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home),
            "EMBEDDING_STORE_ROOT": str(tmp_path / "store"),
