@@ -3,7 +3,12 @@ hand) and the weekly spot-check sweep, against a real store and instance."""
 
 import json
 
-from dagster import AssetKey, DagsterInstance, build_schedule_context, evaluate_automation_conditions
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    build_schedule_context,
+    evaluate_automation_conditions,
+)
 
 from embedding_assets.backfill import materialize_selection, register_landing_partitions
 from embedding_assets.definitions import build_definitions
