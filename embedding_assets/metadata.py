@@ -3,7 +3,8 @@
 Dagster's standard keys come first (`dagster/row_count`, `dagster/column_schema`,
 `dagster/uri`), previews are `MetadataValue.table`, sizes are written for people
 ("48.0 KiB"), and a value that would be empty or misleading is left out rather than shown
-as `{}`, null or 0 (no throughput when nothing was encoded).
+as `{}`, null or 0 (no throughput when nothing was encoded). Identifiers that are numbers
+(lake snapshot ids, the dimension) are text, so the UI draws no meaningless plot of them.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def corpus_metadata(version: CorpusVersion, shard: CorpusShard, store: Embedding
         "rejected_by_reason": shard.rejected_counts(),
         "size": human_size(version.bytes),
         "corpus_version": version.corpus_version,
-        "lake_snapshot": version.snapshot_id,
+        "lake_snapshot": MetadataValue.text(str(version.snapshot_id)),
         "source": MetadataValue.path(version.source_uri) if version.source_uri else None,
         "preview": preview_table(TableSchema(columns=CORPUS_SCHEMA.columns[:2]), preview)
         if preview else None,
@@ -125,7 +126,7 @@ def embeddings_metadata(result: EmbeddingWriteResult, ids: pa.Table, vectors: np
         "size": human_size(version.bytes),
         "model": version.model,
         "revision": version.revision,
-        "dim": version.dim,
+        "dim": MetadataValue.text(str(version.dim)),
         "dtype": version.dtype,
         "params_hash": version.params_hash,
         "params": version.params,
@@ -133,7 +134,7 @@ def embeddings_metadata(result: EmbeddingWriteResult, ids: pa.Table, vectors: np
         "version_id": version.version_id,
         "sentences_per_second": round(result.encoded_rows / result.encode_seconds, 1) if encoded else None,
         "encode_seconds": round(result.encode_seconds, 3) if encoded else None,
-        "lake_snapshot": version.snapshot_id,
+        "lake_snapshot": MetadataValue.text(str(version.snapshot_id)),
         "catalog": store.catalog_label,
         "preview": vectors_preview(ids, vectors) if len(vectors) else None,
     })

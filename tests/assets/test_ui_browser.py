@@ -114,3 +114,9 @@ def test_ui_shows_the_graph_partitions_checks_and_launches_a_partition_by_clicki
         browser.close()
     for name in ("1_lineage", "2_run", "3_partitions", "4_checks"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    # `dg dev`'s output: no Python warning (BetaWarning, PreviewWarning, ...) from loading the
+    # code location or running the steps, and no complaint about an instance file in the project.
+    log = (tmp_path / "dev_server.log").read_text()
+    assert "Serving dagster-webserver" in log
+    assert not re.findall(r"\w+Warning: .*", log), re.findall(r"\w+Warning: .*", log)
+    assert "dagster.yaml" not in log
