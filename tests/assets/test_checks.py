@@ -3,12 +3,14 @@ materializations and failing on real vectors that break it; `unit_norm` is not e
 it does not apply."""
 
 import numpy as np
+from dagster import AssetKey, AssetSelection, materialize
 
 from embedding_assets.checks import (
     MIN_COSINE,
     SHARD_CHECKS,
     StoredShard,
     dim_problem,
+    embeddings_shard_checks,
     non_finite_problem,
     rows_match_corpus_problem,
     unit_norm_problem,
@@ -103,6 +105,16 @@ def test_unit_norm_and_dim_checks_fail_on_real_vectors_that_break_them(tmp_path,
 
 def test_rows_and_finite_checks_name_what_is_wrong(tmp_path, landing, defs, instance):
     materialize_everything(defs, instance)
+    # The stored-data checks re-run alone (the UI's Execute on a check): no materialization.
+    before = instance.get_latest_materialization_event(AssetKey("embeddings"))
+    rerun = materialize([*defs.assets, *defs.asset_checks], instance=instance, resources=defs.resources,
+                        selection=AssetSelection.checks(embeddings_shard_checks),
+                        tags={"dagster/asset_partition_range_start": "python_docs.jsonl",
+                              "dagster/asset_partition_range_end": "python_docs.jsonl"})
+    assert rerun.get_asset_materialization_events() == []
+    assert instance.get_latest_materialization_event(AssetKey("embeddings")) == before
+    assert sorted((e.check_name, e.partition, e.passed) for e in rerun.get_asset_check_evaluations()) == [
+        (name, "python_docs.jsonl", True) for name in ("dim_matches_model", "rows_match_corpus", "vectors_finite")]
     store = defs.resources["embedding_store"].open()
     shard = stored_shard(store, "python_docs.jsonl", defs.resources["encoder"])
     assert rows_match_corpus_problem(shard.ids, shard.corpus_ids) is None
