@@ -60,6 +60,8 @@ def test_ui_shows_the_graph_partitions_checks_and_launches_a_partition_by_clicki
         page.goto(f"{base}/assets/embeddings?view=lineage")
         for name in ("corpus", "model_snapshot", "embeddings", "ingest", "models", "vectors"):
             expect(page.get_by_text(name, exact=True).first).to_be_visible()
+        expect(page.get_by_text("Loading", exact=False)).to_have_count(0)
+        expect(page.get_by_text("Materialized", exact=False).first).to_be_visible()  # model_snapshot
         shot("1_lineage")
 
         # 2. Launch one partition of embed_corpus from the Launchpad, by clicking.
