@@ -7,7 +7,11 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test dev lint bench clean cluster cluster-stop
+# dg (dagster-dg-cli) runs Dagster from the project's virtual environment found on PATH.
+DG := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dg
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo test dev lint bench clean cluster cluster-stop browser
 
 # The CPU build of torch is installed first and pinned, so nothing pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -19,17 +23,28 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Headless Chromium for the browser test (tests/assets/test_ui_browser.py). Playwright cannot
+# download its browsers here, so Debian's `chromium` package is used; on a machine without
+# apt-get the test fails naming what to install.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    $(SUDO) apt-get install -y chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }; \
+	  else echo "chromium not found: install Chromium and set CHROMIUM=/path/to/chromium for the browser test"; fi; }
+
 demo: setup
-	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	mkdir -p $(DAGSTER_HOME) && cp instance/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(PY) scripts/demo.py
 
-test: setup
+test: setup browser
 	$(PY) -m ruff check embedding_core embedding_assets deploy tests benchmarks scripts
+	$(DG) check defs
 	$(PY) -m pytest -q
 
+# The UI on http://127.0.0.1:3000 (`dg dev`; plain `dagster dev -w workspace.yaml` works too).
 dev: setup
-	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -w workspace.yaml
+	mkdir -p $(DAGSTER_HOME) && cp instance/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(DG) dev
 
 # The distributed profile on loopback (deploy/): Postgres, Redis, S3 (moto), webserver, daemon,
 # 2 Celery workers; state, logs and the environment to source under .cluster/.

@@ -31,14 +31,12 @@ from dataclasses import dataclass, field
 import psutil
 from dagster import (
     AssetKey,
-    AssetSelection,
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
     Definitions,
     RunsFilter,
-    materialize,
 )
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
@@ -48,6 +46,7 @@ from dagster._core.storage.tags import (
 from sqlalchemy.exc import IntegrityError
 
 from embedding_assets.heartbeat import Heartbeat
+from embedding_assets.jobs import EMBED_CORPUS, SNAPSHOT_MODEL
 from embedding_assets.partitions import MAX_PARTITIONS_PER_RUN, corpus_partitions
 from embedding_assets.signals import BackfillInterrupted, StopOnSignal, signal_name
 from embedding_core.store import CATALOG_FILE_NAME
@@ -158,26 +157,37 @@ def materialize_selection(
     max_partitions_per_run: int = MAX_PARTITIONS_PER_RUN, log_level: str = "INFO",
     stopped: Callable[[], bool] = lambda: False,
 ) -> list:
-    """Materialize `asset_keys` (with their checks) in process: once when unpartitioned, else
-    one run per contiguous chunk of `partition_keys`. Returns the run results; none starts
-    after a run that a signal interrupted, or once `stopped()` is true."""
-    assets = [*defs.assets, *defs.asset_checks]
-    selection = AssetSelection.assets(*asset_keys)
+    """Materialize `asset_keys` (with their checks) in process, as runs of the named job that
+    holds them: once when unpartitioned, else one run per contiguous chunk of
+    `partition_keys`. Returns the run results; none starts after a run that a signal
+    interrupted, or once `stopped()` is true."""
+    job = named_job(defs, asset_keys)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+
+    def run(run_tags: dict[str, str] | None):
+        return job.execute_in_process(instance=instance, run_config=run_config, tags=run_tags,
+                                      asset_selection=list(asset_keys), raise_on_error=False)
+
     if partition_keys is None:
-        return [materialize(assets, instance=instance, resources=defs.resources, run_config=run_config,
-                            selection=selection, tags=tags, raise_on_error=False)]
+        return [run(tags)]
     all_keys = instance.get_dynamic_partitions(corpus_partitions.name)
     results = []
     for chunk in contiguous_chunks(all_keys, partition_keys, max_partitions_per_run):
-        range_tags = {**(tags or {}), ASSET_PARTITION_RANGE_START_TAG: chunk[0],
-                      ASSET_PARTITION_RANGE_END_TAG: chunk[-1]}
-        results.append(materialize(assets, instance=instance, resources=defs.resources,
-                                   run_config=run_config, selection=selection, tags=range_tags,
-                                   raise_on_error=False))
+        results.append(run({**(tags or {}), ASSET_PARTITION_RANGE_START_TAG: chunk[0],
+                            ASSET_PARTITION_RANGE_END_TAG: chunk[-1]}))
         if was_interrupted(results[-1]) or stopped():
             break
     return results
+
+
+def named_job(defs: Definitions, asset_keys: Sequence[AssetKey]):
+    """The named job (embed_corpus, snapshot_model) that holds `asset_keys`, so the runs show
+    under that job in the UI."""
+    for name in (SNAPSHOT_MODEL, EMBED_CORPUS):
+        job = defs.resolve_job_def(name)
+        if set(asset_keys) <= set(job.asset_layer.asset_graph.get_all_asset_keys()):
+            return job
+    raise ValueError(f"no job of {SNAPSHOT_MODEL}, {EMBED_CORPUS} holds {list(asset_keys)}")
 
 
 def select_partitions(all_keys: Sequence[str], first: str | None, last: str | None,

@@ -1,33 +1,100 @@
-"""Asset checks of `embeddings`: what a stored version must satisfy, each a named check.
+"""Asset checks, one result per partition.
 
-`encodes_canary` is the check `model_snapshot` runs on the model it pins. Of the
-embeddings checks, the first four read back the file a materialization just stored and run in the same
-step (`SHARD_CHECKS`, declared as the asset's check specs); the fifth,
-`embeddings_match_model`, re-encodes a few random stored texts with the model and runs
-as its own check. Each shard check is a plain function of the stored data, so it can be
-called on any vectors, e.g.::
+- `encodes_canary` runs inside the `model_snapshot` step on the model it pins.
+- `corpus.rows_valid` runs inside the `corpus` step (only it sees the rejected rows).
+- The stored-data checks of `embeddings` read the current stored version of each partition
+  back and judge it: the four `SHARD_CHECKS` (one step, `embeddings_shard_checks`) and the
+  spot check `embeddings_match_model`, which re-encodes a few sampled texts. They run after
+  `embeddings` in the same run, for that run's partitions, and can be launched alone from the
+  UI (the asset's Checks tab) without re-materializing; the weekly `verify_embeddings_sweep`
+  schedule runs the spot check over every partition.
 
-    ids, vectors = store.read_embeddings(version)
-    unit_norm_problem(vectors, ids.column("id").to_pylist())   # None, or what is wrong
+Every check result names its partition, so a run of several partitions reports each of them,
+and a partition deleted from `corpus_shards` no longer counts in the asset's check status.
 """
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, asset_check
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckExecutionContext,
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    Output,
+    PreviewWarning,
+    multi_asset_check,
+)
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
+from embedding_assets.partitions import corpus_partitions
+from embedding_assets.problems import (
+    SHARD_CHECKS,
+    ShardCheck,
+    StoredShard,
+    dim_problem,
+    non_finite_problem,
+    rows_match_corpus_problem,
+    unit_norm_problem,
+)
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
 from embedding_core.snapshot import SnapshotNotCurrentError, require_current_snapshot
-from embedding_core.store import EmbeddingParams, EmbeddingVersion, ModelSnapshot, vector_width
+from embedding_core.store import EmbeddingStore
 
+__all__ = [
+    "EMBEDDINGS", "ENCODES_CHECK", "SHARD_CHECKS", "MATCH_MODEL_CHECK", "ShardCheck", "StoredShard",
+    "dim_problem", "embeddings_match_model", "embeddings_shard_checks", "encodes_canary",
+    "non_finite_problem", "partition_check_spec", "partition_evaluation", "rows_match_corpus_problem",
+    "unit_norm_problem", "vector_agreement",
+]
+
+EMBEDDINGS = AssetKey("embeddings")
 SAMPLE_ROWS_PER_PARTITION = 4
 MIN_COSINE = 0.9999
 MIN_BIT_AGREEMENT = 0.98
-UNIT_NORM_TOLERANCE = 1e-4
-SHOWN_IDS = 5
 ENCODES_CHECK = "encodes_canary"
+MATCH_MODEL_CHECK = "embeddings_match_model"
 CANARY_TEXTS = ["A man is eating food.", "The quick brown fox jumps over the lazy dog."]
+
+
+def partition_check_spec(name: str, asset: str, description: str) -> AssetCheckSpec:
+    """A check spec evaluated per corpus partition (Dagster marks partitioned checks as a
+    preview; that warning is about Dagster's API, not something a user should act on)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreviewWarning)
+        return AssetCheckSpec(name, asset=asset, description=description,
+                              partitions_def=corpus_partitions)
+
+
+def partition_evaluation(
+    instance: DagsterInstance, asset_key: AssetKey, check_name: str, partition: str, passed: bool,
+    metadata: dict, severity: AssetCheckSeverity = AssetCheckSeverity.ERROR,
+) -> AssetCheckEvaluation:
+    """The result of `check_name` for one partition, pointing at that partition's latest
+    materialization (so the UI shows whether it judged the current data)."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1).records
+    target = (AssetCheckEvaluationTargetMaterializationData(
+        storage_id=records[0].storage_id, run_id=records[0].run_id, timestamp=records[0].timestamp)
+        if records else None)
+    return AssetCheckEvaluation(
+        asset_key=asset_key, check_name=check_name, passed=passed,
+        metadata={key: value for key, value in metadata.items() if value not in (None, {}, [])},
+        target_materialization_data=target, severity=severity, partition=partition,
+    )
+
+
+def check_output(context, check_key: AssetCheckKey) -> Output:
+    """The (empty) output of a check the step evaluates itself, one partition at a time."""
+    return Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key))
 
 
 def encodes_canary(model, dim: int) -> AssetCheckResult:
@@ -41,181 +108,119 @@ def encodes_canary(model, dim: int) -> AssetCheckResult:
     )
 
 
-def rows_match_corpus_problem(stored_ids: Sequence[str], corpus_ids: Sequence[str]) -> str | None:
-    """What is wrong when the stored ids are not exactly the corpus shard's ids, in order."""
-    if list(stored_ids) == list(corpus_ids):
-        return None
-    if len(stored_ids) != len(corpus_ids):
-        return f"{len(stored_ids)} stored rows for {len(corpus_ids)} corpus rows"
-    first = next(row for row, (stored, expected) in enumerate(zip(stored_ids, corpus_ids, strict=True))
-                 if stored != expected)
-    return f"row {first} holds id {stored_ids[first]!r}, the corpus has {corpus_ids[first]!r} there"
-
-
-def dim_problem(vectors: np.ndarray, recorded_dim: int, precision: str, expected_dim: int) -> str | None:
-    """What is wrong when vectors or their catalog row do not have the model's dimension
-    (`expected_dim`, after truncate_dim): `expected_dim` floats per row for float32,
-    ``ceil(expected_dim / 8)`` bytes for binary precisions."""
-    width = vector_width(precision, expected_dim)
-    if recorded_dim != expected_dim:
-        return f"catalog records dim {recorded_dim}, the model snapshot gives {expected_dim}"
-    if vectors.ndim != 2 or vectors.shape[1] != width:
-        return (f"vectors have shape {vectors.shape}; dim {expected_dim} at {precision} "
-                f"needs {width} values per row")
-    return None
-
-
-def non_finite_problem(vectors: np.ndarray, ids: Sequence[str]) -> str | None:
-    """What is wrong when some float vectors hold NaN or infinity."""
-    if vectors.dtype.kind != "f":
-        return None
-    bad_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-    if not len(bad_rows):
-        return None
-    return (f"{len(bad_rows)} of {len(vectors)} vectors hold NaN or inf, ids "
-            f"{[ids[row] for row in bad_rows[:SHOWN_IDS]]}")
-
-
-def unit_norm_problem(vectors: np.ndarray, ids: Sequence[str],
-                      tolerance: float = UNIT_NORM_TOLERANCE) -> str | None:
-    """What is wrong when float vectors are not of unit length (within `tolerance`)."""
-    errors = np.abs(np.linalg.norm(vectors.astype(np.float64), axis=1) - 1.0)
-    bad_rows = np.flatnonzero(~(errors <= tolerance))
-    if not len(bad_rows):
-        return None
-    worst = int(bad_rows[np.argmax(errors[bad_rows])])
-    return (f"{len(bad_rows)} of {len(vectors)} vectors are off unit norm by more than "
-            f"{tolerance:g}; worst id {ids[worst]!r} has norm "
-            f"{np.linalg.norm(vectors[worst].astype(np.float64)):.6f}")
-
-
-@dataclass(frozen=True)
-class StoredShard:
-    """One stored embeddings version read back, and what it must match."""
-
-    version: EmbeddingVersion
-    ids: list[str]
-    vectors: np.ndarray
-    corpus_ids: list[str]
-    snapshot: ModelSnapshot
-    params: EmbeddingParams
-
-    @property
-    def expected_dim(self) -> int:
-        return self.params.truncate_dim or self.snapshot.dim
-
-
-@dataclass(frozen=True)
-class ShardCheck:
-    """A check run on every partition a materialization stores. `applies` says whether
-    it means anything under the shard's parameters; `find_problem` returns None or what
-    is wrong."""
-
-    name: str
-    description: str
-    find_problem: Callable[[StoredShard], str | None]
-    applies: Callable[[StoredShard], bool] = lambda shard: True
-
-
-SHARD_CHECKS: tuple[ShardCheck, ...] = (
-    ShardCheck(
-        "rows_match_corpus",
-        "One stored vector for every row of the corpus shard, ids in corpus order.",
-        lambda shard: rows_match_corpus_problem(shard.ids, shard.corpus_ids),
-    ),
-    ShardCheck(
-        "dim_matches_model",
-        "Vectors have the model snapshot's dimension after truncate_dim (binary precisions: "
-        "ceil(dim / 8) bytes), and the catalog records that dimension.",
-        lambda shard: dim_problem(shard.vectors, shard.version.dim, shard.params.precision,
-                                  shard.expected_dim),
-    ),
-    ShardCheck(
-        "vectors_finite",
-        "No stored vector holds NaN or infinity.",
-        lambda shard: non_finite_problem(shard.vectors, shard.ids),
-    ),
-    ShardCheck(
-        "unit_norm",
-        f"With normalize_embeddings on (float32), every vector has length 1 within "
-        f"{UNIT_NORM_TOLERANCE:g}. Passes as not applicable otherwise.",
-        lambda shard: unit_norm_problem(shard.vectors, shard.ids),
-        applies=lambda shard: shard.params.normalize_embeddings and shard.params.precision == "float32",
-    ),
-)
-
-
-def shard_check_results(shards: Sequence[StoredShard]) -> list[AssetCheckResult]:
-    """One result per shard check over the partitions of a run: failed when any partition
-    fails, with the problem of each failing partition."""
-    results = []
-    for check in SHARD_CHECKS:
-        checked = [shard for shard in shards if check.applies(shard)]
-        failures = {shard.version.partition: problem for shard in checked
-                    if (problem := check.find_problem(shard)) is not None}
-        results.append(AssetCheckResult(
-            check_name=check.name, passed=not failures,
-            metadata={"failures": failures, "partitions_checked": len(checked),
-                      "not_applicable": len(shards) - len(checked)},
-        ))
-    return results
-
-
-@asset_check(asset=AssetKey("embeddings"), description=(
-    "Spot check: re-encodes a few random stored texts of every current partition with the "
-    f"current model snapshot and compares them with the stored vectors (cosine >= {MIN_COSINE} "
-    f"for float32, >= {MIN_BIT_AGREEMENT:.0%} equal bits for binary): catches a model, "
-    "revision or parameter mix-up."
-))
-def embeddings_match_model(
-    context: AssetCheckExecutionContext,
-    encoder: EncoderResource,
-    embedding_store: EmbeddingStoreResource,
-) -> AssetCheckResult:
-    store, config = embedding_store.open(), encoder.open()
+def stored_shards(store: EmbeddingStore, config, partitions: Sequence[str]
+                  ) -> tuple[dict[str, StoredShard], dict[str, str]]:
+    """The current embeddings of each partition read back under the configured model and
+    parameters, and, for partitions that have none, why."""
     try:
         snapshot = require_current_snapshot(store, config.model_name, match_revision=False)
     except SnapshotNotCurrentError as error:
-        return AssetCheckResult(passed=False, metadata={"reason": str(error)})
+        return {}, dict.fromkeys(partitions, str(error))
     params = config.params(snapshot)
-    rng = np.random.default_rng()
-    texts: list[str] = []
-    compared_ids: list[str] = []
-    stored: list[np.ndarray] = []
-    checked_partitions = []
-    for partition in store.corpus_partitions():
-        version = store.embedding_version(partition, snapshot, params,
-                                          store.corpus_version(partition).corpus_version)
+    shards, missing = {}, {}
+    for partition in partitions:
+        corpus_version = store.corpus_version(partition)
+        version = corpus_version and store.embedding_version(partition, snapshot, params,
+                                                             corpus_version.corpus_version)
         if version is None:
+            missing[partition] = (f"no embeddings of {partition}'s current corpus version with "
+                                  f"{snapshot.model}@{snapshot.revision[:16]} and the configured "
+                                  "parameters; materialize embeddings for it")
             continue
         ids, vectors = store.read_embeddings(version)
-        corpus = store.read_corpus(store.corpus_version(partition, version.corpus_version))
-        rows = rng.choice(len(vectors), size=min(SAMPLE_ROWS_PER_PARTITION, len(vectors)),
+        shards[partition] = StoredShard(
+            version=version, ids=ids.column("id").to_pylist(), vectors=vectors,
+            corpus_ids=store.read_corpus(corpus_version).column("id").to_pylist(),
+            snapshot=snapshot, params=params)
+    return shards, missing
+
+
+@multi_asset_check(
+    specs=[partition_check_spec(check.name, "embeddings", check.description) for check in SHARD_CHECKS],
+    can_subset=True,
+    name="embeddings_shard_checks",
+    description="The stored vectors of each partition read back and checked.",
+)
+def embeddings_shard_checks(
+    context: AssetCheckExecutionContext, encoder: EncoderResource,
+    embedding_store: EmbeddingStoreResource,
+) -> Iterator:
+    selected = [check for check in SHARD_CHECKS
+                if AssetCheckKey(EMBEDDINGS, check.name) in context.selected_asset_check_keys]
+    shards, missing = stored_shards(embedding_store.open(), encoder.open(), context.partition_keys)
+    instance = context.instance
+    for check in selected:
+        yield check_output(context.op_execution_context, AssetCheckKey(EMBEDDINGS, check.name))
+        for partition in context.partition_keys:
+            if partition in missing:
+                yield partition_evaluation(instance, EMBEDDINGS, check.name, partition, False,
+                                           {"reason": missing[partition]})
+                continue
+            shard = shards[partition]
+            if not check.applies(shard):
+                # Not evaluated: the UI shows the check skipped for this run, not green.
+                context.log.info(f"{check.name} does not apply to {partition} "
+                                 f"({shard.params.precision}, normalize_embeddings="
+                                 f"{shard.params.normalize_embeddings}); not evaluated")
+                continue
+            problem = check.find_problem(shard)
+            yield partition_evaluation(instance, EMBEDDINGS, check.name, partition, problem is None, {
+                "problem": problem, "rows": len(shard.ids),
+                "version_id": shard.version.version_id})
+
+
+@multi_asset_check(
+    specs=[partition_check_spec(
+        MATCH_MODEL_CHECK, "embeddings",
+        f"Spot check: re-encodes {SAMPLE_ROWS_PER_PARTITION} random stored texts of each checked "
+        f"partition with the current model snapshot and compares them with the stored vectors "
+        f"(cosine >= {MIN_COSINE} for float32, >= {MIN_BIT_AGREEMENT:.0%} equal bits for "
+        "binary): catches a model, revision or parameter mix-up. Runs for the partitions of "
+        "each embeddings run; the weekly verify_embeddings_sweep covers all of them.")],
+    name=MATCH_MODEL_CHECK,
+)
+def embeddings_match_model(
+    context: AssetCheckExecutionContext, encoder: EncoderResource,
+    embedding_store: EmbeddingStoreResource,
+) -> Iterator:
+    yield check_output(context.op_execution_context, AssetCheckKey(EMBEDDINGS, MATCH_MODEL_CHECK))
+    config, store = encoder.open(), embedding_store.open()
+    shards, missing = stored_shards(store, config, context.partition_keys)
+    for partition, reason in missing.items():
+        yield partition_evaluation(context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, partition,
+                                   False, {"reason": reason})
+    rng = np.random.default_rng()
+    samples = {}
+    for partition, shard in shards.items():
+        rows = rng.choice(len(shard.ids), size=min(SAMPLE_ROWS_PER_PARTITION, len(shard.ids)),
                           replace=False)
-        texts += corpus.column("text").take(rows).to_pylist()
-        compared_ids += [f"{partition}:{row_id}" for row_id in ids.column("id").take(rows).to_pylist()]
-        stored += list(vectors[rows])
-        checked_partitions.append(partition)
-    if not texts:
-        return AssetCheckResult(passed=False, metadata={"reason": "no current embeddings stored"})
-    with config.session(snapshot, params) as session:
-        fresh = session.encode(texts)
-    agreement = vector_agreement(fresh, np.stack(stored), params.precision)
-    threshold = MIN_COSINE if params.precision == "float32" else MIN_BIT_AGREEMENT
-    worst = int(np.argmin(agreement))
-    context.log.info(f"compared {len(texts)} texts of {len(checked_partitions)} partition(s)")
-    return AssetCheckResult(
-        passed=bool(agreement.min() >= threshold),
-        metadata={
-            "texts_compared": len(texts),
-            "partitions": checked_partitions,
-            "compared_ids": compared_ids,
-            "min_agreement": round(float(agreement.min()), 6),
-            "threshold": threshold,
-            "worst_id": compared_ids[worst],
-            "worst_text": texts[worst][:200],
-        },
-    )
+        if len(rows):
+            corpus = store.read_corpus(store.corpus_version(partition, shard.version.corpus_version))
+            samples[partition] = (rows, corpus.column("text").take(rows).to_pylist())
+    texts = [text for _, partition_texts in samples.values() for text in partition_texts]
+    if texts:
+        some = next(iter(shards.values()))
+        with config.session(some.snapshot, some.params) as session:
+            fresh = session.encode(texts)
+    threshold = MIN_COSINE if config.precision == "float32" else MIN_BIT_AGREEMENT
+    start = 0
+    for partition, shard in shards.items():
+        if partition not in samples:
+            yield partition_evaluation(context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, partition,
+                                       True, {"texts_compared": 0, "reason": "empty shard"})
+            continue
+        rows, partition_texts = samples[partition]
+        agreement = vector_agreement(fresh[start:start + len(rows)], shard.vectors[rows],
+                                     shard.params.precision)
+        start += len(rows)
+        worst = int(np.argmin(agreement))
+        yield partition_evaluation(
+            context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, partition,
+            bool(agreement.min() >= threshold), {
+                "texts_compared": len(rows), "min_agreement": round(float(agreement.min()), 6),
+                "threshold": threshold, "worst_id": shard.ids[int(rows[worst])],
+                "worst_text": partition_texts[worst][:200]})
+    context.log.info(f"compared {len(texts)} texts of {len(samples)} partition(s)")
 
 
 def vector_agreement(fresh: np.ndarray, stored: np.ndarray, precision: str) -> np.ndarray:

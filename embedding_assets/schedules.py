@@ -1,46 +1,53 @@
-"""Schedule: re-embed the partitions whose stored embeddings are not from the current inputs."""
+"""Schedules and automation: what runs without anyone launching it.
+
+- `embeddings` carries an `AutomationCondition` (embedding_assets.assets.embeddings): a
+  partition is re-embedded when it is missing, when `model_snapshot` has a new data version
+  (a new revision) or when the asset's code_version changed (a new encoder setting changes
+  it too, see `definitions.encoder_code_version`). `embeddings_automation` evaluates it
+  every 30 s; its decisions show in the UI under Automation.
+- `verify_embeddings_sweep`: weekly, the `embeddings_match_model` spot check over every
+  partition (each embeddings run checks only its own partitions).
+"""
 
 from dagster import (
-    AssetKey,
+    AssetSelection,
+    AutomationConditionSensorDefinition,
     DefaultScheduleStatus,
+    DefaultSensorStatus,
     RunRequest,
     ScheduleEvaluationContext,
     SkipReason,
     schedule,
 )
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 
+from embedding_assets.assets import embeddings
+from embedding_assets.jobs import verify_embeddings
 from embedding_assets.partitions import corpus_partitions
-from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
-from embedding_core.snapshot import SnapshotNotCurrentError, require_current_snapshot
+
+embeddings_automation = AutomationConditionSensorDefinition(
+    "embeddings_automation",
+    target=AssetSelection.assets(embeddings),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates the automation condition of embeddings: re-embeds partitions that "
+    "are missing, or whose model revision or code_version moved.",
+)
 
 
 @schedule(
-    cron_schedule="0 3 * * *",
-    target=[AssetKey("embeddings")],
-    default_status=DefaultScheduleStatus.STOPPED,
-    description="Nightly: one run per partition whose current embeddings are missing or "
-    "come from another corpus version, model revision or encoding parameters.",
+    cron_schedule="0 4 * * 0",
+    job=verify_embeddings,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Sundays 04:00: the embeddings_match_model spot check over every partition, in "
+    "one run (embeddings runs check only their own partitions).",
 )
-def refresh_stale_embeddings(
-    context: ScheduleEvaluationContext,
-    encoder: EncoderResource,
-    embedding_store: EmbeddingStoreResource,
-) -> list[RunRequest] | SkipReason:
-    store, config = embedding_store.open(), encoder.open()
-    try:
-        snapshot = require_current_snapshot(store, config.model_name, match_revision=False)
-    except SnapshotNotCurrentError as error:
-        return SkipReason(str(error))
-    params = config.params(snapshot)
-    known = set(context.instance.get_dynamic_partitions(corpus_partitions.name))
-    stale = [partition for partition in store.stale_partitions(snapshot, params) if partition in known]
-    if not stale:
-        return SkipReason(f"all embeddings are current for {snapshot.model}@{snapshot.revision}")
-    return [
-        RunRequest(
-            run_key=f"{partition}:{snapshot.revision}:{params.params_hash}:"
-            f"{store.corpus_version(partition).corpus_version[:16]}",
-            partition_key=partition,
-        )
-        for partition in stale
-    ]
+def verify_embeddings_sweep(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+    keys = context.instance.get_dynamic_partitions(corpus_partitions.name)
+    if not keys:
+        return SkipReason("no corpus partitions yet")
+    return RunRequest(tags={ASSET_PARTITION_RANGE_START_TAG: keys[0],
+                            ASSET_PARTITION_RANGE_END_TAG: keys[-1]})

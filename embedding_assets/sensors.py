@@ -3,7 +3,6 @@
 import json
 
 from dagster import (
-    AssetKey,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -12,19 +11,25 @@ from dagster import (
     sensor,
 )
 
+from embedding_assets.jobs import embed_corpus, snapshot_model
 from embedding_assets.partitions import corpus_partitions
 from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource, EncoderResource
+from embedding_core.store.records import sha256_json
 
-CORPUS_AND_EMBEDDINGS = [AssetKey("corpus"), AssetKey("embeddings")]
-MODEL_SNAPSHOT = [AssetKey("model_snapshot")]
+
+def content_version(shard) -> str:
+    """What `EmbeddingStore.write_corpus` records as the corpus version of this shard."""
+    return sha256_json([shard.table.column("id").to_pylist(),
+                        shard.table.column("text_sha256").to_pylist()])
 
 
 @sensor(
-    asset_selection=CORPUS_AND_EMBEDDINGS + MODEL_SNAPSHOT,
+    jobs=[embed_corpus, snapshot_model],
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.STOPPED,
-    description="Adds a partition for every new corpus file in the landing folder and "
-    "materializes corpus + embeddings for new or changed files only.",
+    description="Adds a partition for every new corpus file in the landing folder and runs "
+    "embed_corpus for files whose content is new: a file whose ids and texts are already "
+    "stored (per the catalog) or only touched runs nothing.",
 )
 def corpus_landing_sensor(
     context: SensorEvaluationContext,
@@ -32,33 +37,54 @@ def corpus_landing_sensor(
     embedding_store: EmbeddingStoreResource,
     encoder: EncoderResource,
 ) -> SensorResult | SkipReason:
-    """The cursor holds each file's fingerprint (size, modification time) when last requested."""
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    files = corpus_source.open().fingerprints()
-    changed = {key: fingerprint for key, fingerprint in files.items() if seen.get(key) != fingerprint}
-    if not changed:
+    """The cursor maps each file's partition key to [fingerprint (size, modification time),
+    content version]. A file whose fingerprint moved is read and its content version (the
+    corpus version `corpus` would store) compared with the last one requested, or, for a file
+    the cursor has not seen yet (first tick), with the catalog's current corpus version."""
+    seen: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
+    landing = corpus_source.open()
+    files = landing.files()
+    moved = {key: file for key, file in files.items()
+             if not isinstance(seen.get(key), list) or seen[key][0] != file.fingerprint}
+    if not moved:
         return SkipReason(f"no new or changed files among {len(files)} in {corpus_source.landing_dir}")
-    if embedding_store.open().current_model_snapshot(encoder.model_name) is None:
+    store = embedding_store.open()
+    if store.current_model_snapshot(encoder.model_name) is None:
         # Embeddings need a snapshot; ask for it first and come back for the shards.
-        return SensorResult(
-            run_requests=[RunRequest(run_key=f"model_snapshot:{encoder.model_name}",
-                                     asset_selection=MODEL_SNAPSHOT)],
-        )
+        return SensorResult(run_requests=[RunRequest(run_key=f"model_snapshot:{encoder.model_name}",
+                                                     job_name=snapshot_model.name)])
+    cursor = dict(seen)
+    requests = []
+    for key, file in moved.items():
+        try:
+            version = content_version(landing.read(file))
+        except Exception as error:  # noqa: BLE001 - the run reports it, naming the file
+            context.log.warning(f"{key}: {error}; requesting a run, which will fail naming it")
+            version = f"unreadable:{file.fingerprint}"
+        if key in seen:
+            stored = seen[key][1]
+        else:
+            current = store.corpus_version(key)
+            stored = current.corpus_version if current is not None else None
+        cursor[key] = [file.fingerprint, version]
+        if version != stored:
+            requests.append(RunRequest(run_key=f"{key}:{version[:32]}", partition_key=key,
+                                       job_name=embed_corpus.name))
     known = set(context.instance.get_dynamic_partitions(corpus_partitions.name))
-    new_keys = [key for key in changed if key not in known]
+    new_keys = [key for key in files if key not in known]
+    unchanged = len(moved) - len(requests)
+    if unchanged:
+        context.log.info(f"{unchanged} file(s) touched or already stored with the same content: "
+                         "nothing to run for them")
     return SensorResult(
-        run_requests=[
-            RunRequest(run_key=f"{key}:{fingerprint}", partition_key=key,
-                       asset_selection=CORPUS_AND_EMBEDDINGS)
-            for key, fingerprint in changed.items()
-        ],
+        run_requests=requests,
         dynamic_partitions_requests=[corpus_partitions.build_add_request(new_keys)] if new_keys else [],
-        cursor=json.dumps({**seen, **changed}, sort_keys=True),
+        cursor=json.dumps(cursor, sort_keys=True),
     )
 
 
 @sensor(
-    asset_selection=MODEL_SNAPSHOT,
+    job=snapshot_model,
     minimum_interval_seconds=3600,
     default_status=DefaultSensorStatus.STOPPED,
     description="Materializes model_snapshot when the configured model's revision moved "

@@ -20,9 +20,9 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
+from embedding_assets.jobs import EMBED_CORPUS, SNAPSHOT_MODEL
 from embedding_assets.partitions import corpus_partitions
 
-ASSET_JOB = "__ASSET_JOB"
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 # How often a backfill waiting on the deployment says what it waits on.
 REPORT_EVERY_S = 30.0
@@ -67,18 +67,18 @@ class DagsterWebserver:
         return payload["data"]
 
     def repository(self) -> dict:
-        """The repository selector of the code location that has the asset job."""
+        """The repository selector of the code location that has the embed_corpus job."""
         if self._repo is None:
             data = self.query("""{ repositoriesOrError { __typename
                 ... on RepositoryConnection { nodes { name location { name } jobs { name } } }
                 ... on PythonError { message } } }""")["repositoriesOrError"]
             for node in data.get("nodes") or []:
-                if any(job["name"] == ASSET_JOB for job in node["jobs"]):
+                if any(job["name"] == EMBED_CORPUS for job in node["jobs"]):
                     self._repo = {"repositoryName": node["name"],
                                   "repositoryLocationName": node["location"]["name"]}
                     break
             else:
-                raise SubmitError(f"no code location at {self.url} has the asset job: {data}")
+                raise SubmitError(f"no code location at {self.url} has the {EMBED_CORPUS} job: {data}")
         return self._repo
 
     def partition_keys(self) -> list[str]:
@@ -99,7 +99,8 @@ class DagsterWebserver:
 
     def launch(self, asset_keys: Sequence[str], tags: dict[str, str]) -> SubmittedRun:
         params = {
-            "selector": {**self.repository(), "jobName": ASSET_JOB,
+            "selector": {**self.repository(),
+                         "jobName": SNAPSHOT_MODEL if list(asset_keys) == ["model_snapshot"] else EMBED_CORPUS,
                          "assetSelection": [{"path": [key]} for key in asset_keys]},
             "runConfigData": {},
             "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},

@@ -24,10 +24,10 @@ def main(queries: list[str]) -> int:
     instance_settings = Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml"
     if not instance_settings.exists():
         instance_settings.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(PROJECT / "dagster.yaml", instance_settings)
+        shutil.copy(PROJECT / "instance" / "dagster.yaml", instance_settings)
 
     from embedding_assets.backfill import main as backfill
-    from embedding_core.cli import search
+    from embedding_core.snapshot import load_snapshot_model
     from embedding_core.store import EmbeddingStore
 
     status = backfill([])
@@ -39,8 +39,12 @@ def main(queries: list[str]) -> int:
             "SELECT count(*), count(DISTINCT partition) FROM embeddings").fetchone()
     print(f"\nStore:   {store.root}\nCatalog: {store.catalog_label} "
           f"({rows} vectors in {partitions} partitions; views `embeddings`, `documents`)")
-    for query in queries:
-        snapshot, hits = search(store, query, top_k=3)
+    (snapshot,) = store.current_model_snapshots()
+    model = load_snapshot_model(snapshot)  # once, for every query
+    prompt_name = "query" if "query" in snapshot.prompts else None
+    vectors = model.encode(queries, prompt_name=prompt_name, show_progress_bar=False)
+    for query, vector in zip(queries, vectors, strict=True):
+        hits = store.search(vector, snapshot.model, top_k=3, similarity_fn=snapshot.similarity_fn)
         print(f"\nQuery: {query!r}  ({snapshot.model})")
         for hit in hits:
             print(f"  {hit.score:.3f}  [{hit.partition}] {' '.join((hit.text or '').split())[:110]}")

@@ -4,12 +4,15 @@ from dagster import AssetCheckSpec, AssetExecutionContext, DataVersion, Material
 
 from embedding_assets.checks import ENCODES_CHECK, encodes_canary
 from embedding_assets.metadata import snapshot_metadata
+from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
 
 
 @asset(
-    group_name="embeddings",
+    group_name="models",
     kinds={"pytorch", "duckdb"},
+    owners=ASSET_OWNERS,
+    tags=ASSET_TAGS,
     check_specs=[
         AssetCheckSpec(
             ENCODES_CHECK, asset="model_snapshot",

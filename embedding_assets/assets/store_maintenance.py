@@ -13,6 +13,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS
 from embedding_assets.resources import EmbeddingStoreResource
 
 
@@ -23,7 +24,7 @@ class MaintenanceConfig(Config):
     )
 
 
-@asset(group_name="maintenance", kinds={"duckdb"})
+@asset(group_name="maintenance", kinds={"duckdb"}, owners=ASSET_OWNERS, tags=ASSET_TAGS)
 def store_maintenance(
     context: AssetExecutionContext, config: MaintenanceConfig,
     embedding_store: EmbeddingStoreResource,

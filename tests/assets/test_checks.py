@@ -1,16 +1,18 @@
-"""The asset checks of `embeddings`: each passes on real materializations and fails on real
-vectors that break it."""
+"""The asset checks of `embeddings`: one result per partition, each passing on real
+materializations and failing on real vectors that break it; `unit_norm` is not evaluated where
+it does not apply."""
 
 import numpy as np
+from dagster import AssetKey, AssetSelection, materialize
 
 from embedding_assets.checks import (
     MIN_COSINE,
     SHARD_CHECKS,
     StoredShard,
     dim_problem,
+    embeddings_shard_checks,
     non_finite_problem,
     rows_match_corpus_problem,
-    shard_check_results,
     unit_norm_problem,
 )
 from embedding_assets.definitions import build_definitions
@@ -22,10 +24,15 @@ EMBEDDINGS_CHECKS = {"rows_match_corpus", "dim_matches_model", "vectors_finite",
                      "embeddings_match_model"}
 
 
-def embeddings_check_evaluations(results) -> dict:
-    evaluations = {e.check_name: e for result in results for e in result.get_asset_check_evaluations()
-                   if e.asset_key.path == ["embeddings"]}
-    assert set(evaluations) == EMBEDDINGS_CHECKS
+def embeddings_check_evaluations(results, checks=EMBEDDINGS_CHECKS) -> dict:
+    """(check name, partition) -> evaluation; every check reported once for every partition."""
+    evaluations = {}
+    for result in results:
+        for e in result.get_asset_check_evaluations():
+            if e.asset_key.path == ["embeddings"]:
+                assert (e.check_name, e.partition) not in evaluations
+                evaluations[e.check_name, e.partition] = e
+    assert set(evaluations) == {(name, shard) for name in checks for shard in SHARDS}
     return evaluations
 
 
@@ -42,14 +49,20 @@ def stored_shard(store, partition: str, params_from: EncoderResource) -> StoredS
 def test_every_embeddings_check_passes_on_normalized_truncated_vectors(tmp_path, landing, instance):
     encoder = EncoderResource(model_name=DEFAULT_MODEL_NAME, normalize_embeddings=True, truncate_dim=64)
     defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing), encoder=encoder)
-    evaluations = embeddings_check_evaluations(materialize_everything(defs, instance))
-    assert {name: e.passed for name, e in evaluations.items()} == dict.fromkeys(EMBEDDINGS_CHECKS, True)
+    results = materialize_everything(defs, instance)
+    # One run of the three shards (the backfill policy's chunk); each check reports each shard.
+    assert [r.dagster_run.job_name for r in results] == ["snapshot_model", "embed_corpus"]
+    evaluations = embeddings_check_evaluations(results)
+    assert all(e.passed for e in evaluations.values())
     for check in SHARD_CHECKS:
-        metadata = evaluations[check.name].metadata
-        assert (metadata["partitions_checked"].value, metadata["failures"].value) == (len(SHARDS), {})
-    spot = evaluations["embeddings_match_model"].metadata
+        metadata = evaluations[check.name, "python_docs.jsonl"].metadata
+        assert metadata["rows"].value == ROWS_PER_SHARD and "problem" not in metadata
+    spot = evaluations["embeddings_match_model", "stdlib_docstrings.txt"].metadata
     assert spot["threshold"].value == MIN_COSINE == 0.9999
-    assert spot["min_agreement"].value >= 0.9999 and spot["texts_compared"].value == 4 * len(SHARDS)
+    assert spot["min_agreement"].value >= 0.9999 and spot["texts_compared"].value == 4
+    # Each points at its own partition's materialization of this run.
+    run_id = results[1].run_id
+    assert {e.target_materialization_data.run_id for e in evaluations.values()} == {run_id}
 
     store = defs.resources["embedding_store"].open()
     _, vectors = store.read_embeddings(store.current_embedding_version("python_docs.jsonl", DEFAULT_MODEL_NAME))
@@ -61,11 +74,13 @@ def test_unit_norm_and_dim_checks_fail_on_real_vectors_that_break_them(tmp_path,
     # MiniLM ends in a Normalize module, so only truncation gives vectors off unit length.
     truncating = EncoderResource(model_name=DEFAULT_MODEL_NAME, truncate_dim=64)
     defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing), encoder=truncating)
-    evaluations = embeddings_check_evaluations(materialize_everything(defs, instance))
-    # normalize_embeddings is off: the unit-norm check applies to no partition and passes.
-    assert evaluations["unit_norm"].passed
-    assert (evaluations["unit_norm"].metadata["partitions_checked"].value,
-            evaluations["unit_norm"].metadata["not_applicable"].value) == (0, len(SHARDS))
+    results = materialize_everything(defs, instance)
+    # normalize_embeddings is off: unit_norm applies to no partition, so it is not evaluated
+    # (the UI shows it skipped, not "Succeeded"); the other checks report every partition.
+    embeddings_check_evaluations(results, EMBEDDINGS_CHECKS - {"unit_norm"})
+    logs = [e.message for e in instance.all_logs(results[1].run_id)]
+    assert any("unit_norm does not apply to python_docs.jsonl (float32, normalize_embeddings=False)"
+               in m for m in logs)
 
     store = defs.resources["embedding_store"].open()
     shard = stored_shard(store, "python_docs.jsonl", truncating)
@@ -81,17 +96,25 @@ def test_unit_norm_and_dim_checks_fail_on_real_vectors_that_break_them(tmp_path,
     # The same stored version judged against untruncated parameters: the dim check fails,
     # the others still pass.
     untruncated = stored_shard(store, "python_docs.jsonl", EncoderResource(model_name=DEFAULT_MODEL_NAME))
-    results = {r.check_name: r for r in shard_check_results([untruncated])}
-    assert {name: r.passed for name, r in results.items()} == {
-        "rows_match_corpus": True, "dim_matches_model": False, "vectors_finite": True, "unit_norm": True}
-    assert results["dim_matches_model"].metadata["failures"].value == {
-        "python_docs.jsonl": "catalog records dim 64, the model snapshot gives 384"}
+    assert {check.name: check.find_problem(untruncated) for check in SHARD_CHECKS} == {
+        "rows_match_corpus": None, "dim_matches_model": "catalog records dim 64, the model snapshot gives 384",
+        "vectors_finite": None, "unit_norm": unit_norm_problem(untruncated.vectors, untruncated.ids)}
     assert dim_problem(shard.vectors, 384, "float32", 384) == (
         f"vectors have shape ({ROWS_PER_SHARD}, 64); dim 384 at float32 needs 384 values per row")
 
 
 def test_rows_and_finite_checks_name_what_is_wrong(tmp_path, landing, defs, instance):
     materialize_everything(defs, instance)
+    # The stored-data checks re-run alone (the UI's Execute on a check): no materialization.
+    before = instance.get_latest_materialization_event(AssetKey("embeddings"))
+    rerun = materialize([*defs.assets, *defs.asset_checks], instance=instance, resources=defs.resources,
+                        selection=AssetSelection.checks(embeddings_shard_checks),
+                        tags={"dagster/asset_partition_range_start": "python_docs.jsonl",
+                              "dagster/asset_partition_range_end": "python_docs.jsonl"})
+    assert rerun.get_asset_materialization_events() == []
+    assert instance.get_latest_materialization_event(AssetKey("embeddings")) == before
+    assert sorted((e.check_name, e.partition, e.passed) for e in rerun.get_asset_check_evaluations()) == [
+        (name, "python_docs.jsonl", True) for name in ("dim_matches_model", "rows_match_corpus", "vectors_finite")]
     store = defs.resources["embedding_store"].open()
     shard = stored_shard(store, "python_docs.jsonl", defs.resources["encoder"])
     assert rows_match_corpus_problem(shard.ids, shard.corpus_ids) is None
@@ -112,9 +135,10 @@ def test_binary_vectors_of_a_dim_not_divisible_by_8_take_ceil_dim_over_8_bytes(t
     precision = "binary"
     encoder = EncoderResource(model_name=DEFAULT_MODEL_NAME, precision=precision, truncate_dim=100)
     defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing), encoder=encoder)
-    evaluations = embeddings_check_evaluations(materialize_everything(defs, instance))
+    evaluations = embeddings_check_evaluations(materialize_everything(defs, instance),
+                                               EMBEDDINGS_CHECKS - {"unit_norm"})
     assert all(e.passed for e in evaluations.values())
-    assert evaluations["embeddings_match_model"].metadata["threshold"].value == 0.98
+    assert evaluations["embeddings_match_model", "python_docs.jsonl"].metadata["threshold"].value == 0.98
 
     store = defs.resources["embedding_store"].open()
     version = store.current_embedding_version("python_docs.jsonl", DEFAULT_MODEL_NAME, dtype="int8")

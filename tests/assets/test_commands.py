@@ -19,7 +19,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 def command_env(tmp_path) -> dict:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT / "instance" / "dagster.yaml", home / "dagster.yaml")
     return {**os.environ, "DAGSTER_HOME": str(home), "EMBEDDING_STORE_ROOT": str(tmp_path / "store"),
             "EMBEDDING_LANDING_DIR": str(write_sample_slice(tmp_path / "landing", rows=6))}
 
@@ -70,8 +70,32 @@ def test_definitions_validate_loads_the_workspace(command_env):
                   "-w", "workspace.yaml"], command_env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    assert "Validation successful for code location embeddings." in output
+    assert "Validation successful for code location embedding_pipeline." in output
     assert "All code locations passed validation." in output
+
+
+def test_dg_check_and_list_defs_load_the_project(command_env):
+    """`dg` finds the project through [tool.dg] in pyproject.toml (what `make test` and
+    `make dev` use); no instance file in the project root is needed or picked up."""
+    env = {**command_env, "PATH": f"{Path(sys.executable).parent}:{command_env.get('PATH', '')}",
+           "PYTHONPATH": str(PROJECT)}
+    dg = str(Path(sys.executable).with_name("dg"))
+    check = run([dg, "check", "defs"], env)
+    assert check.returncode == 0, (check.stdout + check.stderr)[-3000:]
+    assert "All definitions loaded successfully." in check.stdout + check.stderr
+    assert not (PROJECT / "dagster.yaml").exists()
+
+    listed = run([dg, "list", "defs", "--json"], env)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    defs = json.loads(listed.stdout)
+    assert {a["asset_key"]: a["group_name"] for a in defs["assets"]} == {
+        "corpus": "ingest", "model_snapshot": "models", "embeddings": "vectors",
+        "store_maintenance": "maintenance"}
+    assert all(a["owners"] == [{"team": "search-platform"}] for a in defs["assets"])
+    assert sorted(j["name"] for j in defs["jobs"]) == [
+        "embed_corpus", "snapshot_model", "store_maintenance_job", "verify_embeddings"]
+    assert sorted(s["name"] for s in defs["sensors"]) == [
+        "corpus_landing_sensor", "embeddings_automation", "model_revision_sensor"]
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """`dagster dev` end to end: webserver + daemon on a free port and a temporary DAGSTER_HOME,
 the asset graph over GraphQL, and queued materializations that the daemon runs."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import pytest
 from tests.assets.conftest import write_sample_slice
 
 PROJECT = Path(__file__).resolve().parents[2]
-REPOSITORY = {"repositoryLocationName": "embeddings", "repositoryName": "__repository__"}
+REPOSITORY = {"repositoryLocationName": "embedding_pipeline", "repositoryName": "__repository__"}
 
 
 def free_port() -> int:
@@ -42,12 +43,14 @@ class GraphQL:
         return body["data"]
 
     def launch(self, asset: str, partition: str | None = None) -> str:
+        """A run of the named job that holds `asset`, for `asset` alone."""
         tags = [{"key": "dagster/partition", "value": partition}] if partition else []
+        job = "snapshot_model" if asset == "model_snapshot" else "embed_corpus"
         data = self(
             """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
                  __typename ... on LaunchRunSuccess { run { runId } }
                  ... on PythonError { message } ... on InvalidSubsetError { message } } }""",
-            params={"selector": {**REPOSITORY, "jobName": "__ASSET_JOB",
+            params={"selector": {**REPOSITORY, "jobName": job,
                                  "assetSelection": [{"path": [asset]}]},
                     "executionMetadata": {"tags": tags}},
         )["launchRun"]
@@ -65,27 +68,29 @@ class GraphQL:
         raise AssertionError(f"run {run_id} still not finished after {timeout_s} s")
 
 
-@pytest.fixture
-def dagster_dev(tmp_path):
-    """`dagster dev` in its own process group, killed (the whole group) whatever happens."""
+@contextlib.contextmanager
+def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None):
+    """`command` (dagster dev / dg dev, given `-h 127.0.0.1 -p PORT` at the end) with a fresh
+    DAGSTER_HOME, store and landing folder under `tmp_path`, in its own process group, killed
+    (the whole group) whatever happens. Yields (GraphQL client, port)."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT / "instance" / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
            "EMBEDDING_STORE_ROOT": str(tmp_path / "store"),
-           "EMBEDDING_LANDING_DIR": str(write_sample_slice(tmp_path / "landing", rows=4))}
-    log = open(tmp_path / "dagster_dev.log", "wb")
+           "EMBEDDING_LANDING_DIR": str(landing or write_sample_slice(tmp_path / "landing", rows=4))}
+    log = open(tmp_path / "dev_server.log", "wb")
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "dev", "-w", "workspace.yaml",
-         "-h", "127.0.0.1", "-p", str(port)],
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
         cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         graphql = GraphQL(port)
         deadline = time.monotonic() + 180
         while True:
-            assert process.poll() is None, (tmp_path / "dagster_dev.log").read_text()[-3000:]
+            assert process.poll() is None, (tmp_path / "dev_server.log").read_text()[-3000:]
             try:
                 if graphql("{ version }")["version"]:
                     break
@@ -93,7 +98,11 @@ def dagster_dev(tmp_path):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
-        yield graphql, tmp_path
+        # The code location loads in its own process; wait until its asset nodes appear.
+        while not graphql("{ assetNodes { id } }")["assetNodes"]:
+            assert time.monotonic() < deadline, "the code location never loaded"
+            time.sleep(1)
+        yield graphql, port
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -104,30 +113,69 @@ def dagster_dev(tmp_path):
         log.close()
 
 
+@pytest.fixture
+def dagster_dev(tmp_path):
+    """Plain `dagster dev -w workspace.yaml` (what works without dg)."""
+    with dev_server(tmp_path, [str(Path(sys.executable).with_name("dagster")), "dev",
+                               "-w", "workspace.yaml"]) as (graphql, _):
+        yield graphql, tmp_path
+
+
+CHECK_STATUSES = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
+    assetChecksOrError { ... on AssetChecks { checks { name partitionStatuses {
+      ... on AssetCheckDefaultPartitionStatuses { succeededPartitions failedPartitions } } } } } } } }"""
+
+
+def check_statuses(graphql: GraphQL, asset: str) -> dict[str, tuple[list[str], list[str]]]:
+    """Check name -> (succeeded partitions, failed partitions), as the UI colours them."""
+    checks = graphql(CHECK_STATUSES, key={"path": [asset]})["assetNodeOrError"]["assetChecksOrError"]["checks"]
+    return {c["name"]: (sorted(c["partitionStatuses"]["succeededPartitions"]),
+                        sorted(c["partitionStatuses"]["failedPartitions"])) for c in checks}
+
+
 @pytest.mark.slow
 def test_dagster_dev_serves_the_graph_and_runs_queued_materializations(dagster_dev):
     graphql, tmp_path = dagster_dev
-    # The code location loads in its own process; poll until its asset nodes appear.
-    deadline = time.monotonic() + 120
-    while not (nodes := graphql("{ assetNodes { assetKey { path } dependencyKeys { path } } }")["assetNodes"]):
-        assert time.monotonic() < deadline, "the code location never loaded"
-        time.sleep(1)
-    graph = {node["assetKey"]["path"][0]: sorted(dep["path"][0] for dep in node["dependencyKeys"])
+    nodes = graphql("{ assetNodes { assetKey { path } dependencyKeys { path } groupName } }")["assetNodes"]
+    graph = {node["assetKey"]["path"][0]: (node["groupName"], sorted(dep["path"][0] for dep in node["dependencyKeys"]))
              for node in nodes}
-    assert graph == {"corpus": [], "model_snapshot": [], "embeddings": ["corpus", "model_snapshot"],
-                     "store_maintenance": []}
+    assert graph == {"corpus": ("ingest", []), "model_snapshot": ("models", []),
+                     "embeddings": ("vectors", ["corpus", "model_snapshot"]),
+                     "store_maintenance": ("maintenance", [])}
 
-    added = graphql(
-        """mutation($repo: RepositorySelector!) {
-             addDynamicPartition(repositorySelector: $repo, partitionsDefName: "corpus_shards",
-                                 partitionKey: "python_docs.jsonl") { __typename } }""",
-        repo=REPOSITORY,
-    )["addDynamicPartition"]
-    assert added["__typename"] == "AddDynamicPartitionSuccess"
+    # A second landing file with rejected rows: its rows_valid check fails, the other's passes.
+    landing = tmp_path / "landing"
+    (landing / "messy.jsonl").write_text('{"id": "m1", "text": "Fine."}\n{"text": "no id"}\n')
+    for key in ("python_docs.jsonl", "messy.jsonl"):
+        added = graphql(
+            """mutation($repo: RepositorySelector!, $key: String!) {
+                 addDynamicPartition(repositorySelector: $repo, partitionsDefName: "corpus_shards",
+                                     partitionKey: $key) { __typename } }""",
+            repo=REPOSITORY, key=key)["addDynamicPartition"]
+        assert added["__typename"] == "AddDynamicPartitionSuccess"
 
     assert graphql.wait_for_run(graphql.launch("model_snapshot"), timeout_s=300) == "SUCCESS"
     assert graphql.wait_for_run(graphql.launch("corpus", "python_docs.jsonl"), timeout_s=300) == "SUCCESS"
     assert graphql.wait_for_run(graphql.launch("embeddings", "python_docs.jsonl"), timeout_s=300) == "SUCCESS"
+    assert graphql.wait_for_run(graphql.launch("corpus", "messy.jsonl"), timeout_s=300) == "SUCCESS"
+    runs = graphql("{ runsOrError { ... on Runs { results { jobName } } } }")["runsOrError"]["results"]
+    assert sorted(run["jobName"] for run in runs) == ["embed_corpus"] * 3 + ["snapshot_model"]
+
+    assert check_statuses(graphql, "corpus") == {"rows_valid": (["python_docs.jsonl"], ["messy.jsonl"])}
+    embeddings_checks = check_statuses(graphql, "embeddings")
+    assert embeddings_checks["rows_match_corpus"] == (["python_docs.jsonl"], [])
+    assert embeddings_checks["embeddings_match_model"] == (["python_docs.jsonl"], [])
+    # MiniLM's vectors are not normalized by this pipeline (EMBEDDING_NORMALIZE unset): not green.
+    assert embeddings_checks["unit_norm"] == ([], [])
+
+    # The bad partition deleted: it no longer colours the asset's checks.
+    deleted = graphql(
+        """mutation($repo: RepositorySelector!) {
+             deleteDynamicPartitions(repositorySelector: $repo, partitionsDefName: "corpus_shards",
+                                     partitionKeys: ["messy.jsonl"]) { __typename } }""",
+        repo=REPOSITORY)["deleteDynamicPartitions"]
+    assert deleted["__typename"] == "DeleteDynamicPartitionsSuccess"
+    assert check_statuses(graphql, "corpus") == {"rows_valid": (["python_docs.jsonl"], [])}
 
     from embedding_core.store import EmbeddingStore
 

@@ -1,30 +1,82 @@
-"""The one Definitions object: the lineage graph, checks, automation, policies, resources."""
+"""The one Definitions object: the lineage graph, checks, jobs, automation, policies, resources,
+and what the UI labels them with."""
+
+import subprocess
+import sys
 
 from dagster import AssetKey
 from dagster._core.definitions.backfill_policy import BackfillPolicyType
 
 from embedding_assets.definitions import definitions_from_env
 from embedding_assets.partitions import MAX_PARTITIONS_PER_RUN
+from tests.assets.test_dagster_dev import PROJECT
 
 
-def test_definitions_hold_the_lineage_graph_checks_automation_and_policies():
+def test_definitions_hold_the_lineage_graph_checks_jobs_automation_and_policies():
     defs = definitions_from_env({"EMBEDDING_STORE_ROOT": "/tmp/unused-store",
                                  "EMBEDDING_TARGET_DEVICES": "cuda:0,cuda:1",
                                  "EMBEDDING_NORMALIZE": "true"})
     graph = defs.resolve_asset_graph()
     assert graph.get(AssetKey("embeddings")).parent_keys == {AssetKey("corpus"), AssetKey("model_snapshot")}
-    assert {key.name for key in graph.asset_check_keys} == {
-        "rows_valid", "encodes_canary", "rows_match_corpus", "dim_matches_model", "vectors_finite",
-        "unit_norm", "embeddings_match_model"}
+    # Location, groups and assets have distinct names (the location is embedding_pipeline).
+    assert {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()} == {
+        "corpus": "ingest", "model_snapshot": "models", "embeddings": "vectors",
+        "store_maintenance": "maintenance"}
+    checks = {key.name: key for key in graph.asset_check_keys}
+    assert set(checks) == {"rows_valid", "encodes_canary", "rows_match_corpus", "dim_matches_model",
+                           "vectors_finite", "unit_norm", "embeddings_match_model"}
+    partitioned = {name for name, key in checks.items()
+                   if graph.get(key).partitions_def is not None}
+    assert partitioned == set(checks) - {"encodes_canary"}
     for key in ("corpus", "embeddings"):
         node = graph.get(AssetKey(key))
         assert node.partitions_def.name == "corpus_shards"
         assert node.backfill_policy.policy_type == BackfillPolicyType.MULTI_RUN
         assert node.backfill_policy.max_partitions_per_run == MAX_PARTITIONS_PER_RUN
+        assert node.owners == ["team:search-platform"] and node.tags["domain"] == "semantic-search"
+        assert graph.get(AssetKey(key)).metadata["dagster/code_references"].code_references[0].file_path.endswith(
+            f"embedding_assets/assets/{key}.py")
     # No store-wide lock: N workers encode and commit N shards at once.
     assert all(not graph.get(AssetKey(key)).pools for key in ("corpus", "model_snapshot", "embeddings"))
-    assert sorted(s.name for s in defs.sensors) == ["corpus_landing_sensor", "model_revision_sensor"]
-    assert sorted(s.name for s in defs.schedules) == ["refresh_stale_embeddings", "weekly_store_maintenance"]
+    jobs = {job.name: job for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
+    assert sorted(jobs) == ["embed_corpus", "snapshot_model", "store_maintenance_job", "verify_embeddings"]
+    assert jobs["embed_corpus"].asset_layer.executable_asset_keys == {AssetKey("corpus"), AssetKey("embeddings")}
+    assert jobs["embed_corpus"].partitions_def.name == "corpus_shards"
+    assert {key.name for key in jobs["embed_corpus"].asset_layer.asset_graph.asset_check_keys} >= {
+        "rows_valid", "rows_match_corpus", "embeddings_match_model"}
+    assert jobs["snapshot_model"].asset_layer.executable_asset_keys == {AssetKey("model_snapshot")}
+    assert sorted(s.name for s in defs.sensors) == [
+        "corpus_landing_sensor", "embeddings_automation", "model_revision_sensor"]
+    assert sorted(s.name for s in defs.schedules) == ["verify_embeddings_sweep", "weekly_store_maintenance"]
+    assert graph.get(AssetKey("embeddings")).automation_condition.get_label() == (
+        "missing, new model revision or new code_version")
     encoder = defs.resources["encoder"]
     assert (encoder.target_devices, encoder.normalize_embeddings) == (["cuda:0", "cuda:1"], True)
     assert defs.resources["embedding_store"].root == "/tmp/unused-store"
+
+
+def test_encoder_settings_that_change_the_vectors_change_the_code_version():
+    def code_version(**env):
+        defs = definitions_from_env({"EMBEDDING_STORE_ROOT": "/tmp/unused-store", **env})
+        return defs.resolve_asset_graph().get(AssetKey("embeddings")).code_version
+
+    base = code_version()
+    assert base.startswith("1-")
+    assert code_version(EMBEDDING_BATCH_SIZE="64") == base  # how, not what, is encoded
+    assert len({base, code_version(EMBEDDING_PRECISION="binary"), code_version(EMBEDDING_NORMALIZE="1")}) == 3
+
+
+def test_loading_the_code_location_prints_no_warning(tmp_path):
+    """What `dg dev`/`dagster dev` print when they load the location: no BetaWarning or other
+    warning from this project's definitions (the pytest filter does not apply here)."""
+    probe = subprocess.run(
+        [sys.executable, "-W", "default", "-c",
+         "from embedding_assets.definitions import defs\n"
+         "defs.resolve_asset_graph(); defs.resolve_all_job_defs(); print('loaded')"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=300,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT), "HF_HUB_OFFLINE": "1",
+             "EMBEDDING_STORE_ROOT": str(tmp_path / "store")},
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "loaded"
+    assert "Warning" not in probe.stderr, probe.stderr

@@ -51,7 +51,8 @@ def test_whole_graph_stores_vectors_equal_to_sentence_transformers(defs, instanc
 def test_materializations_carry_rows_revision_dim_throughput_path_and_preview(defs, instance):
     materialize_everything(defs, instance)
     store = defs.resources["embedding_store"].open()
-    revision = store.current_model_snapshot(DEFAULT_MODEL_NAME).revision
+    snapshot = store.current_model_snapshot(DEFAULT_MODEL_NAME)
+    revision = snapshot.revision
 
     snapshot_event = latest_materialization(instance, "model_snapshot")
     assert snapshot_event.metadata["revision"].value == revision
@@ -59,21 +60,37 @@ def test_materializations_carry_rows_revision_dim_throughput_path_and_preview(de
     assert snapshot_event.metadata["pooling"].value == "mean"
     assert snapshot_event.tags["dagster/data_version"] == revision
 
+    assert "prompts" not in snapshot_event.metadata  # the model has none: no empty {} shown
+    assert snapshot_event.metadata["dagster/uri"].value == snapshot.path
+
     corpus_event = latest_materialization(instance, "corpus", "python_docs.jsonl")
-    assert corpus_event.metadata["rows"].value == ROWS_PER_SHARD
+    assert corpus_event.metadata["dagster/row_count"].value == ROWS_PER_SHARD
+    assert [c.name for c in corpus_event.metadata["dagster/column_schema"].value.columns] == [
+        "id", "text", "text_sha256"]
+    assert "rejected_by_reason" not in corpus_event.metadata  # nothing rejected: no empty {}
+    corpus_preview = corpus_event.metadata["preview"].value
+    first_id = store.read_corpus(store.corpus_version("python_docs.jsonl")).column("id")[0].as_py()
+    assert corpus_preview.records[0].data["id"] == first_id and len(corpus_preview.records) == 5
     assert corpus_event.metadata["corpus_version"].value == store.corpus_version("python_docs.jsonl").corpus_version
 
     event = latest_materialization(instance, "embeddings", "stdlib_docstrings.txt")
     metadata = {key: value.value for key, value in event.metadata.items()}
     version = store.current_embedding_version("stdlib_docstrings.txt", DEFAULT_MODEL_NAME)
-    assert metadata["rows"] == metadata["encoded_rows"] == ROWS_PER_SHARD
-    assert (metadata["revision"], metadata["dim"], metadata["dtype"]) == (revision, 384, "float32")
-    assert metadata["lake_snapshot"] == version.snapshot_id
-    assert metadata["catalog"] == store.catalog_label and metadata["store"] == store.root
-    assert metadata["bytes"] == version.bytes > ROWS_PER_SHARD * 384 * 4
+    assert metadata["dagster/row_count"] == metadata["encoded_rows"] == ROWS_PER_SHARD
+    assert [(c.name, c.type) for c in metadata["dagster/column_schema"].columns] == [
+        ("id", "string"), ("text_sha256", "string"), ("embedding", "float32[384]")]
+    assert metadata["dagster/uri"] == store.root
+    assert (metadata["revision"], metadata["dim"], metadata["dtype"]) == (revision, "384", "float32")
+    # Identifiers are text: the UI plots numbers over time, which means nothing for them.
+    assert metadata["lake_snapshot"] == str(version.snapshot_id)
+    assert metadata["catalog"] == store.catalog_label
+    assert version.bytes > ROWS_PER_SHARD * 384 * 4
+    assert metadata["size"] == f"{version.bytes / 1024:.1f} KiB"
     assert len(store.read_embeddings(version)[1]) == ROWS_PER_SHARD
     assert metadata["sentences_per_second"] > 0
-    assert "| stdlib_docstrings:1 |" in metadata["preview"]
+    assert metadata["encode_seconds"] > 0
+    assert metadata["preview"].records[0].data["id"] == "stdlib_docstrings:1"
+    assert abs(metadata["preview"].records[0].data["norm"] - 1.0) < 1e-3
 
 
 def test_rematerializing_unchanged_inputs_encodes_nothing(defs, instance):
@@ -84,6 +101,8 @@ def test_rematerializing_unchanged_inputs_encodes_nothing(defs, instance):
     assert [v.version_id for v in store.embedding_versions()] == before
     event = latest_materialization(instance, "embeddings", "python_docs.jsonl")
     assert (event.metadata["encoded_rows"].value, event.metadata["new_version"].value) == (0, False)
+    # Nothing encoded: no throughput at all rather than null/0 (which erased the UI's plot).
+    assert "sentences_per_second" not in event.metadata and "encode_seconds" not in event.metadata
 
 
 def test_single_partition_run_sets_content_data_versions(defs, instance):
@@ -171,14 +190,16 @@ def test_rejected_rows_are_counted_and_the_warning_check_fails(tmp_path, instanc
     result = materialize([*defs.assets], instance=instance, resources=defs.resources,
                          selection=[AssetKey("corpus")], partition_key="messy.jsonl")
     event = latest_materialization(instance, "corpus", "messy.jsonl")
-    assert event.metadata["rows"].value == 2
+    assert event.metadata["dagster/row_count"].value == 2
     assert event.metadata["rejected_by_reason"].value == {
         "empty_text": 1, "invalid_json": 1, "missing_id": 1, "non_text": 1}
     store = defs.resources["embedding_store"].open()
     stored = store.read_corpus(store.corpus_version("messy.jsonl"))
     assert stored.column("id").to_pylist() == ["a", "c"]
     (check,) = result.get_asset_check_evaluations()
-    assert (check.check_name, check.passed, check.severity) == ("rows_valid", False, AssetCheckSeverity.WARN)
+    assert (check.check_name, check.partition, check.passed, check.severity) == (
+        "rows_valid", "messy.jsonl", False, AssetCheckSeverity.WARN)
+    assert check.metadata["rejected_rows"].value == 4
     warnings = [e.message for e in instance.all_logs(result.run_id) if e.level == 30]
     assert any("messy.jsonl line 2: missing_id" in message for message in warnings)
     assert any("messy.jsonl line 6: non_text (id 'd')" in message for message in warnings)
@@ -253,11 +274,17 @@ def test_model_check_fails_when_stored_vectors_are_not_the_models(defs, instance
         EmbeddingParams(max_seq_length=snapshot.max_seq_length),
         lambda texts: np.random.default_rng(0).standard_normal((len(texts), 384), dtype=np.float32),
     )
+    # The spot check alone (as the UI's "Execute" on the check does), for two partitions.
     result = materialize([*defs.assets, *defs.asset_checks], instance=instance, resources=defs.resources,
-                         selection=AssetSelection.checks(embeddings_match_model))
-    (evaluation,) = result.get_asset_check_evaluations()
-    assert evaluation.check_name == "embeddings_match_model" and not evaluation.passed
-    assert evaluation.metadata["min_agreement"].value < 0.5
+                         selection=AssetSelection.checks(embeddings_match_model),
+                         tags={"dagster/asset_partition_range_start": "package_summaries.csv",
+                               "dagster/asset_partition_range_end": "python_docs.jsonl"})
+    evaluations = {e.partition: e for e in result.get_asset_check_evaluations()}
+    assert {p: e.passed for p, e in evaluations.items()} == {
+        "package_summaries.csv": True, "python_docs.jsonl": False}
+    assert evaluations["python_docs.jsonl"].metadata["min_agreement"].value < 0.5
+    assert evaluations["python_docs.jsonl"].metadata["worst_id"].value.startswith("edited-")
+    assert evaluations["package_summaries.csv"].metadata["texts_compared"].value == 4
 
 
 @pytest.mark.slow
@@ -302,6 +329,6 @@ def test_empty_shards_store_empty_versions_with_a_warning_and_the_others_are_sto
     assert any("empty.jsonl has no usable row; an empty corpus version is stored" in m for m in warnings)
     assert any("all_rejected.jsonl: the corpus shard has no rows; an empty embeddings version" in m
                for m in warnings)
-    checks = {c.check_name: c.passed for r in results for c in r.get_asset_check_evaluations()
+    checks = {(c.check_name, c.partition): c.passed for r in results for c in r.get_asset_check_evaluations()
               if c.asset_key == AssetKey("embeddings")}
     assert checks and all(checks.values()), checks

@@ -1,34 +1,72 @@
-"""The schedule: one run per stale partition, against a real store."""
+"""Automation: the embeddings AutomationCondition (what the nightly schedule used to compute by
+hand) and the weekly spot-check sweep, against a real store and instance."""
 
 import json
 
-from dagster import AssetKey, DagsterInstance, build_schedule_context
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    build_schedule_context,
+    evaluate_automation_conditions,
+)
 
 from embedding_assets.backfill import materialize_selection, register_landing_partitions
-from embedding_assets.schedules import refresh_stale_embeddings
-from embedding_core.hub import DEFAULT_MODEL_NAME
-from tests.assets.conftest import materialize_everything
+from embedding_assets.definitions import build_definitions
+from embedding_assets.resources import EncoderResource
+from embedding_assets.schedules import verify_embeddings_sweep
+from tests.assets.conftest import SHARDS, materialize_everything
+from tests.assets.test_pipeline import local_model_copy
 
 
-def evaluate_schedule(defs, instance: DagsterInstance):
-    # The context opens its own instance from the ref; leaving the block closes it (and resets
-    # Dagster's current defs-state storage) now, not when garbage collection gets to it.
-    with build_schedule_context(instance=instance, resources=defs.resources) as context:
-        return refresh_stale_embeddings(context)
+def requested(result) -> list[str]:
+    """The embeddings partitions an automation tick requests."""
+    return sorted(result.get_requested_partitions(AssetKey("embeddings")))
 
 
-def test_schedule_requests_exactly_the_stale_partitions(defs, landing, instance):
-    assert "no model snapshot" in evaluate_schedule(defs, instance).skip_message
-
+def test_automation_reembeds_on_a_new_revision_or_missing_partition_not_on_an_unchanged_one(
+        tmp_path, landing, instance: DagsterInstance):
+    model_dir = local_model_copy(tmp_path / "model")
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing),
+                             encoder=EncoderResource(model_name=str(model_dir)))
     materialize_everything(defs, instance)
-    assert "all embeddings are current" in evaluate_schedule(defs, instance).skip_message
+    tick = evaluate_automation_conditions(defs, instance)
+    assert requested(tick) == []
 
-    with open(landing / "python_docs.jsonl", "a", encoding="utf-8") as appended:
-        appended.write(json.dumps({"id": "extra", "text": "One more paragraph."}) + "\n")
+    # The same revision materialized again: same data version, nothing to do.
+    assert materialize_selection(defs, instance, [AssetKey("model_snapshot")])[0].success
+    tick = evaluate_automation_conditions(defs, instance, cursor=tick.cursor)
+    assert requested(tick) == []
+
+    # A new revision of the model: every partition is re-embedded.
+    (model_dir / "NOTES.md").write_text("a new file: a new content revision\n")
+    assert materialize_selection(defs, instance, [AssetKey("model_snapshot")])[0].success
+    tick = evaluate_automation_conditions(defs, instance, cursor=tick.cursor)
+    assert requested(tick) == sorted(SHARDS)
     keys = register_landing_partitions(defs, instance)
-    assert materialize_selection(defs, instance, [AssetKey("corpus")], keys)[0].success
-    requests = evaluate_schedule(defs, instance)
-    assert [r.partition_key for r in requests] == ["python_docs.jsonl"]
-    store = defs.resources["embedding_store"].open()
-    snapshot = store.current_model_snapshot(DEFAULT_MODEL_NAME)
-    assert requests[0].run_key.startswith(f"python_docs.jsonl:{snapshot.revision}:")
+    assert all(r.success for r in materialize_selection(defs, instance, [AssetKey("embeddings")], keys))
+    tick = evaluate_automation_conditions(defs, instance, cursor=tick.cursor)
+    assert requested(tick) == []
+
+    # A new landing file whose corpus was ingested alone: its embeddings are missing.
+    (landing / "new_batch.jsonl").write_text(json.dumps({"id": "n1", "text": "A new text."}) + "\n")
+    register_landing_partitions(defs, instance)
+    tick = evaluate_automation_conditions(defs, instance, cursor=tick.cursor)
+    assert requested(tick) == []  # its corpus is missing too: wait for it
+    assert materialize_selection(defs, instance, [AssetKey("corpus")], ["new_batch.jsonl"])[0].success
+    tick = evaluate_automation_conditions(defs, instance, cursor=tick.cursor)
+    assert requested(tick) == ["new_batch.jsonl"]
+
+
+def test_weekly_sweep_runs_the_spot_check_over_every_partition(defs, instance):
+    with build_schedule_context(instance=instance) as context:
+        assert verify_embeddings_sweep(context).skip_message == "no corpus partitions yet"
+    materialize_everything(defs, instance)
+    with build_schedule_context(instance=instance) as context:
+        request = verify_embeddings_sweep(context)
+    assert (request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"]) == (SHARDS[0], SHARDS[-1])
+    result = defs.resolve_job_def("verify_embeddings").execute_in_process(
+        instance=instance, tags=request.tags)
+    evaluations = result.get_asset_check_evaluations()
+    assert sorted((e.check_name, e.partition, e.passed) for e in evaluations) == [
+        ("embeddings_match_model", shard, True) for shard in SHARDS]

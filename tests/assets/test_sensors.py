@@ -1,6 +1,7 @@
 """The sensors: new landing files, and a new revision of the model, against real stores."""
 
 import json
+import os
 import re
 
 import pytest
@@ -20,7 +21,7 @@ from embedding_assets.resources import EncoderResource
 from embedding_assets.sensors import corpus_landing_sensor, model_revision_sensor
 from embedding_core.landing import PartitionKeyCollisionError
 from embedding_core.store import ModelSnapshot
-from tests.assets.conftest import SHARDS
+from tests.assets.conftest import SHARDS, materialize_everything
 
 
 def evaluate_landing_sensor(defs, instance: DagsterInstance, cursor: str | None):
@@ -31,18 +32,17 @@ def evaluate_landing_sensor(defs, instance: DagsterInstance, cursor: str | None)
         return corpus_landing_sensor(context)
 
 
-def test_landing_sensor_adds_partitions_and_requests_only_new_or_changed_files(defs, landing, instance):
-    # No model snapshot yet: the sensor asks for one and leaves the files for later.
+def test_landing_sensor_adds_partitions_and_requests_only_new_or_changed_content(defs, landing, instance):
+    # No model snapshot yet: the sensor asks for one (the snapshot_model job) and leaves the files.
     first = evaluate_landing_sensor(defs, instance, None)
-    assert [(r.asset_selection, r.partition_key) for r in first.run_requests] == [
-        ([AssetKey("model_snapshot")], None)]
+    assert [(r.job_name, r.partition_key) for r in first.run_requests] == [("snapshot_model", None)]
     assert first.cursor is None
 
     materialize_selection(defs, instance, [AssetKey("model_snapshot")])
     second = evaluate_landing_sensor(defs, instance, None)
     assert isinstance(second, SensorResult)
     assert [r.partition_key for r in second.run_requests] == list(SHARDS)
-    assert all(r.asset_selection == [AssetKey("corpus"), AssetKey("embeddings")] for r in second.run_requests)
+    assert all(r.job_name == "embed_corpus" for r in second.run_requests)
     (add_request,) = second.dynamic_partitions_requests
     assert list(add_request.partition_keys) == list(SHARDS)
 
@@ -50,13 +50,38 @@ def test_landing_sensor_adds_partitions_and_requests_only_new_or_changed_files(d
     quiet = evaluate_landing_sensor(defs, instance, second.cursor)
     assert isinstance(quiet, SkipReason) and "no new or changed files among 3" in quiet.skip_message
 
+    # `touch`: a new modification time, the same content: nothing runs.
+    os.utime(landing / "python_docs.jsonl", (1e9, 1e9))
+    touched = evaluate_landing_sensor(defs, instance, second.cursor)
+    assert touched.run_requests == [] and touched.cursor != second.cursor
+
     (landing / "new_batch.jsonl").write_text(json.dumps({"id": "n1", "text": "A new text."}) + "\n")
     with open(landing / "python_docs.jsonl", "a", encoding="utf-8") as appended:
         appended.write(json.dumps({"id": "extra", "text": "One more paragraph."}) + "\n")
-    third = evaluate_landing_sensor(defs, instance, second.cursor)
+    third = evaluate_landing_sensor(defs, instance, touched.cursor)
     assert [r.partition_key for r in third.run_requests] == ["new_batch.jsonl", "python_docs.jsonl"]
     assert list(third.dynamic_partitions_requests[0].partition_keys) == ["new_batch.jsonl"]
     assert len({r.run_key for r in [*second.run_requests, *third.run_requests]}) == 5
+
+
+def test_landing_sensor_first_tick_after_a_backfill_runs_nothing(defs, landing, instance):
+    """`make demo` then `make dev`: the files the catalog already holds with the same content
+    do not run again on the sensor's first tick (its cursor is seeded from the catalog)."""
+    materialize_everything(defs, instance)
+    first = evaluate_landing_sensor(defs, instance, None)
+    assert first.run_requests == [] and first.dynamic_partitions_requests == []
+    assert sorted(json.loads(first.cursor)) == sorted(SHARDS)
+    store = defs.resources["embedding_store"].open()
+    assert json.loads(first.cursor)["python_docs.jsonl"][1] == store.corpus_version("python_docs.jsonl").corpus_version
+
+    # A file rewritten with the same records (a new mtime and inode) still runs nothing; an
+    # edited one runs, alone.
+    (landing / "package_summaries.csv").write_bytes((landing / "package_summaries.csv").read_bytes())
+    lines = (landing / "python_docs.jsonl").read_text().splitlines(keepends=True)
+    (landing / "python_docs.jsonl").write_text("".join(lines[:-1]))
+    os.utime(landing / "package_summaries.csv", (2e9, 2e9))
+    second = evaluate_landing_sensor(defs, instance, first.cursor)
+    assert [(r.job_name, r.partition_key) for r in second.run_requests] == [("embed_corpus", "python_docs.jsonl")]
 
 
 def test_model_revision_sensor_is_quiet_offline_for_hub_models(tmp_path, instance, monkeypatch):

@@ -1,0 +1,34 @@
+"""`make demo` as a newcomer sees it: named job runs, no warning, the model loaded once for the
+queries, and a second run that encodes nothing."""
+
+import re
+import sys
+
+import pytest
+from dagster import DagsterInstance, RunsFilter
+
+from tests.assets import test_commands
+from tests.assets.test_commands import run
+
+command_env = test_commands.command_env  # the same temporary DAGSTER_HOME, store and landing
+
+
+@pytest.mark.slow
+def test_demo_runs_named_jobs_prints_no_warning_and_loads_the_model_once_for_the_queries(
+        command_env, monkeypatch):
+    env = {**command_env, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    demo = run([sys.executable, "scripts/demo.py"], env)
+    output = demo.stdout + demo.stderr
+    assert demo.returncode == 0, output[-3000:]
+    assert not re.search(r"warning", output, re.IGNORECASE), [
+        line for line in output.splitlines() if re.search("warning", line, re.IGNORECASE)]
+    # One load for the in-process runs (the steps share the loaded model), one for all three
+    # queries (it used to be one per query).
+    assert demo.stderr.count("Loading weights: 100%") == 2
+    assert demo.stdout.count("\nQuery: ") == 3
+    assert "(18 vectors in 3 partitions" in demo.stdout
+
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])  # instance/dagster.yaml reads it
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        jobs = sorted(r.job_name for r in instance.get_runs(RunsFilter()))
+    assert jobs == ["embed_corpus", "snapshot_model"]
