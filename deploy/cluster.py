@@ -41,7 +41,7 @@ from deploy.processes import HOST, ServerError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_DIR = Path(__file__).resolve().parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".cluster"
-LOCATION_NAME = "embeddings"
+LOCATION_NAME = "embedding_pipeline"
 DAGSTER_DB = "dagster"
 CATALOG_DB = "embedding_catalog"
 BUCKET = "embeddings"
