@@ -114,10 +114,13 @@ class OpenVinoEncoder:
         self._latency: Any = None
 
     def _requests(self) -> list:
-        """This thread's infer requests, one per stream."""
+        """This thread's infer requests: one per stream, and at least two, so that with one
+        stream (a pool worker's single thread) the next batch waits queued while Python pools
+        the last one, instead of the core idling between them."""
         requests = getattr(self._local, "requests", None)
         if requests is None:
-            requests = self._local.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+            count = max(2, self.streams)
+            requests = self._local.requests = [self.compiled.create_infer_request() for _ in range(count)]
         return requests
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -130,7 +133,7 @@ class OpenVinoEncoder:
             result = request.infer(int64_feeds(input_ids, attention_mask), share_inputs=True, share_outputs=False)
             return torch.from_numpy(result[0])
         started = []
-        for request, ids, mask in zip(self._requests(), input_ids.tensor_split(parts), attention_mask.tensor_split(parts)):
+        for request, ids, mask in zip(self._requests()[:parts], input_ids.tensor_split(parts), attention_mask.tensor_split(parts)):
             feeds = int64_feeds(ids, mask)
             request.start_async(feeds, share_inputs=True)
             started.append((request, feeds))  # keeps the shared inputs alive until done
