@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedding_core.backends import cache
+import embedding_core.backends.cache as cache
 from embedding_core.backends.common import (
     BackendError,
     EncoderOutput,
