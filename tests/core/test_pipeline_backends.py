@@ -131,3 +131,21 @@ def test_a_lossy_backend_makes_its_own_version_and_exact_ones_reuse_the_fp32_vec
     assert (shared_int8.reused_rows, shared_int8.encoded_rows) == (8, 8)
     _, more_int8 = store.read_embeddings(shared_int8.version)
     np.testing.assert_array_equal(more_int8[:8], int8_vectors[16:24])
+
+
+def test_a_lossy_backend_that_cannot_run_here_is_refused_not_replaced(backend_cache):
+    """Its version must hold its own vectors: no quiet fallback to float32 PyTorch."""
+    config = EncoderConfig(DEFAULT_MODEL_NAME, device="cpu", backend="torch-fp16")
+    snapshot = EncoderConfig(DEFAULT_MODEL_NAME, device="cpu").resolve()
+    with pytest.raises(ValueError, match="'torch-fp16' runs on a GPU only"):
+        config.load(snapshot)
+    done = run_python(f"""
+        import sys
+        sys.modules["nncf"] = None  # openvino-int8 cannot be built or checked without NNCF
+        from embedding_core.snapshot import EncoderConfig
+        config = EncoderConfig({DEFAULT_MODEL_NAME!r}, device="cpu", backend="openvino-int8")
+        config.load(config.resolve())
+        """, str(backend_cache))
+    assert done.returncode != 0
+    assert "RuntimeError: backend 'openvino-int8' could not run here" in done.stderr
+    assert "refusing to write its version with vectors from 'torch'" in done.stderr
