@@ -73,7 +73,7 @@ def build_texts(n: int, seed: int = 11) -> list[dict[str, str]]:
     rng = random.Random(seed)
     doc_rows = rng.sample(sorted(docs.values(), key=lambda r: r["id"]), min(len(docs), int(n * DOC_SHARE)))
     summaries = [row for row in build_corpora.load_pypi_summaries(build_corpora.DEFAULT_PYPI_TSV)
-                 if row["text"] not in held_out]
+                 if row["text"] not in held_out and row["text"] not in docs]
     rows = doc_rows + rng.sample(summaries, n - len(doc_rows))
     rng.shuffle(rows)
     assert len({row["text"] for row in rows}) == n, "texts must be distinct"
