@@ -12,6 +12,7 @@ is timed separately and excluded (every configuration runs a warm-up call first)
 peak RSS is sampled during each configuration's runs.
 
     .venv/bin/python benchmarks/bench_pool.py [--limit 2000] [--rounds 3] [--reference-rounds 1]
+    .venv/bin/python benchmarks/bench_pool.py --backend openvino --reference-rounds 0
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--reference-rounds", type=int, default=1, help="timed runs of the reference pool (0: skip)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=256)
+    parser.add_argument("--backend", default="torch", help="torch (default), openvino, openvino-int8, ...")
     args = parser.parse_args()
 
     from embedding_core import SentenceTransformer
@@ -81,7 +83,7 @@ def main() -> None:
     cores = available_cores()
     torch.set_num_threads(cores)
     rss = PeakRss()
-    model = SentenceTransformer(bundled_model_path(), device="cpu")
+    model = SentenceTransformer(bundled_model_path(), device="cpu", backend=args.backend)
     model.max_seq_length = args.max_seq_length
     model_loaded_rss = psutil.Process().memory_info().rss
     encode = dict(batch_size=args.batch_size, show_progress_bar=False)
@@ -137,7 +139,7 @@ def main() -> None:
     print()
     print(
         f"{len(texts)} mixed texts, max_seq_length {args.max_seq_length}, batch_size {args.batch_size}, "
-        f"{cores} cores, torch {torch.__version__}"
+        f"{cores} cores, torch {torch.__version__}, backend {model.backend}"
     )
     print(f"{'config':34s} {'median s':>9s} {'texts/s':>8s} {'vs single':>9s} {'runs':>5s} {'parent peak RSS':>16s}")
     labels = {

@@ -14,6 +14,8 @@ EMBEDDING_MODEL_REVISION       branch, tag or commit (default: the hub's main)
 EMBEDDING_DEVICE               cpu, cuda, cuda:1 (default: best available)
 EMBEDDING_TARGET_DEVICES       comma list for the multi-process pool (``cuda:0,cuda:1``)
 EMBEDDING_BATCH_SIZE           default 32
+EMBEDDING_BACKEND              auto (default: OpenVINO float32 on CPU, PyTorch on CUDA), torch,
+                               openvino, onnx, or a lossy one (own version): openvino-int8, ...
 EMBEDDING_PRECISION            float32 (default), binary or ubinary
 EMBEDDING_NORMALIZE            1 to store unit-length vectors
 EMBEDDING_EXECUTOR             ``celery``: every step runs on a Celery worker (deploy/);
@@ -129,6 +131,7 @@ def definitions_from_env(environ: os._Environ | dict = os.environ) -> Definition
             target_devices=target_devices.split(",") if target_devices else None,
             batch_size=int(environ.get("EMBEDDING_BATCH_SIZE") or 32),
             precision=environ.get("EMBEDDING_PRECISION") or "float32",
+            backend=environ.get("EMBEDDING_BACKEND") or "auto",
             normalize_embeddings=(environ.get("EMBEDDING_NORMALIZE") or "0").lower() in {"1", "true", "yes"},
         ),
         executor=executor_from_env(environ),

@@ -70,6 +70,12 @@ class EncoderResource(ConfigurableResource):
     normalize_embeddings: bool = False
     prompt_name: str | None = None
     truncate_dim: int | None = None
+    backend: str = Field(
+        default="auto",
+        description="auto: the fastest exact backend (OpenVINO float32 on CPU when installed, "
+        "PyTorch on CUDA); or torch, onnx, openvino (exact: same vectors, same version), or "
+        "openvino-int8, openvino-bf16, onnx-int8, torch-fp16, torch-bf16 (lossy: their own version).",
+    )
 
     def open(self) -> EncoderConfig:
         """The configured model and encoding (`embedding_core.snapshot.EncoderConfig`)."""
@@ -79,5 +85,5 @@ class EncoderResource(ConfigurableResource):
             target_devices=tuple(self.target_devices) if self.target_devices else None,
             batch_size=self.batch_size, precision=self.precision,
             normalize_embeddings=self.normalize_embeddings, prompt_name=self.prompt_name,
-            truncate_dim=self.truncate_dim,
+            truncate_dim=self.truncate_dim, backend=self.backend,
         )

@@ -16,7 +16,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch
 
+from embedding_core.backends import LOSSY_BACKENDS, resolve_backend
 from embedding_core.hub import folder_content_hash, resolve_model
 from embedding_core.model import SentenceTransformer
 from embedding_core.store import EmbeddingParams, EmbeddingStore, ModelSnapshot
@@ -24,7 +26,7 @@ from embedding_core.store import EmbeddingParams, EmbeddingStore, ModelSnapshot
 # Loaded models kept per process: the partitions of one run (and in-process test runs) share
 # one load, and a long-lived process that meets many models keeps only the latest few.
 MAX_LOADED_MODELS = 2
-_loaded: OrderedDict[tuple[str, str, str | None], SentenceTransformer] = OrderedDict()
+_loaded: OrderedDict[tuple[str, str, str | None, str], SentenceTransformer] = OrderedDict()
 
 
 class SnapshotNotCurrentError(RuntimeError):
@@ -51,9 +53,13 @@ def require_current_snapshot(
 
 
 def load_snapshot_model(snapshot: ModelSnapshot, device: str | None = None, cache_folder: str | None = None,
-                        local_files_only: bool = False) -> SentenceTransformer:
+                        local_files_only: bool = False, backend: str = "torch") -> SentenceTransformer:
     """The model of a snapshot: from its folder when this machine has it, else re-resolved at
-    the same pinned revision (raises if that gives another). Not cached."""
+    the same pinned revision (raises if that gives another). Not cached.
+
+    ``backend`` is one of ``backends.PIPELINE_BACKENDS`` ("auto" resolved for ``device``);
+    a lossy one that cannot run here raises instead of quietly encoding with another."""
+    backend = resolve_backend(backend, device)
     path = snapshot.path
     if not os.path.isdir(path):
         resolved = resolve_model(snapshot.model, revision=snapshot.revision if snapshot.source == "hub" else None,
@@ -62,7 +68,16 @@ def load_snapshot_model(snapshot: ModelSnapshot, device: str | None = None, cach
             raise RuntimeError(f"model snapshot {snapshot.model}@{snapshot.revision} is not available "
                                f"here (found {resolved.revision}); re-materialize model_snapshot")
         path = resolved.path
-    return SentenceTransformer(path, device=device)
+    half = {"torch-fp16": torch.float16, "torch-bf16": torch.bfloat16}.get(backend)
+    model = SentenceTransformer(path, device=device, backend="torch" if half else backend)
+    if half is not None:
+        if model.device.type == "cpu":
+            raise ValueError(f"backend {backend!r} runs on a GPU only; the model is on {model.device}")
+        model.to(half)
+    elif backend in LOSSY_BACKENDS and model.backend != backend:
+        raise RuntimeError(f"backend {backend!r} could not run here (see the warning above); "
+                           f"refusing to write its version with vectors from {model.backend!r}")
+    return model
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,15 @@ class EncoderConfig:
     normalize_embeddings: bool = False
     prompt_name: str | None = None
     truncate_dim: int | None = None
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        resolve_backend(self.backend, "cpu")  # an unknown name fails here, naming the known ones
+
+    @property
+    def resolved_backend(self) -> str:
+        """The backend in use: ``backend`` with ``"auto"`` resolved for ``device``."""
+        return resolve_backend(self.backend, self.device)
 
     def resolve(self) -> ModelSnapshot:
         """Resolve the configured model to a pinned snapshot (loads it to read its shape)."""
@@ -110,14 +134,17 @@ class EncoderConfig:
             prompt_name=prompt_name,
             prompt=snapshot.prompts.get(prompt_name) if prompt_name else None,
             truncate_dim=self.truncate_dim, max_seq_length=snapshot.max_seq_length,
+            backend=backend if (backend := self.resolved_backend) in LOSSY_BACKENDS else None,
         )
 
     def load(self, snapshot: ModelSnapshot) -> SentenceTransformer:
         """The model of a snapshot on the configured device, loaded once per process (the
         ``MAX_LOADED_MODELS`` most recently used stay loaded)."""
-        key = (snapshot.path, snapshot.revision, self.device)
+        backend = self.resolved_backend
+        key = (snapshot.path, snapshot.revision, self.device, backend)
         if key not in _loaded:
-            _loaded[key] = load_snapshot_model(snapshot, self.device, self.cache_folder, self.local_files_only)
+            _loaded[key] = load_snapshot_model(snapshot, self.device, self.cache_folder, self.local_files_only,
+                                               backend)
             while len(_loaded) > MAX_LOADED_MODELS:
                 _loaded.popitem(last=False)
         _loaded.move_to_end(key)

@@ -13,9 +13,13 @@
 - ``"openvino-int8"``: statically quantized int8 (attention included), calibrated once on
   bundled text; the fastest path, at a small measured cost in accuracy.
 
-See docs/performance.md for the measured speed and accuracy of each. The ONNX backends
-need ``pip install 'embedding-pipeline[fast]'``, the OpenVINO ones
-``pip install 'embedding-pipeline[openvino]'``.
+See docs/performance.md for the measured speed and accuracy of each. OpenVINO is a core
+dependency; ``openvino-int8`` also needs NNCF (``pip install 'embedding-pipeline[openvino]'``)
+to quantize, and the ONNX backends ``pip install 'embedding-pipeline[fast]'``.
+
+Pipelines (``snapshot.EncoderConfig``) also take ``"auto"`` (``resolve_backend``) and
+``"torch-fp16"`` / ``"torch-bf16"`` (the model cast to half precision, for GPUs); the
+``LOSSY_BACKENDS`` enter the embedding parameters, so their vectors form their own version.
 """
 
 from __future__ import annotations
@@ -28,8 +32,15 @@ from embedding_core.backends.common import BackendError, Runtime
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
+# What a pipeline (``EncoderConfig.backend``) may ask for: ``BACKENDS``, ``"auto"``, and the
+# PyTorch model cast to half precision (GPU only: CPU half-precision matmuls are slow).
+PIPELINE_BACKENDS = ("auto", *BACKENDS, "torch-fp16", "torch-bf16")
+# Backends whose vectors differ from float32 PyTorch's by more than rounding (row cosine
+# < 0.99999): they make their own embedding version. The others are exact and share one.
+LOSSY_BACKENDS = ("onnx-int8", "openvino-bf16", "openvino-int8", "torch-fp16", "torch-bf16")
 
-__all__ = ["BACKENDS", "BackendError", "Runtime", "check_backend", "load_runtime", "runs_on"]
+__all__ = ["BACKENDS", "LOSSY_BACKENDS", "PIPELINE_BACKENDS", "BackendError", "Runtime", "check_backend",
+           "load_runtime", "resolve_backend", "runs_on"]
 
 
 def check_backend(backend: str) -> str:
@@ -37,6 +48,31 @@ def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; expected one of {list(BACKENDS)}.")
     return backend
+
+
+def resolve_backend(backend: str, device: str | None = None) -> str:
+    """The backend ``backend`` names for a model on ``device`` (``None``: CUDA if available).
+
+    ``"auto"`` is the fastest exact one: PyTorch on CUDA (or MPS), OpenVINO float32 on CPU
+    when ``openvino`` imports, else PyTorch. Any other name in ``PIPELINE_BACKENDS`` is
+    returned as is; an unknown name raises ``ValueError`` listing the known ones.
+    """
+    if backend not in PIPELINE_BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}; expected one of {list(PIPELINE_BACKENDS)}.")
+    if backend != "auto":
+        return backend
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not str(device).startswith("cpu"):
+        return "torch"
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        logger.info("openvino is not installed; backend='auto' uses PyTorch on CPU.")
+        return "torch"
+    return "openvino"
 
 
 def runs_on(backend: str, device: Any) -> bool:

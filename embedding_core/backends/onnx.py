@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ from embedding_core.backends.common import (
     cache_root,
     int64_feeds,
     probe_cosine,
+    quiet_transformers,
 )
 from embedding_core.backends.common import model_key as _model_key
 from embedding_core.fs import writing
@@ -166,7 +168,10 @@ def _export(auto_model: nn.Module, path: Path) -> None:
         input_ids = torch.randint(5, max(6, min(vocab, 1000)), (2, 16), dtype=torch.long)
         attention_mask = torch.ones_like(input_ids)
         attention_mask[1, 10:] = 0
-        with torch.no_grad():
+        # The TorchScript exporter is deprecated in torch 2.9+ and tracing warns about
+        # transformers' control flow; the check against PyTorch decides, so keep quiet.
+        with torch.no_grad(), warnings.catch_warnings(), quiet_transformers():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 EncoderOutput(auto_model).eval(),
                 (input_ids, attention_mask),

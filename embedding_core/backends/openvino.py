@@ -13,19 +13,25 @@ from the weights already loaded; nothing is downloaded):
 
 IRs are cached under ``<cache>/openvino/<model key>/<fp32|int8-...>/model.xml`` (see
 ``common.model_key``; the int8 folder name also hashes the calibration texts and the NNCF
-version). A folder appears under its final name only when complete. A freshly compiled
-graph is checked against PyTorch on a probe batch before use; failures raise
-``OpenVinoBackendError`` and the caller falls back to PyTorch.
+version). Entries are built once under an inter-process lock and carry a manifest of file
+sizes (``backends.cache``): a partial or truncated entry is rebuilt. A compiled graph is
+checked against PyTorch on a probe batch before use; a cached one that fails to load or
+fails the probe is rebuilt once, and a fresh one that fails raises ``OpenVinoBackendError``
+(the caller falls back to PyTorch). Conversion warnings and NNCF's progress bars are
+silenced (one log line each instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import itertools
 import json
 import logging
 import os
-import tempfile
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -35,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import embedding_core.backends.cache as cache
 from embedding_core.backends.common import (
     BackendError,
     EncoderOutput,
@@ -42,8 +49,8 @@ from embedding_core.backends.common import (
     int64_feeds,
     model_key,
     probe_cosine,
+    quiet_transformers,
 )
-from embedding_core.fs import writing
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +85,8 @@ class OpenVinoEncoder:
     thread gets its own infer requests. The model is compiled for throughput: the cores are
     split into OpenVINO "streams" (on 2 cores: 2 streams of 1 thread), and ``imap`` keeps
     one batch per stream in flight, so the cores stay busy between small batches and while
-    Python pads and pools. A single call runs on one stream.
+    Python pads and pools. A single call (or a lone batch in ``imap``) is split over the
+    streams, so a small encode uses every core too.
     """
 
     def __init__(self, path: str | os.PathLike, backend: str, threads: int | None = None) -> None:
@@ -93,7 +101,7 @@ class OpenVinoEncoder:
             )
         self.precision = "bf16" if bf16 else "f32"
         self.threads = int(threads or torch.get_num_threads())
-        config = {
+        self.config = config = {
             "INFERENCE_PRECISION_HINT": self.precision,
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": "THROUGHPUT",
@@ -102,24 +110,65 @@ class OpenVinoEncoder:
         self.compiled = ov.Core().compile_model(self.path, "CPU", config)
         self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._latency: Any = None
 
     def _requests(self) -> list:
-        """This thread's infer requests, one per stream."""
+        """This thread's infer requests: one per stream, and at least two, so that with one
+        stream (a pool worker's single thread) the next batch waits queued while Python pools
+        the last one, instead of the core idling between them."""
         requests = getattr(self._local, "requests", None)
         if requests is None:
-            requests = self._local.requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+            count = max(2, self.streams)
+            requests = self._local.requests = [self.compiled.create_infer_request() for _ in range(count)]
         return requests
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        feeds = int64_feeds(input_ids, attention_mask)
-        result = self._requests()[0].infer(feeds, share_inputs=True, share_outputs=False)
-        return torch.from_numpy(result[0])
+        """One batch on all the cores: its rows split over the streams, a single row through
+        a latency-compiled copy of the model (built on first need)."""
+        rows = int(input_ids.shape[0])
+        parts = min(self.streams, rows)
+        if parts <= 1:
+            request = self._single_request() if self.streams > 1 else self._requests()[0]
+            result = request.infer(int64_feeds(input_ids, attention_mask), share_inputs=True, share_outputs=False)
+            return torch.from_numpy(result[0])
+        started = []
+        for request, ids, mask in zip(self._requests()[:parts], input_ids.tensor_split(parts), attention_mask.tensor_split(parts)):
+            feeds = int64_feeds(ids, mask)
+            request.start_async(feeds, share_inputs=True)
+            started.append((request, feeds))  # keeps the shared inputs alive until done
+        outputs = []
+        for request, _feeds in started:
+            request.wait()
+            outputs.append(torch.from_numpy(request.get_output_tensor(0).data.copy()))
+        return torch.cat(outputs)
+
+    def _single_request(self):
+        """This thread's infer request on the model compiled for latency (one stream, all threads)."""
+        request = getattr(self._local, "single", None)
+        if request is None:
+            with self._lock:
+                if self._latency is None:
+                    import openvino as ov
+
+                    config = {**self.config, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+                    self._latency = ov.Core().compile_model(self.path, "CPU", config)
+            request = self._local.single = self._latency.create_infer_request()
+        return request
 
     def imap(self, items: Iterable[tuple[Any, torch.Tensor, torch.Tensor]]) -> Iterator[tuple[Any, torch.Tensor]]:
         """``(context, input_ids, attention_mask)`` -> ``(context, last hidden state)``, in order.
 
-        Up to one batch per stream runs at a time; results come back in the order given.
+        Up to one batch per stream runs at a time; results come back in the order given. A
+        lone batch is split over the streams instead (``__call__``).
         """
+        items = iter(items)
+        head = list(itertools.islice(items, 2))
+        if len(head) == 1:
+            context, input_ids, attention_mask = head[0]
+            yield context, self(input_ids, attention_mask)
+            return
+        items = itertools.chain(head, items)
         free = list(self._requests())
         pending: deque = deque()
 
@@ -177,24 +226,47 @@ def load_openvino_encoder(
     auto_model = transformer.auto_model
     folder = Path(cache_folder) if cache_folder else cache_root() / "openvino"
     folder = folder / model_key(auto_model, revision, f"openvino {openvino.__version__}|{_RECIPE}")
+    int8_texts: list[str] = []
+    if backend == "openvino-int8":
+        int8_texts = list(calibration_texts) if calibration_texts is not None else bundled_calibration_texts()
+        if not int8_texts:
+            raise OpenVinoBackendError("calibration_texts is empty")
+    if backend == "openvino-bf16" and not cpu_has_bf16():
+        raise OpenVinoBackendError("backend='openvino-bf16' needs a CPU with native bf16 (AVX512-BF16 or AMX)")
     fp32 = folder / "fp32"
-    try:
-        if not (fp32 / "model.xml").exists():
-            _build(fp32, lambda target: _convert(auto_model, target))
+    for attempt in (1, 2):
+        fresh: list[Path] = []
         path = fp32
-        if backend == "openvino-int8":
-            texts = list(calibration_texts) if calibration_texts is not None else bundled_calibration_texts()
-            if not texts:
-                raise ValueError("calibration_texts is empty")
-            digest = hashlib.sha256(json.dumps([nncf.__version__, transformer.max_seq_length, texts]).encode())
-            path = folder / f"int8-{digest.hexdigest()[:12]}"
-            if not (path / "model.xml").exists():
-                _build(path, lambda target: _quantize(fp32 / "model.xml", transformer, texts, target))
-        encoder = OpenVinoEncoder(path / "model.xml", backend, threads)
-    except OpenVinoBackendError:
-        raise
-    except Exception as error:  # the converter, NNCF and the plugin raise many kinds of errors
-        raise OpenVinoBackendError(f"Could not build the {backend} model: {type(error).__name__}: {error}") from error
+        try:
+            if cache.ensure(fp32, lambda target: _convert(auto_model, target / "model.xml"), "OpenVINO fp32 model"):
+                fresh.append(fp32)
+            if backend == "openvino-int8":
+                digest = hashlib.sha256(json.dumps([nncf.__version__, transformer.max_seq_length, int8_texts]).encode())
+                path = folder / f"int8-{digest.hexdigest()[:12]}"
+                if cache.ensure(path, lambda target: _quantize(fp32 / "model.xml", transformer, int8_texts,
+                                                               target / "model.xml"), "OpenVINO int8 model"):
+                    fresh.append(path)
+            return _compiled_and_checked(path / "model.xml", backend, threads, auto_model)
+        except Exception as error:  # the converter, NNCF and the plugin raise many kinds of errors
+            if attempt == 1 and fp32 not in fresh:
+                # Cached files that will not load, quantize or pass the probe are damaged
+                # (the manifest checks sizes only): build them again, once.
+                logger.warning("The cached OpenVINO model at %s failed (%s: %s); rebuilding it.",
+                               path, type(error).__name__, error)
+                if path != fp32:
+                    cache.discard(path)
+                cache.discard(fp32)
+                continue
+            if isinstance(error, OpenVinoBackendError):
+                raise
+            raise OpenVinoBackendError(
+                f"Could not build the {backend} model: {type(error).__name__}: {error}") from error
+    raise AssertionError("unreachable")
+
+
+def _compiled_and_checked(path: Path, backend: str, threads: int | None, auto_model: nn.Module) -> OpenVinoEncoder:
+    """The compiled model at ``path``, if it agrees with PyTorch on the probe batch."""
+    encoder = OpenVinoEncoder(path, backend, threads)
     cosine = probe_cosine(encoder, auto_model)
     if not cosine >= _MIN_PROBE_COSINE[backend]:
         raise OpenVinoBackendError(
@@ -209,27 +281,6 @@ def bundled_calibration_texts() -> list[str]:
         return [json.loads(line)["text"] for line in fh if line.strip()]
 
 
-def _build(folder: Path, write) -> None:
-    """``write(scratch/model.xml)`` in a scratch folder, then rename it into place as ``folder``."""
-    with writing(folder):
-        _build_in_scratch(folder, write)
-    logger.info("Built the OpenVINO model at %s", folder)
-
-
-def _build_in_scratch(folder: Path, write) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".build-") as scratch:
-        built = Path(scratch) / "model"
-        built.mkdir()
-        write(built / "model.xml")
-        try:
-            # Same filesystem, so the rename is atomic: readers see no folder or a whole one.
-            os.replace(built, folder)
-        except OSError:
-            if not (folder / "model.xml").exists():  # not a concurrent build that won the race
-                raise
-
-
 def _convert(auto_model: nn.Module, target: Path) -> None:
     import openvino as ov
 
@@ -237,7 +288,10 @@ def _convert(auto_model: nn.Module, target: Path) -> None:
     input_ids = torch.randint(5, max(6, min(vocab, 1000)), (2, 16), dtype=torch.long)
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, 10:] = 0
-    with torch.no_grad():
+    # Tracing warns about Python control flow in transformers' masking code and about
+    # deprecated torch.jit APIs; the probe check against PyTorch is what decides.
+    with torch.no_grad(), warnings.catch_warnings(), quiet_transformers():
+        warnings.simplefilter("ignore")
         converted = ov.convert_model(
             EncoderOutput(auto_model).eval(),
             example_input=(input_ids, attention_mask),
@@ -264,13 +318,16 @@ def _quantize(source: Path, transformer: Any, texts: list[str], target: Path) ->
     nncf_logger = logging.getLogger("nncf")
     level = nncf_logger.level
     nncf_logger.setLevel(logging.WARNING)
+    # NNCF draws progress bars (rich) on stdout; one log line says what happens instead.
+    logger.info("Quantizing %s to int8 with NNCF on %d calibration texts", source, len(texts))
     try:
-        quantized = nncf.quantize(
-            ov.Core().read_model(str(source)),
-            nncf.Dataset(batches),
-            model_type=nncf.ModelType.TRANSFORMER,
-            subset_size=len(batches),
-        )
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            quantized = nncf.quantize(
+                ov.Core().read_model(str(source)),
+                nncf.Dataset(batches),
+                model_type=nncf.ModelType.TRANSFORMER,
+                subset_size=len(batches),
+            )
     finally:
         nncf_logger.setLevel(level)
     ov.save_model(quantized, str(target), compress_to_fp16=False)

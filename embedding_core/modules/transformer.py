@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from embedding_core.backends import Runtime, load_runtime
+from embedding_core.backends.common import quiet_transformers
 from embedding_core.modules.base import Module, register
 
 logger = logging.getLogger(__name__)
@@ -62,9 +63,10 @@ class Transformer(Module):
                 "'auto_map'). Pass trust_remote_code=True only if you trust that code."
             )
         config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        self.auto_model = AutoModel.from_pretrained(
-            model_path, config=config, trust_remote_code=trust_remote_code, **(model_kwargs or {})
-        )
+        with quiet_transformers():  # no weight-loading progress bar on every load
+            self.auto_model = AutoModel.from_pretrained(
+                model_path, config=config, trust_remote_code=trust_remote_code, **(model_kwargs or {})
+            )
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.do_lower_case = do_lower_case
         self._model_limit = self._position_limit()

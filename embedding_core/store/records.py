@@ -79,7 +79,10 @@ class EmbeddingParams:
     """Everything besides the model revision that changes the vectors written for a text.
 
     `prompt` is the prompt text itself (resolved from `prompt_name`), so a changed prompt
-    makes a new version even under the same name.
+    makes a new version even under the same name. `backend` names a lossy encoder backend
+    (`openvino-int8`, `torch-fp16`, ...: `backends.LOSSY_BACKENDS`); exact backends leave it
+    None, so their vectors (row cosine >= 0.99999 to PyTorch float32) share one version, and
+    the hash and JSON of parameters without a backend are what they were before it existed.
     """
 
     precision: str = "float32"
@@ -88,8 +91,11 @@ class EmbeddingParams:
     prompt: str | None = None
     truncate_dim: int | None = None
     max_seq_length: int | None = None
+    backend: str | None = None
 
     def __post_init__(self) -> None:
+        if self.backend is not None and (not isinstance(self.backend, str) or not self.backend):
+            raise ValueError(f"backend {self.backend!r} must be a backend name or None (exact)")
         if self.precision not in _PRECISIONS:
             raise ValueError(
                 f"precision {self.precision!r} is not storable; choose one of "
@@ -97,12 +103,18 @@ class EmbeddingParams:
                 "different shards would not be comparable)"
             )
 
+    def _fields(self) -> dict:
+        fields = asdict(self)
+        if fields["backend"] is None:  # exact: the same hash as before backends were recorded
+            del fields["backend"]
+        return fields
+
     @property
     def params_hash(self) -> str:
-        return sha256_json(asdict(self))[:16]
+        return sha256_json(self._fields())[:16]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self._fields(), sort_keys=True)
 
 
 @dataclass(frozen=True)

@@ -76,10 +76,33 @@ def test_imap_keeps_batches_in_flight_and_returns_them_in_order(ov_model, model,
 
 
 def test_pool_with_the_openvino_backend_matches_one_process(ov_model, parity_texts):
+    """Two single-thread workers (one stream each, two requests queued) give the one-process vectors."""
     texts = parity_texts[::4][:48]
     with ov_model.start_multi_process_pool(["cpu", "cpu"]) as pool:
         pooled = ov_model.encode(texts, pool=pool)
-    assert_rows_match(pooled, ov_model.encode(texts))
+        assert len(pool.threads) == 2
+    single = ov_model.encode(texts)
+    assert_rows_match(pooled, single)
+    np.testing.assert_allclose(pooled, single, rtol=0, atol=1e-5)
+
+
+def test_a_lone_batch_and_a_single_text_use_every_stream(ov_model, model, parity_texts):
+    """A small call is split over the streams (or, for one row, run on the latency-compiled
+    copy) and gives the vectors of the whole-batch path."""
+    encoder = ov_model.transformer.runtime
+    batch = model.tokenize(parity_texts[40:47])
+    whole = encoder.compiled.create_infer_request().infer(
+        {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()})[0]
+    split = encoder(batch["input_ids"], batch["attention_mask"])
+    np.testing.assert_allclose(split.numpy(), whole, rtol=0, atol=1e-4)
+    ((_, lone),) = list(encoder.imap(iter([("only", batch["input_ids"], batch["attention_mask"])])))
+    np.testing.assert_allclose(lone.numpy(), whole, rtol=0, atol=1e-4)
+    one = model.tokenize(parity_texts[40:41])
+    single = encoder(one["input_ids"], one["attention_mask"])
+    if encoder.streams > 1:
+        assert encoder._latency is not None  # the one-stream, all-threads copy ran it
+    np.testing.assert_allclose(single.numpy()[0], whole[0, : single.shape[1]], rtol=0, atol=1e-4)
+    assert_rows_match(ov_model.encode(parity_texts[40:47]), model.encode(parity_texts[40:47]))
 
 
 # ------------------------------------------------------------------------------------ bf16

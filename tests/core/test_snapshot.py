@@ -40,7 +40,7 @@ class FakeModel:
 def fake_loads(monkeypatch):
     loads = []
 
-    def load(snapshot, device=None, cache_folder=None, local_files_only=False):
+    def load(snapshot, device=None, cache_folder=None, local_files_only=False, backend="torch"):
         loads.append(snapshot.model)
         return FakeModel(snapshot)
 
