@@ -142,12 +142,7 @@ class EmbeddingStore:
         """The stored rows (`id`, `text`, `text_sha256`) of a corpus version, in order;
         `DamagedDataError` when they lie in a damaged data file."""
         with self.connect() as con:
-            try:
-                return queries.corpus_rows(con, corpus.write_id)
-            except duckdb.Error as error:
-                damage.raise_if_damaged(con, error, f"corpus {corpus.corpus_version[:16]} of partition "
-                                        f"{corpus.partition!r}", [corpus.write_id])
-                raise
+            return writer.corpus_rows(con, corpus)
 
     def corpus_partitions(self) -> list[str]:
         """Partitions that have a stored corpus version, sorted."""

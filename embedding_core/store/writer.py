@@ -60,7 +60,7 @@ def write_embeddings(
                 con, "current_embedding_versions WHERE partition = ? AND model = ? AND dtype = ?",
                 [partition, snapshot.model, dtype])
         else:
-            rows = _corpus_rows(con, corpus)
+            rows = corpus_rows(con, corpus, " (write the corpus again first)")
             unique_shas, first_rows = unique_with_first_index(rows.column("text_sha256"))
             args = (con, snapshot.model, snapshot.revision, params.params_hash, dtype, unique_shas, width)
             try:
@@ -105,12 +105,14 @@ def write_embeddings(
                                 reused_rows=reused_rows, encode_seconds=encode_seconds)
 
 
-def _corpus_rows(con: duckdb.DuckDBPyConnection, corpus: CorpusVersion) -> pa.Table:
+def corpus_rows(con: duckdb.DuckDBPyConnection, corpus: CorpusVersion, hint: str = "") -> pa.Table:
+    """The stored rows of a corpus version; `DamagedDataError` (`hint` appended to what it
+    names) when they lie in a damaged data file."""
     try:
         return queries.corpus_rows(con, corpus.write_id)
     except duckdb.Error as error:
         damage.raise_if_damaged(con, error, f"corpus {corpus.corpus_version[:16]} of partition "
-                                f"{corpus.partition!r} (write the corpus again first)", [corpus.write_id])
+                                f"{corpus.partition!r}{hint}", [corpus.write_id])
         raise
 
 

@@ -4,7 +4,6 @@ the asset graph over GraphQL, and queued materializations that the daemon runs."
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,15 +69,17 @@ class GraphQL:
 
 
 @contextlib.contextmanager
-def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None):
+def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None,
+               instance_config: Callable[[str], str] = lambda text: text):
     """`command` (dagster dev / dg dev, given `-h 127.0.0.1 -p PORT` at the end) with a fresh
-    DAGSTER_HOME, store and landing folder under `tmp_path`, in its own process group, killed
-    (the whole group) whatever happens. Yields (GraphQL client, port)."""
+    DAGSTER_HOME (instance/dagster.yaml, passed through `instance_config`), store and landing
+    folder under `tmp_path`, in its own process group, killed (the whole group) whatever
+    happens. Yields (GraphQL client, port, the server's environment)."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT / "instance" / "dagster.yaml", home / "dagster.yaml")
+    (home / "dagster.yaml").write_text(instance_config((PROJECT / "instance" / "dagster.yaml").read_text()))
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home),
+    env = {**os.environ, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
            "EMBEDDING_STORE_ROOT": str(tmp_path / "store"),
            "EMBEDDING_LANDING_DIR": str(landing or write_sample_slice(tmp_path / "landing", rows=4))}
@@ -102,7 +104,7 @@ def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None):
         while not graphql("{ assetNodes { id } }")["assetNodes"]:
             assert time.monotonic() < deadline, "the code location never loaded"
             time.sleep(1)
-        yield graphql, port
+        yield graphql, port, env
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -117,7 +119,7 @@ def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None):
 def dagster_dev(tmp_path):
     """Plain `dagster dev -w workspace.yaml` (what works without dg)."""
     with dev_server(tmp_path, [str(Path(sys.executable).with_name("dagster")), "dev",
-                               "-w", "workspace.yaml"]) as (graphql, _):
+                               "-w", "workspace.yaml"]) as (graphql, _, _):
         yield graphql, tmp_path
 
 

@@ -7,13 +7,11 @@ file open, so the first backfill's `model_snapshot` run stays STARTED, and with
 `max_concurrent_runs: 1` the second backfill's run stays QUEUED behind it.
 """
 
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ import pytest
 from embedding_core.store import EmbeddingStore
 from tests.assets.conftest import write_sample_slice
 from tests.assets.test_backfill_signals import Backfill
-from tests.assets.test_dagster_dev import GraphQL, free_port
+from tests.assets.test_dagster_dev import GraphQL, dev_server
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -31,43 +29,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def one_slot_deployment(tmp_path):
     """`dagster dev` with one run slot; yields (GraphQL client, URL, environment)."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    config = (PROJECT / "dagster.yaml").read_text()
-    assert "max_concurrent_runs: 2" in config
-    (home / "dagster.yaml").write_text(config.replace("max_concurrent_runs: 2", "max_concurrent_runs: 1"))
-    port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "EMBEDDING_STORE_ROOT": str(tmp_path / "store"),
-           "EMBEDDING_LANDING_DIR": str(write_sample_slice(tmp_path / "landing", rows=4)),
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "dagster_dev.log", "wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "dev", "-w", "workspace.yaml",
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        graphql = GraphQL(port)
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, (tmp_path / "dagster_dev.log").read_text()[-3000:]
-            try:
-                if graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }"
-                           )["repositoriesOrError"].get("nodes"):
-                    break
-            except (urllib.error.URLError, ConnectionError, AssertionError):
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "dagster_dev.log").read_text()[-3000:]
-            time.sleep(1)
+    def one_slot(config: str) -> str:
+        assert "max_concurrent_runs: 2" in config
+        return config.replace("max_concurrent_runs: 2", "max_concurrent_runs: 1")
+
+    command = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", "workspace.yaml"]
+    with dev_server(tmp_path, command, write_sample_slice(tmp_path / "landing", rows=4),
+                    instance_config=one_slot) as (graphql, port, env):
         yield graphql, f"http://127.0.0.1:{port}", env
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def run_statuses(graphql: GraphQL) -> dict[str, str]:

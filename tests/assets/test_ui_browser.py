@@ -39,7 +39,7 @@ def test_ui_shows_the_graph_partitions_checks_and_launches_a_partition_by_clicki
 
     executable = chromium_path()
     dg = str(Path(sys.executable).with_name("dg"))
-    with dev_server(tmp_path, [dg, "dev"]) as (graphql, port), sync_playwright() as playwright:
+    with dev_server(tmp_path, [dg, "dev"]) as (graphql, port, _), sync_playwright() as playwright:
         base = f"http://127.0.0.1:{port}"
         for key in ("package_summaries.csv", PARTITION, "stdlib_docstrings.txt"):
             graphql("""mutation($repo: RepositorySelector!, $key: String!) {
