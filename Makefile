@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 # dg (dagster-dg-cli) runs Dagster from the project's virtual environment found on PATH.
-DG := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dg
+DG := VIRTUAL_ENV="$(CURDIR)/$(VENV)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo test dev lint bench clean cluster cluster-stop browser
@@ -37,6 +37,7 @@ demo: setup
 	$(PY) scripts/demo.py
 
 test: setup browser
+	mkdir -p $(DAGSTER_HOME) && cp instance/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m ruff check embedding_core embedding_assets deploy tests benchmarks scripts
 	$(DG) check defs
 	$(PY) -m pytest -q
