@@ -51,6 +51,7 @@ def test_ui_shows_the_graph_partitions_checks_and_launches_a_partition_by_clicki
                                              args=["--no-sandbox", "--disable-dev-shm-usage"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(60_000)
+        expect.set_options(timeout=60_000)  # assertions too (5 s by default): a loaded CI machine
 
         def shot(name: str) -> None:
             page.wait_for_timeout(1500)  # let the graph layout settle before the picture
