@@ -64,22 +64,14 @@ def positive_int(value: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="embedding-search", description=__doc__.split("\n\n")[0])
     parser.add_argument("query", help="the text to search for")
-    parser.add_argument("--store", default=os.environ.get("EMBEDDING_STORE_ROOT", "store"),
-                        help="store root folder or URI (default: $EMBEDDING_STORE_ROOT or ./store)")
-    parser.add_argument("--catalog", default=os.environ.get("EMBEDDING_CATALOG"),
-                        help="DuckDB catalog file or postgres:<libpq string> (default: "
-                        "$EMBEDDING_CATALOG, else the file under a local store; needed for s3://)")
+    _store_arguments(parser)
     parser.add_argument("--model", help="model name as configured, when the store holds several")
     parser.add_argument("--top-k", type=positive_int, default=5, help="how many hits (default: 5)")
     parser.add_argument("--prompt-name", help="encode the query with this prompt of the model")
     parser.add_argument("--device", help="cpu, cuda, ... (default: best available)")
     parser.add_argument("--json", action="store_true", help="one JSON object per hit")
     args = parser.parse_args(argv)
-
-    if not is_uri(args.store) and not args.catalog and not os.path.isfile(
-            os.path.join(args.store, CATALOG_FILE_NAME)):
-        parser.error(f"no embedding catalog under {args.store!r}; run `make demo` or materialize first")
-    store = EmbeddingStore(args.store, catalog=args.catalog)
+    store = _open_store(parser, args, "; run `make demo` or materialize first")
     snapshot, hits = search(store, args.query, args.model, args.top_k, args.prompt_name, args.device)
     if args.json:
         for hit in hits:
@@ -101,6 +93,14 @@ def _store_arguments(parser: argparse.ArgumentParser) -> None:
                         "$EMBEDDING_CATALOG, else the file under a local store; needed for s3://)")
 
 
+def _open_store(parser: argparse.ArgumentParser, args: argparse.Namespace, hint: str = "") -> EmbeddingStore:
+    """The store `--store`/`--catalog` name; a usage error when a local store has no catalog."""
+    if not is_uri(args.store) and not args.catalog and not os.path.isfile(
+            os.path.join(args.store, CATALOG_FILE_NAME)):
+        parser.error(f"no embedding catalog under {args.store!r}{hint}")
+    return EmbeddingStore(args.store, catalog=args.catalog)
+
+
 def store_main(argv: Sequence[str] | None = None) -> int:
     """`embedding-store verify`: name damaged data files and the partitions they take down."""
     parser = argparse.ArgumentParser(prog="embedding-store", description="Check an embedding store.")
@@ -111,10 +111,7 @@ def store_main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--read-rows", action="store_true", help="also read every row (reads the whole lake)")
     verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
-    if not is_uri(args.store) and not args.catalog and not os.path.isfile(
-            os.path.join(args.store, CATALOG_FILE_NAME)):
-        parser.error(f"no embedding catalog under {args.store!r}")
-    store = EmbeddingStore(args.store, catalog=args.catalog)
+    store = _open_store(parser, args)
     report = store.verify(read_rows=args.read_rows)
     if args.json:
         print(json.dumps(dataclasses.asdict(report)))
