@@ -333,7 +333,7 @@ class SentenceTransformer(ModuleChain):
     def recipe(self, path: str) -> ModelRecipe:
         """How a pool worker rebuilds this model from ``path`` (its folder, or a saved copy)."""
         # A model whose config needs remote code was loaded with trust_remote_code=True already.
-        trust_remote_code = bool(getattr(self.transformer.auto_model.config, "auto_map", None))
+        trust_remote_code = bool(getattr(self.transformer.auto_config, "auto_map", None))
         dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
         dtype = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else None
         return ModelRecipe(path, trust_remote_code, dtype, self.backend)

@@ -87,22 +87,50 @@ def model_key(auto_model: nn.Module, revision: str | None, toolchain: str) -> st
     return f"{label}-{digest.hexdigest()[:16]}"
 
 
-def probe_cosine(encoder, auto_model: nn.Module) -> float:
-    """Mean cosine of ``encoder``'s token embeddings against PyTorch's on a padded probe batch.
+def source_key(config: Any, model_kwargs: dict[str, Any] | None, revision: str, toolchain: str) -> str:
+    """Folder name for the graphs of a model loaded from an immutable ``revision`` (a hub
+    commit sha, or ``sha256:`` of a local or bundled folder's files), without its weights.
 
-    Non-finite outputs give ``nan``, which fails every threshold.
+    Used before the PyTorch model is loaded: the revision stands for the weight files, and
+    the config and the ``model_kwargs`` of the load (a dtype, say) for what was made of them.
     """
+    import transformers
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(model_kwargs or {}, sort_keys=True, default=str).encode())
+    digest.update(f"{torch.__version__}|{transformers.__version__}|{toolchain}|{revision}".encode())
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", revision)[:48]
+    return f"{label}-src-{digest.hexdigest()[:16]}"
+
+
+def probe_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed, padded batch (3 rows of 40, 23 and 7 tokens) a built graph is checked on."""
     generator = torch.Generator().manual_seed(0)
-    vocab = int(getattr(auto_model.config, "vocab_size", 1000))
     lengths = [40, 23, 7]
     input_ids = torch.randint(
-        5, max(6, min(vocab, 5000)), (len(lengths), max(lengths)), generator=generator
+        5, max(6, min(vocab_size, 5000)), (len(lengths), max(lengths)), generator=generator
     )
     attention_mask = torch.zeros_like(input_ids)
     for row, length in enumerate(lengths):
         attention_mask[row, :length] = 1
+    return input_ids, attention_mask
+
+
+def probe_expected(auto_model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The probe batch and PyTorch's last hidden state for it."""
+    input_ids, attention_mask = probe_batch(int(getattr(auto_model.config, "vocab_size", 1000)))
     with torch.no_grad():
         expected = auto_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return input_ids, attention_mask, expected
+
+
+def probe_agreement(encoder, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    expected: torch.Tensor) -> float:
+    """Mean cosine of ``encoder``'s token embeddings against ``expected`` on the probe batch.
+
+    Non-finite outputs give ``nan``, which fails every threshold.
+    """
     actual = encoder(input_ids, attention_mask)
     real = attention_mask.bool()
     cosine = torch.nn.functional.cosine_similarity(
@@ -111,6 +139,11 @@ def probe_cosine(encoder, auto_model: nn.Module) -> float:
     if not bool(torch.isfinite(cosine).all()):
         return float("nan")
     return float(cosine.mean())
+
+
+def probe_cosine(encoder, auto_model: nn.Module) -> float:
+    """Mean cosine of ``encoder``'s token embeddings against PyTorch's on a padded probe batch."""
+    return probe_agreement(encoder, *probe_expected(auto_model))
 
 
 @contextlib.contextmanager

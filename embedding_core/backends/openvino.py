@@ -48,14 +48,18 @@ from embedding_core.backends.common import (
     cache_root,
     int64_feeds,
     model_key,
-    probe_cosine,
+    probe_agreement,
+    probe_expected,
     quiet_transformers,
+    source_key,
 )
 
 logger = logging.getLogger(__name__)
 
 # Bump when the conversion or quantization steps change, so cached IRs are rebuilt.
-_RECIPE = 1
+# 2: the fp32 entry keeps PyTorch's output on the probe batch (``probe.npz``).
+_RECIPE = 2
+PROBE_FILE = "probe.npz"
 CALIBRATION_FILE = Path(__file__).resolve().parent.parent / "data" / "calibration_texts.jsonl"
 # Calibration batches: texts per batch (padded to the longest of each batch).
 _CALIBRATION_BATCH = 8
@@ -223,9 +227,14 @@ def load_openvino_encoder(
             f"backend={backend!r} needs openvino (and nncf for int8): "
             f"pip install 'embedding-pipeline[openvino]' ({error})"
         ) from error
-    auto_model = transformer.auto_model
-    folder = Path(cache_folder) if cache_folder else cache_root() / "openvino"
-    folder = folder / model_key(auto_model, revision, f"openvino {openvino.__version__}|{_RECIPE}")
+    toolchain = f"openvino {openvino.__version__}|{_RECIPE}"
+    if revision and not getattr(transformer, "torch_loaded", True):
+        # Loaded from an immutable revision and not touched since: the revision names the
+        # weights, so a cached graph is found without loading the PyTorch model at all.
+        key = source_key(transformer.auto_config, transformer.model_kwargs, revision, toolchain)
+    else:
+        key = model_key(transformer.auto_model, revision, toolchain)
+    folder = (Path(cache_folder) if cache_folder else cache_root() / "openvino") / key
     int8_texts: list[str] = []
     if backend == "openvino-int8":
         int8_texts = list(calibration_texts) if calibration_texts is not None else bundled_calibration_texts()
@@ -238,7 +247,8 @@ def load_openvino_encoder(
         fresh: list[Path] = []
         path = fp32
         try:
-            if cache.ensure(fp32, lambda target: _convert(auto_model, target / "model.xml"), "OpenVINO fp32 model"):
+            # Building needs the PyTorch model (``transformer.auto_model`` loads it on first use).
+            if cache.ensure(fp32, lambda target: _convert(transformer.auto_model, target), "OpenVINO fp32 model"):
                 fresh.append(fp32)
             if backend == "openvino-int8":
                 digest = hashlib.sha256(json.dumps([nncf.__version__, transformer.max_seq_length, int8_texts]).encode())
@@ -246,7 +256,7 @@ def load_openvino_encoder(
                 if cache.ensure(path, lambda target: _quantize(fp32 / "model.xml", transformer, int8_texts,
                                                                target / "model.xml"), "OpenVINO int8 model"):
                     fresh.append(path)
-            return _compiled_and_checked(path / "model.xml", backend, threads, auto_model)
+            return _compiled_and_checked(path / "model.xml", backend, threads, fp32 / PROBE_FILE)
         except Exception as error:  # the converter, NNCF and the plugin raise many kinds of errors
             if attempt == 1 and fp32 not in fresh:
                 # Cached files that will not load, quantize or pass the probe are damaged
@@ -264,10 +274,13 @@ def load_openvino_encoder(
     raise AssertionError("unreachable")
 
 
-def _compiled_and_checked(path: Path, backend: str, threads: int | None, auto_model: nn.Module) -> OpenVinoEncoder:
-    """The compiled model at ``path``, if it agrees with PyTorch on the probe batch."""
+def _compiled_and_checked(path: Path, backend: str, threads: int | None, probe: Path) -> OpenVinoEncoder:
+    """The compiled model at ``path``, if it agrees with PyTorch on the probe batch (PyTorch's
+    output was recorded in ``probe`` when the fp32 graph was built from the same weights)."""
     encoder = OpenVinoEncoder(path, backend, threads)
-    cosine = probe_cosine(encoder, auto_model)
+    with np.load(probe) as recorded:
+        cosine = probe_agreement(encoder, *(torch.from_numpy(recorded[name])
+                                            for name in ("input_ids", "attention_mask", "expected")))
     if not cosine >= _MIN_PROBE_COSINE[backend]:
         raise OpenVinoBackendError(
             f"The {backend} model at {encoder.path} disagrees with PyTorch on a probe batch "
@@ -281,8 +294,16 @@ def bundled_calibration_texts() -> list[str]:
         return [json.loads(line)["text"] for line in fh if line.strip()]
 
 
-def _convert(auto_model: nn.Module, target: Path) -> None:
+def _convert(auto_model: nn.Module, folder: Path) -> None:
+    """``folder``/model.xml (+ .bin): the fp32 graph; ``folder``/probe.npz: PyTorch's output
+    on the probe batch, which every later load of this entry (or its int8 copy) is checked
+    against."""
     import openvino as ov
+
+    target = folder / "model.xml"
+    input_ids, attention_mask, expected = probe_expected(auto_model)
+    np.savez(folder / PROBE_FILE, input_ids=input_ids.numpy(), attention_mask=attention_mask.numpy(),
+             expected=expected.float().numpy())
 
     vocab = int(getattr(auto_model.config, "vocab_size", 1000))
     input_ids = torch.randint(5, max(6, min(vocab, 1000)), (2, 16), dtype=torch.long)

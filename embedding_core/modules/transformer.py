@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from typing import Any
 
 import torch
+from torch import nn
 
 from embedding_core.backends import Runtime, load_runtime
 from embedding_core.backends.common import quiet_transformers
@@ -55,18 +57,26 @@ class Transformer(Module):
         revision: str | None = None,
     ) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         if not trust_remote_code and _needs_remote_code(model_path):
             raise RemoteCodeRequiredError(
                 f"The model at {model_path} needs custom code from its repository (config.json has "
                 "'auto_map'). Pass trust_remote_code=True only if you trust that code."
             )
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        with quiet_transformers():  # no weight-loading progress bar on every load
-            self.auto_model = AutoModel.from_pretrained(
-                model_path, config=config, trust_remote_code=trust_remote_code, **(model_kwargs or {})
-            )
+        self.auto_config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.model_path = model_path
+        self.trust_remote_code = trust_remote_code
+        self.model_kwargs = dict(model_kwargs or {})
+        # Conversions (``.to()``, ``.half()``, ...) applied before the PyTorch model is loaded,
+        # replayed on it when it loads.
+        self._deferred: list[Any] = []
+        self._load_lock = threading.Lock()
+        self.training = False  # inference: the model loads in eval mode (``train()`` changes it)
+        if not backend.startswith("openvino"):
+            self._load_auto_model()
+        # else: an OpenVINO graph cached for this revision serves without PyTorch; the model
+        # loads on first use of ``auto_model`` (a build, a GPU, saving, a PyTorch forward).
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.do_lower_case = do_lower_case
         self._model_limit = self._position_limit()
@@ -75,10 +85,69 @@ class Transformer(Module):
             if tokenizer_limit is not None and tokenizer_limit < 1_000_000:
                 max_seq_length = int(tokenizer_limit)
         self._max_seq_length = self._capped(max_seq_length)
-        self.auto_model.eval()
         self.runtime: Runtime | None = None
         self.backend = "torch"
         self.set_backend(backend, revision)
+
+    @property
+    def auto_model(self) -> nn.Module:
+        """The Hugging Face model in PyTorch, loaded on first use when an OpenVINO graph
+        serves without it."""
+        model = self._modules.get("auto_model")
+        if model is None:
+            model = self._load_auto_model()
+        return model
+
+    @property
+    def torch_loaded(self) -> bool:
+        """Whether the PyTorch model is loaded (``auto_model`` loads it)."""
+        return "auto_model" in self._modules
+
+    def _load_auto_model(self) -> nn.Module:
+        with self._load_lock:
+            model = self._modules.get("auto_model")
+            if model is not None:
+                return model
+            from transformers import AutoModel
+
+            with quiet_transformers():  # no weight-loading progress bar on every load
+                model = AutoModel.from_pretrained(
+                    self.model_path, config=self.auto_config, trust_remote_code=self.trust_remote_code,
+                    **self.model_kwargs,
+                )
+            for convert in self._deferred:
+                model._apply(convert)
+            self._deferred.clear()
+            model.train(self.training)
+            # Registered directly: ``add_module``'s hasattr check would call this property.
+            self._modules["auto_model"] = model
+            return model
+
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy, pickle: a lock does not copy
+        state = super().__getstate__()
+        state.pop("_load_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._load_lock = threading.Lock()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Transformer:
+        if recurse and not self.torch_loaded:
+            self._deferred.append(fn)
+        return super()._apply(fn, recurse)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """With the PyTorch model's weights (loading it)."""
+        self.auto_model  # noqa: B018 - loads it
+        return super().state_dict(*args, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the PyTorch model is (CPU until it loads: only CPU models defer it)."""
+        if not self.torch_loaded:
+            return torch.device("cpu")
+        return next(self.auto_model.parameters()).device
 
     def set_backend(self, backend: str, revision: str | None = None) -> str:
         """Run CPU inputs through ``backend``'s runtime; returns the backend in effect
@@ -87,7 +156,7 @@ class Transformer(Module):
         return self.backend
 
     def _position_limit(self) -> int | None:
-        config = self.auto_model.config
+        config = self.auto_config
         limit = getattr(config, "max_position_embeddings", None)
         if limit is None:
             return None
@@ -117,7 +186,7 @@ class Transformer(Module):
         self._max_seq_length = self._capped(value)
 
     def get_word_embedding_dimension(self) -> int:
-        return int(self.auto_model.config.hidden_size)
+        return int(self.auto_config.hidden_size)
 
     def output_dimension(self, input_dimension: int | None) -> int:
         return self.get_word_embedding_dimension()

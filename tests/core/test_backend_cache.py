@@ -10,7 +10,9 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+import torch
 
 from embedding_core import SentenceTransformer
 from embedding_core.backends import cache
@@ -103,3 +105,54 @@ def test_the_default_path_is_quiet(fresh_cache):
     assert stderr == ""
     assert json.loads(stdout) == [["openvino", 2], ["openvino-int8", 2]]
     assert len(list(fresh_cache.rglob("model.xml"))) == 2  # it did build both, quietly
+
+
+def test_a_cached_graph_serves_without_loading_the_pytorch_model(fresh_cache, bundled_model_path, parity_texts,
+                                                                 reference):
+    SentenceTransformer(bundled_model_path, device="cpu", backend="openvino")  # builds the entry
+    entry = fp32_entry(fresh_cache)
+    assert {"model.xml", "model.bin", "probe.npz", cache.MANIFEST} <= {p.name for p in entry.iterdir()}
+    # A fresh process finds the entry by the model's revision: transformers' BERT code is
+    # never imported, the PyTorch weights never loaded, and the vectors are the reference's.
+    check = start_python(f"""
+        import json, sys
+        from embedding_core import SentenceTransformer
+        model = SentenceTransformer({str(bundled_model_path)!r}, device="cpu", backend="openvino")
+        vectors = model.encode({list(parity_texts)!r})
+        print(json.dumps({{"backend": model.backend, "loaded": model.transformer.torch_loaded,
+                          "bert_code": "transformers.models.bert.modeling_bert" in sys.modules,
+                          "dim": model.get_sentence_embedding_dimension(),
+                          "vectors": vectors.tolist()}}))
+    """, fresh_cache)
+    out, err = check.communicate(timeout=300)
+    assert check.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (result["backend"], result["loaded"], result["bert_code"], result["dim"]) == ("openvino", False, False, 384)
+    assert_rows_match(np.array(result["vectors"], dtype=np.float32), reference.encode(list(parity_texts)))
+
+
+def test_the_pytorch_model_loads_on_first_use_with_the_conversions_asked_before(fresh_cache, bundled_model_path):
+    SentenceTransformer(bundled_model_path, device="cpu", backend="openvino")  # builds the entry
+    model = SentenceTransformer(bundled_model_path, device="cpu", backend="openvino")
+    transformer = model.transformer
+    assert not transformer.torch_loaded
+    model.double()  # recorded, then replayed on the model when it loads
+    assert transformer.auto_model.dtype == torch.float64 and not transformer.auto_model.training
+    assert transformer.torch_loaded
+    assert any(name.startswith("0.auto_model.") for name in model.state_dict())
+
+
+def test_a_recorded_probe_that_disagrees_rebuilds_the_entry(fresh_cache, bundled_model_path, caplog):
+    SentenceTransformer(bundled_model_path, device="cpu", backend="openvino")
+    probe = fp32_entry(fresh_cache) / "probe.npz"
+    with np.load(probe) as recorded:
+        arrays = dict(recorded)
+    arrays["expected"] = -arrays["expected"]  # same size, wrong numbers: the manifest cannot tell
+    with open(probe, "wb") as fh:
+        np.savez(fh, **arrays)
+    with caplog.at_level(logging.WARNING):
+        rebuilt = SentenceTransformer(bundled_model_path, device="cpu", backend="openvino")
+    assert rebuilt.backend == "openvino"
+    assert "disagrees with PyTorch on a probe batch" in caplog.text and "rebuilding it" in caplog.text
+    with np.load(probe) as recorded:
+        assert not np.array_equal(recorded["expected"], arrays["expected"])

@@ -67,7 +67,9 @@ def test_a_stopped_worker_fails_the_call_naming_worker_pid_and_device(model, par
     assert "no progress" in message and "stall timeout of 3 s" in message and STALL_TIMEOUT_ENV in message
     assert isinstance(caught.value, WorkerDiedError)
     assert caught.value.device == "cpu" and caught.value.exitcode == -signal.SIGKILL
-    assert 3 <= reported_after < 20
+    # The 3 s count from the worker's last heartbeat (one a second), which came up to ~1 s
+    # before the SIGSTOP.
+    assert 2 <= reported_after < 20
     assert pool.broken and pool.closed
     assert alive(pool.pids) == [] and children() - before == set()
 
