@@ -17,19 +17,47 @@ import ctypes.util
 import sys
 from functools import cache
 
-__all__ = ["release_free_heap"]
+__all__ = ["MMAP_THRESHOLD", "map_large_blocks", "release_free_heap"]
+
+# Blocks of at least this many bytes are mapped on their own and unmapped when freed.
+MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt parameter, <malloc.h>
+
+
+@cache
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim, libc.mallopt  # glibc only (musl has neither)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+@cache
+def map_large_blocks() -> bool:
+    """Have glibc map every block of `MMAP_THRESHOLD` bytes or more on its own (once per
+    process; whether it took effect).
+
+    glibc starts at 128 KiB but raises its threshold to the size of each mapped block freed,
+    up to 32 MiB, so after the first shard the per-batch hidden states and pooling buffers
+    (0.1-3 MiB each, allocated and freed hundreds of times per shard) come from the heap,
+    where they fragment it while a shard is encoded. A fixed threshold keeps them out of
+    the heap: freeing one unmaps it. The cost is one mmap/munmap per such block.
+    """
+    libc = _libc()
+    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 @cache
 def _malloc_trim():
     """glibc's ``malloc_trim``, or None (another C library, another OS)."""
-    if not sys.platform.startswith("linux"):
+    libc = _libc()
+    if libc is None:
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim  # glibc only (musl has none)
-    except (OSError, AttributeError):
-        return None
+    trim = libc.malloc_trim
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     return trim

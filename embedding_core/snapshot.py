@@ -20,7 +20,7 @@ import torch
 
 from embedding_core.backends import LOSSY_BACKENDS, resolve_backend
 from embedding_core.hub import folder_content_hash, resolve_model
-from embedding_core.memory import release_free_heap
+from embedding_core.memory import map_large_blocks, release_free_heap
 from embedding_core.model import SentenceTransformer
 from embedding_core.store import EmbeddingParams, EmbeddingStore, ModelSnapshot
 
@@ -177,6 +177,7 @@ class EncodingSession:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if self.log is not None:
             self.log(f"encoding {len(texts)} texts with {self.snapshot.model}@{self.snapshot.revision[:19]}")
+        map_large_blocks()  # per-batch buffers outside the heap (`embedding_core.memory`)
         if self.model is None:
             self.model = self.config.load(self.snapshot)
             if self.config.target_devices:
