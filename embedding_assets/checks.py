@@ -15,6 +15,7 @@ and a partition deleted from `corpus_shards` no longer counts in the asset's che
 
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from dagster import (
@@ -46,6 +47,7 @@ from embedding_assets.problems import (
     unit_norm_problem,
 )
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
+from embedding_core.memory import release_free_heap
 from embedding_core.snapshot import SnapshotNotCurrentError, require_current_snapshot
 from embedding_core.store import EmbeddingStore
 
@@ -109,30 +111,41 @@ def encodes_canary(model, dim: int) -> AssetCheckResult:
 
 
 def stored_shards(store: EmbeddingStore, config, partitions: Sequence[str]
-                  ) -> tuple[dict[str, StoredShard], dict[str, str]]:
-    """The current embeddings of each partition read back under the configured model and
-    parameters, and, for partitions that have none, why."""
+                  ) -> Iterator[tuple[str, StoredShard | None, str | None]]:
+    """``(partition, shard, None)`` for each partition's current embeddings read back under
+    the configured model and parameters, or ``(partition, None, why)`` for one that has none.
+
+    One partition at a time, read when the caller asks for it: a check that judges each shard
+    before taking the next holds one shard's vectors, ids and corpus ids, not the whole run's
+    (a run of 8 shards of 25,000 texts held ~300 MB of float32 per check step, the peak of a
+    200k-text backfill; docs/performance.md, Memory).
+    """
     try:
         snapshot = require_current_snapshot(store, config.model_name, match_revision=False)
     except SnapshotNotCurrentError as error:
-        return {}, dict.fromkeys(partitions, str(error))
+        for partition in partitions:
+            yield partition, None, str(error)
+        return
     params = config.params(snapshot)
-    shards, missing = {}, {}
     for partition in partitions:
         corpus_version = store.corpus_version(partition)
         version = corpus_version and store.embedding_version(partition, snapshot, params,
                                                              corpus_version.corpus_version)
         if version is None:
-            missing[partition] = (f"no embeddings of {partition}'s current corpus version with "
-                                  f"{snapshot.model}@{snapshot.revision[:16]} and the configured "
-                                  "parameters; materialize embeddings for it")
+            yield partition, None, (f"no embeddings of {partition}'s current corpus version with "
+                                    f"{snapshot.model}@{snapshot.revision[:16]} and the configured "
+                                    "parameters; materialize embeddings for it")
             continue
-        ids, vectors = store.read_embeddings(version)
-        shards[partition] = StoredShard(
-            version=version, ids=ids.column("id").to_pylist(), vectors=vectors,
-            corpus_ids=store.read_corpus(corpus_version).column("id").to_pylist(),
-            snapshot=snapshot, params=params)
-    return shards, missing
+        release_free_heap()  # the previous shard's pages, before this one is read
+        # No local of this generator keeps the shard once the caller has moved on.
+        yield partition, _stored_shard(store, version, corpus_version, snapshot, params), None
+
+
+def _stored_shard(store: EmbeddingStore, version, corpus_version, snapshot, params) -> StoredShard:
+    ids, vectors = store.read_embeddings(version)
+    return StoredShard(version=version, ids=ids.column("id").to_pylist(), vectors=vectors,
+                       corpus_ids=store.read_corpus(corpus_version).column("id").to_pylist(),
+                       snapshot=snapshot, params=params)
 
 
 @multi_asset_check(
@@ -147,16 +160,17 @@ def embeddings_shard_checks(
 ) -> Iterator:
     selected = [check for check in SHARD_CHECKS
                 if AssetCheckKey(EMBEDDINGS, check.name) in context.selected_asset_check_keys]
-    shards, missing = stored_shards(embedding_store.open(), encoder.open(), context.partition_keys)
     instance = context.instance
     for check in selected:
         yield check_output(context.op_execution_context, AssetCheckKey(EMBEDDINGS, check.name))
-        for partition in context.partition_keys:
-            if partition in missing:
+    # Every selected check judges a partition before the next is read (`stored_shards`).
+    for partition, shard, missing in stored_shards(embedding_store.open(), encoder.open(),
+                                                   context.partition_keys):
+        for check in selected:
+            if shard is None:
                 yield partition_evaluation(instance, EMBEDDINGS, check.name, partition, False,
-                                           {"reason": missing[partition]})
+                                           {"reason": missing})
                 continue
-            shard = shards[partition]
             if not check.applies(shard):
                 # Not evaluated: the UI shows the check skipped for this run, not green.
                 context.log.info(f"{check.name} does not apply to {partition} "
@@ -167,6 +181,18 @@ def embeddings_shard_checks(
             yield partition_evaluation(instance, EMBEDDINGS, check.name, partition, problem is None, {
                 "problem": problem, "rows": len(shard.ids),
                 "version_id": shard.version.version_id})
+        del shard  # before the next one is read
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """The rows of one partition that the spot check re-encodes: what it keeps of the shard."""
+
+    rows: np.ndarray
+    ids: list[str]
+    texts: list[str]
+    stored: np.ndarray
+    precision: str
 
 
 @multi_asset_check(
@@ -185,42 +211,48 @@ def embeddings_match_model(
 ) -> Iterator:
     yield check_output(context.op_execution_context, AssetCheckKey(EMBEDDINGS, MATCH_MODEL_CHECK))
     config, store = encoder.open(), embedding_store.open()
-    shards, missing = stored_shards(store, config, context.partition_keys)
-    for partition, reason in missing.items():
-        yield partition_evaluation(context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, partition,
-                                   False, {"reason": reason})
     rng = np.random.default_rng()
-    samples = {}
-    for partition, shard in shards.items():
+    # Only the sampled rows of each shard are kept (the sweep reads every partition).
+    samples: dict[str, _Sample] = {}
+    encoding = None  # (snapshot, params) of the shards, the same for all of them
+    for partition, shard, reason in stored_shards(store, config, context.partition_keys):
+        if shard is None:
+            yield partition_evaluation(context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, partition,
+                                       False, {"reason": reason})
+            continue
+        encoding = encoding or (shard.snapshot, shard.params)
         rows = rng.choice(len(shard.ids), size=min(SAMPLE_ROWS_PER_PARTITION, len(shard.ids)),
                           replace=False)
+        texts = []
         if len(rows):
             corpus = store.read_corpus(store.corpus_version(partition, shard.version.corpus_version))
-            samples[partition] = (rows, corpus.column("text").take(rows).to_pylist())
-    texts = [text for _, partition_texts in samples.values() for text in partition_texts]
+            texts = corpus.column("text").take(rows).to_pylist()
+        samples[partition] = _Sample(rows, [shard.ids[int(row)] for row in rows], texts,
+                                     shard.vectors[rows], shard.params.precision)
+        del shard  # before the next one is read
+    texts = [text for sample in samples.values() for text in sample.texts]
     if texts:
-        some = next(iter(shards.values()))
-        with config.session(some.snapshot, some.params) as session:
+        with config.session(*encoding) as session:
             fresh = session.encode(texts)
     threshold = MIN_COSINE if config.precision == "float32" else MIN_BIT_AGREEMENT
     start = 0
-    for partition, shard in shards.items():
-        if partition not in samples:
+    for partition, sample in samples.items():
+        if not len(sample.rows):
             yield partition_evaluation(context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, partition,
                                        True, {"texts_compared": 0, "reason": "empty shard"})
             continue
-        rows, partition_texts = samples[partition]
-        agreement = vector_agreement(fresh[start:start + len(rows)], shard.vectors[rows],
-                                     shard.params.precision)
-        start += len(rows)
+        agreement = vector_agreement(fresh[start:start + len(sample.rows)], sample.stored,
+                                     sample.precision)
+        start += len(sample.rows)
         worst = int(np.argmin(agreement))
         yield partition_evaluation(
             context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, partition,
             bool(agreement.min() >= threshold), {
-                "texts_compared": len(rows), "min_agreement": round(float(agreement.min()), 6),
-                "threshold": threshold, "worst_id": shard.ids[int(rows[worst])],
-                "worst_text": partition_texts[worst][:200]})
-    context.log.info(f"compared {len(texts)} texts of {len(samples)} partition(s)")
+                "texts_compared": len(sample.rows), "min_agreement": round(float(agreement.min()), 6),
+                "threshold": threshold, "worst_id": sample.ids[worst],
+                "worst_text": sample.texts[worst][:200]})
+    compared = sum(1 for sample in samples.values() if len(sample.rows))
+    context.log.info(f"compared {len(texts)} texts of {compared} partition(s)")
 
 
 def vector_agreement(fresh: np.ndarray, stored: np.ndarray, precision: str) -> np.ndarray:

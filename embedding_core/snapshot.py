@@ -20,6 +20,7 @@ import torch
 
 from embedding_core.backends import LOSSY_BACKENDS, resolve_backend
 from embedding_core.hub import folder_content_hash, resolve_model
+from embedding_core.memory import map_large_blocks, release_free_heap
 from embedding_core.model import SentenceTransformer
 from embedding_core.store import EmbeddingParams, EmbeddingStore, ModelSnapshot
 
@@ -176,17 +177,22 @@ class EncodingSession:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if self.log is not None:
             self.log(f"encoding {len(texts)} texts with {self.snapshot.model}@{self.snapshot.revision[:19]}")
+        map_large_blocks()  # per-batch buffers outside the heap (`embedding_core.memory`)
         if self.model is None:
             self.model = self.config.load(self.snapshot)
             if self.config.target_devices:
                 self.pool = self.model.start_multi_process_pool(list(self.config.target_devices))
         if self.params.max_seq_length is not None:
             self.model.max_seq_length = self.params.max_seq_length
-        return self.model.encode(
+        vectors = self.model.encode(
             list(texts), batch_size=self.config.batch_size, precision=self.params.precision,
             normalize_embeddings=self.params.normalize_embeddings, prompt=self.params.prompt,
             truncate_dim=self.params.truncate_dim, pool=self.pool, show_progress_bar=False,
         )
+        # The call's tokens, padded batches and hidden states are freed now: hand their pages
+        # back before the caller writes the vectors (`embedding_core.memory`).
+        release_free_heap()
+        return vectors
 
     def close(self) -> None:
         if self.pool is not None:

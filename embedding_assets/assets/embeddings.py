@@ -14,6 +14,7 @@ from embedding_assets.metadata import embeddings_metadata, single_data_version
 from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS, shard_asset
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
 from embedding_assets.shards import ShardFailures, corpus_failures_in_run, record_stored
+from embedding_core.memory import release_free_heap
 from embedding_core.snapshot import require_current_snapshot
 
 # Re-embed a partition when its embeddings are missing while its corpus exists, when the
@@ -69,6 +70,9 @@ def embeddings(
         for partition_key in context.partition_keys:
             if partition_key in failures.errors:
                 continue
+            # The previous shard's temporaries are freed: give their pages back first, so
+            # RSS does not ratchet up shard after shard (`embedding_core.memory`).
+            release_free_heap()
             with failures.attempt(partition_key):
                 corpus_version = store.corpus_version(partition_key)
                 if corpus_version is None:
@@ -86,6 +90,7 @@ def embeddings(
                 context.log.info(f"{partition_key}: {result.version.rows} rows ({result.encoded_rows} encoded, "
                                  f"{result.reused_rows} reused), version {result.version.version_id} "
                                  f"(lake snapshot {result.version.snapshot_id})")
+                del result, ids, vectors  # this shard's vectors, before the next one
     if failures.errors:
         record_stored(context, "embeddings", stored_metadata)
         failures.raise_if_any()
