@@ -92,7 +92,8 @@ def load_runtime(transformer: Any, backend: str, revision: str | None = None) ->
     stays in charge (``(None, "torch")``).
     """
     check_backend(backend)
-    device = transformer.device if hasattr(type(transformer), "device") else next(transformer.parameters()).device
+    # ``Transformer.device`` answers without loading a deferred PyTorch model.
+    device = getattr(transformer, "device", None) or next(transformer.parameters()).device
     if backend == "torch" or not runs_on(backend, device):
         return None, "torch"
     try:

@@ -69,22 +69,35 @@ def int64_feeds(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[s
     }
 
 
+def _digest(config: Any, toolchain: str, parts: Iterable[bytes] = ()) -> str:
+    """Hash of a model config, the torch/transformers versions, ``toolchain`` and ``parts``."""
+    import transformers
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(f"{torch.__version__}|{transformers.__version__}|{toolchain}".encode())
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()[:16]
+
+
+def _label(revision: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", revision)[:48]
+
+
 def model_key(auto_model: nn.Module, revision: str | None, toolchain: str) -> str:
     """Folder name for a model's built graphs: readable revision prefix + hash of weights and tools.
 
     ``toolchain`` names the versions and build recipe of the runtime, so that a new
     exporter, runtime or recipe builds a new file and never reuses a stale one.
     """
-    import transformers
 
-    digest = hashlib.sha256()
-    digest.update(json.dumps(auto_model.config.to_dict(), sort_keys=True, default=str).encode())
-    digest.update(f"{torch.__version__}|{transformers.__version__}|{toolchain}".encode())
-    for name, tensor in auto_model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", revision or "weights")[:48]
-    return f"{label}-{digest.hexdigest()[:16]}"
+    def weights() -> Iterator[bytes]:
+        for name, tensor in auto_model.state_dict().items():
+            yield name.encode()
+            yield tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+
+    return f"{_label(revision or 'weights')}-{_digest(auto_model.config, toolchain, weights())}"
 
 
 def source_key(config: Any, model_kwargs: dict[str, Any] | None, revision: str, toolchain: str) -> str:
@@ -94,14 +107,8 @@ def source_key(config: Any, model_kwargs: dict[str, Any] | None, revision: str, 
     Used before the PyTorch model is loaded: the revision stands for the weight files, and
     the config and the ``model_kwargs`` of the load (a dtype, say) for what was made of them.
     """
-    import transformers
-
-    digest = hashlib.sha256()
-    digest.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
-    digest.update(json.dumps(model_kwargs or {}, sort_keys=True, default=str).encode())
-    digest.update(f"{torch.__version__}|{transformers.__version__}|{toolchain}|{revision}".encode())
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", revision)[:48]
-    return f"{label}-src-{digest.hexdigest()[:16]}"
+    kwargs = json.dumps(model_kwargs or {}, sort_keys=True, default=str)
+    return f"{_label(revision)}-src-{_digest(config, toolchain, [kwargs.encode(), revision.encode()])}"
 
 
 def probe_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
