@@ -135,6 +135,17 @@ def check_statuses(graphql: GraphQL, asset: str) -> dict[str, tuple[list[str], l
                         sorted(c["partitionStatuses"]["failedPartitions"])) for c in checks}
 
 
+def stop_sensor(graphql: GraphQL, name: str) -> None:
+    """Stop a sensor as the UI's toggle does; asserts it is stopped."""
+    sensor = graphql("""query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
+                          ... on Sensor { sensorState { id } } } }""",
+                     selector={**REPOSITORY, "sensorName": name})["sensorOrError"]
+    stopped = graphql("""mutation($id: String!) { stopSensor(id: $id) {
+                           ... on StopSensorMutationResult { instigationState { status } } } }""",
+                      id=sensor["sensorState"]["id"])["stopSensor"]
+    assert stopped == {"instigationState": {"status": "STOPPED"}}, stopped
+
+
 @pytest.mark.slow
 def test_dagster_dev_serves_the_graph_and_runs_queued_materializations(dagster_dev):
     graphql, tmp_path = dagster_dev
@@ -144,6 +155,10 @@ def test_dagster_dev_serves_the_graph_and_runs_queued_materializations(dagster_d
     assert graph == {"corpus": ("ingest", []), "model_snapshot": ("models", []),
                      "embeddings": ("vectors", ["corpus", "model_snapshot"]),
                      "store_maintenance": ("maintenance", [])}
+
+    # This test launches every run itself: the automation sensor (running by default, every
+    # 30 s) would otherwise embed messy.jsonl once its corpus lands, racing the checks below.
+    stop_sensor(graphql, "embeddings_automation")
 
     # A second landing file with rejected rows: its rows_valid check fails, the other's passes.
     landing = tmp_path / "landing"
