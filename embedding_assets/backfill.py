@@ -2,10 +2,10 @@
 
     python -m embedding_assets.backfill --model-revision <commit> --from a.jsonl --to z.jsonl
 
-Steps: add a partition for every landing file the instance does not know yet; materialize
-`model_snapshot` (pinning the requested revision); then materialize `corpus` + `embeddings`
-for the selected partitions in runs of at most `MAX_PARTITIONS_PER_RUN` contiguous shards
-(the assets' backfill policy). Runs execute in this process and are recorded in the
+Steps: materialize `model_snapshot` (pinning the requested revision); then `corpus` +
+`embeddings` for the selected partitions (landing buckets; a landing file's key names its
+bucket) in runs of at most `MAX_PARTITIONS_PER_RUN` contiguous buckets (the assets'
+backfill policy). Runs execute in this process and are recorded in the
 instance under `$DAGSTER_HOME` (an in-memory instance when it is unset). With
 `--submit <webserver URL>` the same runs go instead to a running deployment's queue (e.g.
 `make cluster`) and execute on its executor; the deployment's own EMBEDDING_* settings apply
@@ -40,17 +40,19 @@ from dagster import (
     Definitions,
     RunsFilter,
 )
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    MAX_RETRIES_TAG,
-)
-from sqlalchemy.exc import IntegrityError
 
 from embedding_assets.heartbeat import Heartbeat
 from embedding_assets.jobs import EMBED_CORPUS, SNAPSHOT_MODEL
-from embedding_assets.partitions import MAX_PARTITIONS_PER_RUN, corpus_partitions
+from embedding_assets.partitions import (
+    LANDING_BUCKETS,
+    MAX_PARTITIONS_PER_RUN,
+    PARTITION_RANGE_END_TAG,
+    PARTITION_RANGE_START_TAG,
+    corpus_partitions,
+    partition_range_tags,
+)
 from embedding_assets.signals import BackfillInterrupted, StopOnSignal, signal_name
+from embedding_core.landing import bucket_of
 from embedding_core.store import CATALOG_FILE_NAME
 
 SHARD_ASSETS = (AssetKey("corpus"), AssetKey("embeddings"))
@@ -58,6 +60,8 @@ SHARD_ASSETS = (AssetKey("corpus"), AssetKey("embeddings"))
 # "<host>:<pid>:<process start time>" of the process that executes a run in place.
 RUN_PROCESS_TAG = "embedding/process"
 UNFINISHED = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+# Dagster's documented run tag for a run's own retry budget (run_retries in dagster.yaml).
+MAX_RETRIES_TAG = "dagster/max_retries"
 INTERRUPT_ERRORS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}
 
 
@@ -121,19 +125,9 @@ def was_interrupted(result) -> bool:
     return False
 
 
-def register_landing_partitions(defs: Definitions, instance: DagsterInstance) -> list[str]:
-    """Add a partition for every corpus file in the landing folder; return all partitions
-    in the instance's order."""
-    corpus_source = defs.resources["corpus_source"]
-    known = set(instance.get_dynamic_partitions(corpus_partitions.name))
-    new_keys = [key for key in corpus_source.open().fingerprints() if key not in known]
-    if new_keys:
-        try:
-            instance.add_dynamic_partitions(corpus_partitions.name, new_keys)
-        except IntegrityError:
-            # A concurrent backfill or the sensor added some of them first; add the rest.
-            instance.add_dynamic_partitions(corpus_partitions.name, new_keys)
-    return list(instance.get_dynamic_partitions(corpus_partitions.name))
+def landing_partitions() -> list[str]:
+    """Every partition (landing bucket), in order."""
+    return list(corpus_partitions.get_partition_keys())
 
 
 def contiguous_chunks(all_keys: Sequence[str], selected: Sequence[str], size: int) -> list[list[str]]:
@@ -172,11 +166,10 @@ def materialize_selection(
 
     if partition_keys is None:
         return [run(tags)]
-    all_keys = instance.get_dynamic_partitions(corpus_partitions.name)
+    all_keys = landing_partitions()
     results = []
     for chunk in contiguous_chunks(all_keys, partition_keys, max_partitions_per_run):
-        results.append(run({**(tags or {}), ASSET_PARTITION_RANGE_START_TAG: chunk[0],
-                            ASSET_PARTITION_RANGE_END_TAG: chunk[-1]}))
+        results.append(run({**(tags or {}), **partition_range_tags(chunk[0], chunk[-1])}))
         if was_interrupted(results[-1]) or stopped():
             break
     return results
@@ -193,16 +186,34 @@ def named_job(defs: Definitions, asset_keys: Sequence[AssetKey]):
 
 
 def select_partitions(all_keys: Sequence[str], first: str | None, last: str | None,
-                      listed: str | None) -> list[str]:
-    """Partitions named by --partitions, or the inclusive range --from/--to (default: all)."""
+                      listed: str | None, landing_keys: Sequence[str] = ()) -> list[str]:
+    """Buckets named by --partitions, or the inclusive range --from/--to (default: all).
+
+    Each name is a bucket (``bucket-03``) or a landing file's key (``python_docs.jsonl``),
+    which stands for its bucket; a --from/--to range of file keys selects the buckets of
+    every landing file whose key lies in that range."""
+    files = sorted(landing_keys)
+
+    def bucket(name: str, flag: str) -> str:
+        if name in all_keys:
+            return name
+        if name in files:
+            return bucket_of(name, LANDING_BUCKETS)
+        raise ValueError(f"{flag} {name!r} is neither a partition ({all_keys[0]} ... {all_keys[-1]}) "
+                         f"nor a landing file of the landing folder")
+
     if listed:
-        return [key.strip() for key in listed.split(",") if key.strip()]
-    for name, key in (("--from", first), ("--to", last)):
-        if key is not None and key not in all_keys:
-            raise ValueError(f"{name} {key!r} is not a partition; known: {list(all_keys)}")
-    start = all_keys.index(first) if first else 0
-    end = all_keys.index(last) if last else len(all_keys) - 1
-    return list(all_keys[start:end + 1])
+        names = [key.strip() for key in listed.split(",") if key.strip()]
+        return sorted({bucket(name, "--partitions") for name in names}, key=list(all_keys).index)
+    for flag, name in (("--from", first), ("--to", last)):
+        if name is not None:
+            bucket(name, flag)
+    if (first is None or first in all_keys) and (last is None or last in all_keys):
+        start = all_keys.index(first) if first else 0
+        end = all_keys.index(last) if last else len(all_keys) - 1
+        return list(all_keys[start:end + 1])
+    in_range = [key for key in files if (first is None or key >= first) and (last is None or key <= last)]
+    return sorted({bucket_of(key, LANDING_BUCKETS) for key in in_range}, key=list(all_keys).index)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,8 +257,8 @@ class InProcessRuns:
         """The run this process executes now, for the heartbeat."""
         for run in self.instance.get_runs(RunsFilter(statuses=UNFINISHED,
                                                      tags={RUN_PROCESS_TAG: self.process_tag})):
-            first = run.tags.get(ASSET_PARTITION_RANGE_START_TAG)
-            what = f"partitions {first}...{run.tags[ASSET_PARTITION_RANGE_END_TAG]}" if first else \
+            first = run.tags.get(PARTITION_RANGE_START_TAG)
+            what = f"partitions {first}...{run.tags[PARTITION_RANGE_END_TAG]}" if first else \
                 ", ".join(key.to_user_string() for key in run.asset_selection or ())
             return f"run {run.run_id} ({what or 'model_snapshot'}) is {run.status.value}"
         return None
@@ -274,9 +285,10 @@ def backfill_in_process(args: argparse.Namespace, parser: argparse.ArgumentParse
             for run in fail_dead_runs(instance):
                 print(f"backfill: run {run.run_id} was left {run.status.value} by a process "
                       "that is gone; marked FAILURE", file=sys.stderr)
-            all_keys = register_landing_partitions(defs, instance)
+            all_keys = landing_partitions()
+            landing_keys = list(defs.resources["corpus_source"].open().listing())
             try:
-                selected = select_partitions(all_keys, args.first, args.last, args.partitions)
+                selected = select_partitions(all_keys, args.first, args.last, args.partitions, landing_keys)
             except ValueError as error:
                 parser.error(str(error))
             tags = {"embedding/trigger": "backfill-cli", RUN_PROCESS_TAG: runs.process_tag,
@@ -314,8 +326,8 @@ def local_catalog_file(defs: Definitions) -> str | None:
 def report_runs(results: Sequence) -> None:
     for result in results:
         status = "ok" if result.success else "FAILED"
-        print(f"run {result.run_id} {result.dagster_run.tags.get(ASSET_PARTITION_RANGE_START_TAG, '')}"
-              f"...{result.dagster_run.tags.get(ASSET_PARTITION_RANGE_END_TAG, '')}: {status}")
+        print(f"run {result.run_id} {result.dagster_run.tags.get(PARTITION_RANGE_START_TAG, '')}"
+              f"...{result.dagster_run.tags.get(PARTITION_RANGE_END_TAG, '')}: {status}")
 
 
 def submit_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -329,7 +341,7 @@ def submit_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
     def select(all_keys: Sequence[str]) -> list[str]:
         try:
-            return select_partitions(all_keys, args.first, args.last, args.partitions)
+            return select_partitions(all_keys, args.first, args.last, args.partitions, landing_keys)
         except ValueError as error:
             parser.error(str(error))
 
@@ -337,9 +349,9 @@ def submit_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     stop = StopOnSignal(on_deadline=lambda _signum: terminate_unfinished(args.submit, runs))
     try:
         with stop:
-            landing_keys = list(definitions_from_env().resources["corpus_source"].open().files())
+            landing_keys = list(definitions_from_env().resources["corpus_source"].open().listing())
             selected, _ = submit_backfill(
-                args.submit, landing_keys, select,
+                args.submit, select,
                 lambda all_keys, keys: contiguous_chunks(all_keys, keys, args.max_partitions_per_run),
                 tags={"embedding/trigger": "backfill-cli"}, runs=runs,
             )
@@ -352,8 +364,8 @@ def submit_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
               "no further run launched", file=sys.stderr)
         return 128 + (interruption.signum or stop.signum or signal.SIGINT)
     for run in runs:
-        print(f"run {run.run_id} {run.tags.get(ASSET_PARTITION_RANGE_START_TAG, '')}"
-              f"...{run.tags.get(ASSET_PARTITION_RANGE_END_TAG, '')}: "
+        print(f"run {run.run_id} {run.tags.get(PARTITION_RANGE_START_TAG, '')}"
+              f"...{run.tags.get(PARTITION_RANGE_END_TAG, '')}: "
               f"{'ok' if run.success else run.status}")
     print(f"{len(selected)} partition(s); submitted to {args.submit}")
     return 0 if all(run.success for run in runs) else 1

@@ -1,21 +1,19 @@
-"""Asset checks, one result per partition.
+"""Asset checks, one result per partition (a landing bucket).
 
 - `encodes_canary` runs inside the `model_snapshot` step on the model it pins.
 - `corpus.rows_valid` runs inside the `corpus` step (only it sees the rejected rows).
-- The stored-data checks of `embeddings` read the current stored version of each partition
-  back and judge it: the four `SHARD_CHECKS` (one step, `embeddings_shard_checks`) and the
-  spot check `embeddings_match_model`, which re-encodes a few sampled texts. They run after
-  `embeddings` in the same run, for that run's partitions, and can be launched alone from the
-  UI (the asset's Checks tab) without re-materializing; the weekly `verify_embeddings_sweep`
-  schedule runs the spot check over every partition.
-
-Every check result names its partition, so a run of several partitions reports each of them,
-and a partition deleted from `corpus_shards` no longer counts in the asset's check status.
+- The four `SHARD_CHECKS` of `embeddings` run inside the `embeddings` step, on the one read
+  back of the versions it wrote (`shard_check_evaluations`): a shard's vectors are read back
+  once, not once per check step.
+- The spot check `embeddings_match_model` re-encodes a few sampled texts of each bucket and
+  compares them with their stored vectors, reading only the sampled rows. It runs after
+  `embeddings` in the same run, can be launched alone from the UI (the asset's Checks tab)
+  without re-materializing, and the weekly `verify_embeddings_sweep` runs it over every
+  bucket.
 """
 
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from dagster import (
@@ -36,7 +34,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
 
-from embedding_assets.partitions import corpus_partitions
+from embedding_assets.partitions import LANDING_BUCKETS, corpus_partitions
 from embedding_assets.problems import (
     SHARD_CHECKS,
     ShardCheck,
@@ -47,19 +45,20 @@ from embedding_assets.problems import (
     unit_norm_problem,
 )
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
-from embedding_core.memory import release_free_heap
+from embedding_core.landing_sync import files_by_bucket
 from embedding_core.snapshot import SnapshotNotCurrentError, require_current_snapshot
-from embedding_core.store import EmbeddingStore
+from embedding_core.store import EmbeddingParams
 
 __all__ = [
     "EMBEDDINGS", "ENCODES_CHECK", "SHARD_CHECKS", "MATCH_MODEL_CHECK", "ShardCheck", "StoredShard",
-    "dim_problem", "embeddings_match_model", "embeddings_shard_checks", "encodes_canary",
+    "dim_problem", "embeddings_match_model", "encodes_canary", "shard_check_evaluations",
     "non_finite_problem", "partition_check_spec", "partition_evaluation", "rows_match_corpus_problem",
     "unit_norm_problem", "vector_agreement",
 ]
 
 EMBEDDINGS = AssetKey("embeddings")
 SAMPLE_ROWS_PER_PARTITION = 4
+SHOWN_PROBLEMS = 5
 MIN_COSINE = 0.9999
 MIN_BIT_AGREEMENT = 0.98
 ENCODES_CHECK = "encodes_canary"
@@ -110,98 +109,34 @@ def encodes_canary(model, dim: int) -> AssetCheckResult:
     )
 
 
-def stored_shards(store: EmbeddingStore, config, partitions: Sequence[str]
-                  ) -> Iterator[tuple[str, StoredShard | None, str | None]]:
-    """``(partition, shard, None)`` for each partition's current embeddings read back under
-    the configured model and parameters, or ``(partition, None, why)`` for one that has none.
-
-    One partition at a time, read when the caller asks for it: a check that judges each shard
-    before taking the next holds one shard's vectors, ids and corpus ids, not the whole run's
-    (a run of 8 shards of 25,000 texts held ~300 MB of float32 per check step, the peak of a
-    200k-text backfill; docs/performance.md, Memory).
-    """
-    try:
-        snapshot = require_current_snapshot(store, config.model_name, match_revision=False)
-    except SnapshotNotCurrentError as error:
-        for partition in partitions:
-            yield partition, None, str(error)
-        return
-    params = config.params(snapshot)
-    for partition in partitions:
-        corpus_version = store.corpus_version(partition)
-        version = corpus_version and store.embedding_version(partition, snapshot, params,
-                                                             corpus_version.corpus_version)
-        if version is None:
-            yield partition, None, (f"no embeddings of {partition}'s current corpus version with "
-                                    f"{snapshot.model}@{snapshot.revision[:16]} and the configured "
-                                    "parameters; materialize embeddings for it")
+def shard_check_evaluations(instance: DagsterInstance, bucket: str, shards: Sequence[StoredShard],
+                            params: EmbeddingParams, log) -> list[AssetCheckEvaluation]:
+    """The `SHARD_CHECKS` results of one bucket: each check judges every shard (one landing
+    file's new version) this run wrote in it; it passes when all of them do."""
+    evaluations = []
+    for check in SHARD_CHECKS:
+        if not check.applies(params):
+            # Not evaluated: the UI shows the check skipped for this run, not green.
+            log.info(f"{check.name} does not apply to {bucket} ({params.precision}, "
+                     f"normalize_embeddings={params.normalize_embeddings}); not evaluated")
             continue
-        release_free_heap()  # the previous shard's pages, before this one is read
-        # No local of this generator keeps the shard once the caller has moved on.
-        yield partition, _stored_shard(store, version, corpus_version, snapshot, params), None
-
-
-def _stored_shard(store: EmbeddingStore, version, corpus_version, snapshot, params) -> StoredShard:
-    ids, vectors = store.read_embeddings(version)
-    return StoredShard(version=version, ids=ids.column("id").to_pylist(), vectors=vectors,
-                       corpus_ids=store.read_corpus(corpus_version).column("id").to_pylist(),
-                       snapshot=snapshot, params=params)
-
-
-@multi_asset_check(
-    specs=[partition_check_spec(check.name, "embeddings", check.description) for check in SHARD_CHECKS],
-    can_subset=True,
-    name="embeddings_shard_checks",
-    description="The stored vectors of each partition read back and checked.",
-)
-def embeddings_shard_checks(
-    context: AssetCheckExecutionContext, encoder: EncoderResource,
-    embedding_store: EmbeddingStoreResource,
-) -> Iterator:
-    selected = [check for check in SHARD_CHECKS
-                if AssetCheckKey(EMBEDDINGS, check.name) in context.selected_asset_check_keys]
-    instance = context.instance
-    for check in selected:
-        yield check_output(context.op_execution_context, AssetCheckKey(EMBEDDINGS, check.name))
-    # Every selected check judges a partition before the next is read (`stored_shards`).
-    for partition, shard, missing in stored_shards(embedding_store.open(), encoder.open(),
-                                                   context.partition_keys):
-        for check in selected:
-            if shard is None:
-                yield partition_evaluation(instance, EMBEDDINGS, check.name, partition, False,
-                                           {"reason": missing})
-                continue
-            if not check.applies(shard):
-                # Not evaluated: the UI shows the check skipped for this run, not green.
-                context.log.info(f"{check.name} does not apply to {partition} "
-                                 f"({shard.params.precision}, normalize_embeddings="
-                                 f"{shard.params.normalize_embeddings}); not evaluated")
-                continue
-            problem = check.find_problem(shard)
-            yield partition_evaluation(instance, EMBEDDINGS, check.name, partition, problem is None, {
-                "problem": problem, "rows": len(shard.ids),
-                "version_id": shard.version.version_id})
-        del shard  # before the next one is read
-
-
-@dataclass(frozen=True)
-class _Sample:
-    """The rows of one partition that the spot check re-encodes: what it keeps of the shard."""
-
-    rows: np.ndarray
-    ids: list[str]
-    texts: list[str]
-    stored: np.ndarray
-    precision: str
+        judged = list(shards)
+        problems = {shard.version.partition: problem for shard in judged
+                    if (problem := check.find_problem(shard)) is not None}
+        evaluations.append(partition_evaluation(instance, EMBEDDINGS, check.name, bucket, not problems, {
+            "files_checked": len(judged), "rows": sum(len(shard.ids) for shard in judged),
+            "problems": dict(list(problems.items())[:SHOWN_PROBLEMS]),
+            "note": None if judged else "no new version in this run; the last result stands"}))
+    return evaluations
 
 
 @multi_asset_check(
     specs=[partition_check_spec(
         MATCH_MODEL_CHECK, "embeddings",
         f"Spot check: re-encodes {SAMPLE_ROWS_PER_PARTITION} random stored texts of each checked "
-        f"partition with the current model snapshot and compares them with the stored vectors "
+        f"bucket with the current model snapshot and compares them with the stored vectors "
         f"(cosine >= {MIN_COSINE} for float32, >= {MIN_BIT_AGREEMENT:.0%} equal bits for "
-        "binary): catches a model, revision or parameter mix-up. Runs for the partitions of "
+        "binary): catches a model, revision or parameter mix-up. Runs for the buckets of "
         "each embeddings run; the weekly verify_embeddings_sweep covers all of them.")],
     name=MATCH_MODEL_CHECK,
 )
@@ -211,48 +146,66 @@ def embeddings_match_model(
 ) -> Iterator:
     yield check_output(context.op_execution_context, AssetCheckKey(EMBEDDINGS, MATCH_MODEL_CHECK))
     config, store = encoder.open(), embedding_store.open()
+    buckets = context.partition_keys
+    try:
+        snapshot = require_current_snapshot(store, config.model_name, match_revision=False)
+    except SnapshotNotCurrentError as error:
+        for bucket in buckets:
+            yield partition_evaluation(context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, bucket, False,
+                                       {"reason": str(error)})
+        return
+    params = config.params(snapshot)
+    files = files_by_bucket(store, buckets, LANDING_BUCKETS)
+    corpora = store.current_corpus_versions([key for keys in files.values() for key in keys])
+    versions = store.embedding_versions_of(list(corpora.values()), snapshot, params)
     rng = np.random.default_rng()
-    # Only the sampled rows of each shard are kept (the sweep reads every partition).
-    samples: dict[str, _Sample] = {}
-    encoding = None  # (snapshot, params) of the shards, the same for all of them
-    for partition, shard, reason in stored_shards(store, config, context.partition_keys):
-        if shard is None:
-            yield partition_evaluation(context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, partition,
-                                       False, {"reason": reason})
+    samples: dict[str, list[tuple[str, str, np.ndarray]]] = {}  # bucket -> (id, text, stored vector)
+    for bucket in buckets:
+        unembedded = [key for key in files[bucket] if key in corpora and key not in versions]
+        if unembedded:
+            yield partition_evaluation(context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, bucket, False, {
+                "reason": f"no embeddings of the current corpus version of {unembedded[:5]} with "
+                          f"{snapshot.model}@{snapshot.revision[:16]} and the configured parameters; "
+                          "materialize embeddings for the bucket"})
             continue
-        encoding = encoding or (shard.snapshot, shard.params)
-        rows = rng.choice(len(shard.ids), size=min(SAMPLE_ROWS_PER_PARTITION, len(shard.ids)),
-                          replace=False)
-        texts = []
-        if len(rows):
-            corpus = store.read_corpus(store.corpus_version(partition, shard.version.corpus_version))
-            texts = corpus.column("text").take(rows).to_pylist()
-        samples[partition] = _Sample(rows, [shard.ids[int(row)] for row in rows], texts,
-                                     shard.vectors[rows], shard.params.precision)
-        del shard  # before the next one is read
-    texts = [text for sample in samples.values() for text in sample.texts]
+        bucket_versions = [versions[key] for key in files[bucket] if key in versions and versions[key].rows]
+        picks = _sample_positions(rng, [version.rows for version in bucket_versions], SAMPLE_ROWS_PER_PARTITION)
+        samples[bucket] = [row for index, positions in picks.items()
+                           for row in store.sample_rows(bucket_versions[index], positions)]
+    texts = [text for rows in samples.values() for _, text, _ in rows]
     if texts:
-        with config.session(*encoding) as session:
+        with config.session(snapshot, params) as session:
             fresh = session.encode(texts)
     threshold = MIN_COSINE if config.precision == "float32" else MIN_BIT_AGREEMENT
     start = 0
-    for partition, sample in samples.items():
-        if not len(sample.rows):
-            yield partition_evaluation(context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, partition,
-                                       True, {"texts_compared": 0, "reason": "empty shard"})
+    for bucket, rows in samples.items():
+        if not rows:
+            yield partition_evaluation(context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, bucket,
+                                       True, {"texts_compared": 0, "reason": "no stored rows"})
             continue
-        agreement = vector_agreement(fresh[start:start + len(sample.rows)], sample.stored,
-                                     sample.precision)
-        start += len(sample.rows)
+        agreement = vector_agreement(fresh[start:start + len(rows)], np.stack([v for _, _, v in rows]),
+                                     params.precision)
+        start += len(rows)
         worst = int(np.argmin(agreement))
         yield partition_evaluation(
-            context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, partition,
+            context.instance, EMBEDDINGS, MATCH_MODEL_CHECK, bucket,
             bool(agreement.min() >= threshold), {
-                "texts_compared": len(sample.rows), "min_agreement": round(float(agreement.min()), 6),
-                "threshold": threshold, "worst_id": sample.ids[worst],
-                "worst_text": sample.texts[worst][:200]})
-    compared = sum(1 for sample in samples.values() if len(sample.rows))
-    context.log.info(f"compared {len(texts)} texts of {compared} partition(s)")
+                "texts_compared": len(rows), "min_agreement": round(float(agreement.min()), 6),
+                "threshold": threshold, "worst_id": rows[worst][0], "worst_text": rows[worst][1][:200]})
+    context.log.info(f"compared {len(texts)} texts of {sum(1 for rows in samples.values() if rows)} bucket(s)")
+
+
+def _sample_positions(rng: np.random.Generator, sizes: Sequence[int], count: int) -> dict[int, list[int]]:
+    """Up to `count` distinct rows drawn uniformly from shards of `sizes`: shard -> rows."""
+    total = sum(sizes)
+    picks: dict[int, list[int]] = {}
+    if not total:
+        return picks
+    offsets = np.cumsum([0, *sizes])
+    for flat in rng.choice(total, size=min(count, total), replace=False):
+        shard = int(np.searchsorted(offsets, flat, side="right") - 1)
+        picks.setdefault(shard, []).append(int(flat - offsets[shard]))
+    return picks
 
 
 def vector_agreement(fresh: np.ndarray, stored: np.ndarray, precision: str) -> np.ndarray:

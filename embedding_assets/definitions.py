@@ -9,6 +9,10 @@ EMBEDDING_STORE_ROOT           store data path: folder or ``s3://bucket/prefix``
 EMBEDDING_CATALOG              DuckDB catalog file (default: under a local root) or
                                ``postgres:<libpq key=value string>`` (required for s3://)
 EMBEDDING_LANDING_DIR          corpus landing folder (default: the bundled sample corpus)
+EMBEDDING_LANDING_ON_DELETE    keep (default): a file deleted from the landing folder keeps its
+                               vectors; retire: its rows are retired (a rename always retires)
+EMBEDDING_LANDING_BUCKETS      how many partitions (buckets) the landing files are hashed into
+                               (default 16)
 EMBEDDING_MODEL                model name or folder (default all-MiniLM-L6-v2, bundled)
 EMBEDDING_MODEL_REVISION       branch, tag or commit (default: the hub's main)
 EMBEDDING_DEVICE               cpu, cuda, cuda:1 (default: best available)
@@ -41,7 +45,7 @@ from embedding_assets.assets import (
     weekly_store_maintenance,
 )
 from embedding_assets.assets.store_maintenance import store_maintenance_job
-from embedding_assets.checks import embeddings_match_model, embeddings_shard_checks
+from embedding_assets.checks import embeddings_match_model
 from embedding_assets.jobs import embed_corpus, snapshot_model, verify_embeddings
 from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource, EncoderResource
 from embedding_assets.schedules import embeddings_automation, verify_embeddings_sweep
@@ -56,6 +60,7 @@ SAMPLE_CORPUS_DIR = str(Path(__file__).parent / "sample_corpus")
 def build_definitions(
     store_root: str, landing_dir: str = SAMPLE_CORPUS_DIR, catalog: str | None = None,
     encoder: EncoderResource | None = None, executor: ExecutorDefinition | None = None,
+    on_delete: str = "keep",
 ) -> Definitions:
     """Definitions over a given store and landing folder (tests and scripts build their own)."""
     encoder = encoder or EncoderResource(model_name=DEFAULT_MODEL_NAME)
@@ -64,13 +69,13 @@ def build_definitions(
     return Definitions(
         executor=executor,
         assets=code_references([corpus, model_snapshot, configured_embeddings, store_maintenance]),
-        asset_checks=[embeddings_shard_checks, embeddings_match_model],
+        asset_checks=[embeddings_match_model],
         jobs=[embed_corpus, snapshot_model, verify_embeddings, store_maintenance_job],
         sensors=[corpus_landing_sensor, model_revision_sensor, embeddings_automation],
         schedules=[verify_embeddings_sweep, weekly_store_maintenance],
         resources={
             "embedding_store": EmbeddingStoreResource(root=store_root, catalog=catalog),
-            "corpus_source": CorpusSourceResource(landing_dir=landing_dir),
+            "corpus_source": CorpusSourceResource(landing_dir=landing_dir, on_delete=on_delete),
             "encoder": encoder,
         },
     )
@@ -123,6 +128,7 @@ def definitions_from_env(environ: os._Environ | dict = os.environ) -> Definition
     return build_definitions(
         store_root=absolute_location(environ.get("EMBEDDING_STORE_ROOT") or "store"),
         landing_dir=absolute_location(environ.get("EMBEDDING_LANDING_DIR") or SAMPLE_CORPUS_DIR),
+        on_delete=environ.get("EMBEDDING_LANDING_ON_DELETE") or "keep",
         catalog=environ.get("EMBEDDING_CATALOG") or None,
         encoder=EncoderResource(
             model_name=environ.get("EMBEDDING_MODEL") or DEFAULT_MODEL_NAME,

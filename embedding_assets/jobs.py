@@ -19,8 +19,8 @@ VERIFY_EMBEDDINGS = "verify_embeddings"
 
 embed_corpus = define_asset_job(
     EMBED_CORPUS, selection=AssetSelection.assets(corpus, embeddings),
-    description="Ingest landing files into corpus shards and embed them, one partition per file; "
-    "the checks of both assets run for each partition of the run.",
+    description="Ingest the new and changed landing files of the selected buckets and embed "
+    "them; the checks of both assets run for each bucket of the run.",
 )
 
 snapshot_model = define_asset_job(

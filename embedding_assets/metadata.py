@@ -21,7 +21,7 @@ from dagster import (
     TableSchema,
 )
 
-from embedding_core.corpus import CorpusShard
+from embedding_core.landing_sync import SyncReport
 from embedding_core.store import CorpusVersion, EmbeddingStore, EmbeddingWriteResult, ModelSnapshot
 
 PREVIEW_ROWS = 5
@@ -75,21 +75,31 @@ def single_data_version(versions: Sequence[str]) -> DataVersion | None:
     return DataVersion(versions[0]) if len(versions) == 1 else None
 
 
-def corpus_metadata(version: CorpusVersion, shard: CorpusShard, store: EmbeddingStore) -> dict[str, object]:
-    """Rows, rejections, size, version, where it came from and went, and a preview."""
-    preview = shard.table.slice(0, PREVIEW_ROWS).select(["id", "text"]).to_pylist()
+def bucket_corpus_metadata(bucket: str, report: SyncReport, current: dict[str, CorpusVersion],
+                           store: EmbeddingStore) -> dict[str, object]:
+    """A bucket after a sync: its files and rows, what this run read, kept or retired, and a
+    preview of the first file it read."""
+    keys = report.in_bucket(bucket)
+    read = [key for key in keys if key in report.shards]
+    versions = [current[key] for key in keys if key in current]
+    first = report.shards[read[0]] if read else None
+    preview = first.table.slice(0, PREVIEW_ROWS).select(["id", "text"]).to_pylist() if first else []
     return without_empty({
-        "dagster/row_count": version.rows,
+        "dagster/row_count": sum(version.rows for version in versions),
         "dagster/column_schema": CORPUS_SCHEMA,
         "dagster/uri": MetadataValue.path(store.root),
-        "rejected_rows": version.rejected_rows,
-        "rejected_by_reason": shard.rejected_counts(),
-        "size": human_size(version.bytes),
-        "corpus_version": version.corpus_version,
-        "lake_snapshot": MetadataValue.text(str(version.snapshot_id)),
-        "source": MetadataValue.path(version.source_uri) if version.source_uri else None,
-        "preview": preview_table(TableSchema(columns=CORPUS_SCHEMA.columns[:2]), preview)
-        if preview else None,
+        "files": len(versions),
+        "files_read": len(read),
+        "files_unchanged": sum(key in report.unchanged for key in keys),
+        "files_deleted_rows_kept": [key for key in keys if key in report.deleted][:20],
+        "files_retired": {key: report.retired[key] for key in keys if key in report.retired},
+        "files_failed": {key: report.failed[key] for key in keys if key in report.failed},
+        "rows_read": sum(report.shards[key].table.num_rows for key in read),
+        "rejected_rows": sum(len(report.shards[key].rejected) for key in read),
+        "size": human_size(sum(version.bytes for version in versions)),
+        "lake_snapshot": MetadataValue.text(str(max(v.snapshot_id for v in versions))) if versions else None,
+        "preview": preview_table(TableSchema(columns=CORPUS_SCHEMA.columns[:2]), preview) if preview else None,
+        "preview_source": read[0] if read else None,
     })
 
 
@@ -110,33 +120,39 @@ def snapshot_metadata(snapshot: ModelSnapshot) -> dict[str, object]:
     })
 
 
-def embeddings_metadata(result: EmbeddingWriteResult, ids: pa.Table, vectors: np.ndarray,
-                        store: EmbeddingStore) -> dict[str, object]:
-    """Rows encoded and reused, throughput (only when something was encoded), the version's
-    identity, where it is, a preview."""
-    version = result.version
-    encoded = result.encoded_rows > 0 and result.encode_seconds > 0
+def bucket_embeddings_metadata(results: Sequence[EmbeddingWriteResult],
+                               read_back: dict[str, tuple[pa.Table, np.ndarray]],
+                               store: EmbeddingStore) -> dict[str, object]:
+    """A bucket's files after an embeddings run: rows, new versions, texts encoded and reused,
+    throughput (only when something was encoded), the model version, a preview of the first
+    new version."""
+    versions = [result.version for result in results]
+    encoded = sum(result.encoded_rows for result in results)
+    seconds = sum(result.encode_seconds for result in results)
+    written = [result.version for result in results if result.created]
+    first = read_back.get(written[0].version_id) if written else None
+    head = versions[0] if versions else None
     return without_empty({
-        "dagster/row_count": version.rows,
-        "dagster/column_schema": embeddings_schema(version.dim, version.dtype),
+        "dagster/row_count": sum(version.rows for version in versions),
+        "dagster/column_schema": embeddings_schema(head.dim, head.dtype) if head else None,
         "dagster/uri": MetadataValue.path(store.root),
-        "encoded_rows": result.encoded_rows,
-        "reused_rows": result.reused_rows,
-        "new_version": result.created,
-        "size": human_size(version.bytes),
-        "model": version.model,
-        "revision": version.revision,
-        "dim": MetadataValue.text(str(version.dim)),
-        "dtype": version.dtype,
-        "params_hash": version.params_hash,
-        "params": version.params,
-        "corpus_version": version.corpus_version,
-        "version_id": version.version_id,
-        "sentences_per_second": round(result.encoded_rows / result.encode_seconds, 1) if encoded else None,
-        "encode_seconds": round(result.encode_seconds, 3) if encoded else None,
-        "lake_snapshot": MetadataValue.text(str(version.snapshot_id)),
+        "files": len(versions),
+        "new_versions": len(written),
+        "encoded_rows": encoded,
+        "reused_rows": sum(result.reused_rows for result in results),
+        "size": human_size(sum(version.bytes for version in versions)),
+        "model": head.model if head else None,
+        "revision": head.revision if head else None,
+        "dim": MetadataValue.text(str(head.dim)) if head else None,
+        "dtype": head.dtype if head else None,
+        "params_hash": head.params_hash if head else None,
+        "params": head.params if head else None,
+        "sentences_per_second": round(encoded / seconds, 1) if encoded and seconds > 0 else None,
+        "encode_seconds": round(seconds, 3) if encoded and seconds > 0 else None,
+        "lake_snapshot": MetadataValue.text(str(max(v.snapshot_id for v in versions))) if versions else None,
         "catalog": store.catalog_label,
-        "preview": vectors_preview(ids, vectors) if len(vectors) else None,
+        "preview": vectors_preview(*first) if first is not None and len(first[1]) else None,
+        "preview_source": written[0].partition if written else None,
     })
 
 

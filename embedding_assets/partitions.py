@@ -1,21 +1,42 @@
-"""Partitioning shared by the corpus and embeddings assets (the key of a landing file is
-`embedding_core.landing.partition_key_for_file`), and what every asset is labelled with."""
+"""Partitioning shared by the corpus and embeddings assets, and what every asset is labelled
+with.
 
+A partition is a landing *bucket*, not a file: each landing file belongs to one of
+`LANDING_BUCKETS` buckets by a stable hash of its name (`embedding_core.landing.bucket_of`),
+and the store keeps every file as its own partition with its own versions and lineage
+(`EmbeddingStore.landing_records`). So a folder of 100,000 files is 16 Dagster partitions,
+and a run of a few buckets carries every new or changed file in them (docs/pipeline.md,
+*Landing folder*). `EMBEDDING_LANDING_BUCKETS` sets the count (changing it regroups the
+files; the store, keyed by file, is untouched).
+"""
+
+import os
 import warnings
 
-from dagster import BackfillPolicy, BetaWarning, DynamicPartitionsDefinition, asset
+from dagster import BackfillPolicy, BetaWarning, StaticPartitionsDefinition, asset
 
-# One partition per corpus file in the landing folder; the landing sensor adds them.
-corpus_partitions = DynamicPartitionsDefinition(name="corpus_shards")
+from embedding_core.landing import bucket_keys
 
-# A backfill runs up to this many shards per run: the model loads once per run, and a
-# failed run re-does at most this many shards.
+LANDING_BUCKETS = int(os.environ.get("EMBEDDING_LANDING_BUCKETS") or 16)
+corpus_partitions = StaticPartitionsDefinition(list(bucket_keys(LANDING_BUCKETS)))
+
+# A backfill runs up to this many buckets per run: the model loads once per run, and a
+# failed run re-does at most this many buckets.
 MAX_PARTITIONS_PER_RUN = 8
 backfill_policy = BackfillPolicy.multi_run(max_partitions_per_run=MAX_PARTITIONS_PER_RUN)
+
+# The run tags of a range of partitions (Dagster's documented tags for a ranged run).
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 # Shown on every asset in the UI (Catalog filters, asset pages).
 ASSET_OWNERS = ["team:search-platform"]
 ASSET_TAGS = {"domain": "semantic-search", "pipeline": "embeddings"}
+
+
+def partition_range_tags(first: str, last: str) -> dict[str, str]:
+    """Tags of a run over the partitions `first` ... `last` (inclusive)."""
+    return {PARTITION_RANGE_START_TAG: first, PARTITION_RANGE_END_TAG: last}
 
 
 def shard_asset(**kwargs):

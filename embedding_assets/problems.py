@@ -86,13 +86,13 @@ class StoredShard:
 
 @dataclass(frozen=True)
 class ShardCheck:
-    """A check of one stored partition. `applies` says whether it means anything under the
-    shard's parameters; `find_problem` returns None or what is wrong."""
+    """A check of one stored shard. `applies` says whether it means anything under the
+    encoding parameters; `find_problem` returns None or what is wrong."""
 
     name: str
     description: str
     find_problem: Callable[[StoredShard], str | None]
-    applies: Callable[[StoredShard], bool] = lambda shard: True
+    applies: Callable[[EmbeddingParams], bool] = lambda params: True
 
 
 SHARD_CHECKS: tuple[ShardCheck, ...] = (
@@ -118,6 +118,6 @@ SHARD_CHECKS: tuple[ShardCheck, ...] = (
         f"With normalize_embeddings on (float32), every vector has length 1 within "
         f"{UNIT_NORM_TOLERANCE:g}. Not evaluated otherwise (the run shows it skipped).",
         lambda shard: unit_norm_problem(shard.vectors, shard.ids),
-        applies=lambda shard: shard.params.normalize_embeddings and shard.params.precision == "float32",
+        applies=lambda params: params.normalize_embeddings and params.precision == "float32",
     ),
 )

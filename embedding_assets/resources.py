@@ -44,6 +44,11 @@ class CorpusSourceResource(ConfigurableResource):
     allow_outside_links: bool = Field(
         default=False, description="Follow symbolic links to files outside the landing folder "
         "(refused and reported by default).")
+    on_delete: str = Field(
+        default="keep", description="What a file deleted from the landing folder means: 'keep' "
+        "its rows and vectors (landing folders are often cleaned after ingestion), or 'retire' "
+        "them. A deleted file whose content is still in the folder under another name (a "
+        "rename) is retired either way (embedding_core.landing_sync).")
 
     def open(self) -> LandingFolder:
         return LandingFolder(self.landing_dir, id_field=self.id_field, text_field=self.text_field,

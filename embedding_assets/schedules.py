@@ -19,14 +19,10 @@ from dagster import (
     SkipReason,
     schedule,
 )
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 
 from embedding_assets.assets import embeddings
 from embedding_assets.jobs import verify_embeddings
-from embedding_assets.partitions import corpus_partitions
+from embedding_assets.partitions import corpus_partitions, partition_range_tags
 
 embeddings_automation = AutomationConditionSensorDefinition(
     "embeddings_automation",
@@ -46,8 +42,5 @@ embeddings_automation = AutomationConditionSensorDefinition(
     "one run (embeddings runs check only their own partitions).",
 )
 def verify_embeddings_sweep(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
-    keys = context.instance.get_dynamic_partitions(corpus_partitions.name)
-    if not keys:
-        return SkipReason("no corpus partitions yet")
-    return RunRequest(tags={ASSET_PARTITION_RANGE_START_TAG: keys[0],
-                            ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+    keys = corpus_partitions.get_partition_keys()
+    return RunRequest(tags=partition_range_tags(keys[0], keys[-1]))

@@ -1,10 +1,21 @@
-"""Sensors: new corpus files in the landing folder, and a new revision of the model."""
+"""Sensors: the landing folder, and a new revision of the model.
+
+`corpus_landing_sensor` keeps a tick bounded whatever the folder holds: it lists the folder
+once (no file is read, the catalog is asked one short question), compares a digest of
+each bucket's file names and fingerprints with the one in its cursor, and requests one run
+of `embed_corpus` over the buckets that moved. The run reads only the files that changed
+(`embedding_core.landing_sync`). Run keys carry the cursor's generation, so every change is
+its own request (content A -> B -> A runs three times) and a retried tick never runs twice.
+"""
 
 import json
+import time
 
 from dagster import (
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -12,24 +23,30 @@ from dagster import (
 )
 
 from embedding_assets.jobs import embed_corpus, snapshot_model
-from embedding_assets.partitions import corpus_partitions
+from embedding_assets.partitions import LANDING_BUCKETS, partition_range_tags
 from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource, EncoderResource
-from embedding_core.store.records import sha256_json
+from embedding_core.landing import bucket_digests
+
+TRIGGER_TAG = "embedding/trigger"
+LANDING_TRIGGER = "landing-sensor"
+BUCKETS_TAG = "embedding/buckets"
+IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+             DagsterRunStatus.STARTED]
 
 
-def content_version(shard) -> str:
-    """What `EmbeddingStore.write_corpus` records as the corpus version of this shard."""
-    return sha256_json([shard.table.column("id").to_pylist(),
-                        shard.table.column("text_sha256").to_pylist()])
+def run_in_flight(context: SensorEvaluationContext, job_name: str, tags: dict[str, str]) -> str | None:
+    """The id of a queued or running run of `job_name` with `tags`, if there is one."""
+    runs = context.instance.get_runs(RunsFilter(job_name=job_name, statuses=IN_FLIGHT, tags=tags), limit=1)
+    return runs[0].run_id if runs else None
 
 
 @sensor(
     jobs=[embed_corpus, snapshot_model],
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.STOPPED,
-    description="Adds a partition for every new corpus file in the landing folder and runs "
-    "embed_corpus for files whose content is new: a file whose ids and texts are already "
-    "stored (per the catalog) or only touched runs nothing.",
+    description="Runs embed_corpus over the landing buckets whose files were added, changed, "
+    "renamed or deleted since the last request (one run for all of them; only the changed "
+    "files are read). Waits while its previous run is queued or running.",
 )
 def corpus_landing_sensor(
     context: SensorEvaluationContext,
@@ -37,50 +54,45 @@ def corpus_landing_sensor(
     embedding_store: EmbeddingStoreResource,
     encoder: EncoderResource,
 ) -> SensorResult | SkipReason:
-    """The cursor maps each file's partition key to [fingerprint (size, modification time),
-    content version]. A file whose fingerprint moved is read and its content version (the
-    corpus version `corpus` would store) compared with the last one requested, or, for a file
-    the cursor has not seen yet (first tick), with the catalog's current corpus version."""
-    seen: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
-    landing = corpus_source.open()
-    files = landing.files()
-    moved = {key: file for key, file in files.items()
-             if not isinstance(seen.get(key), list) or seen[key][0] != file.fingerprint}
-    if not moved:
-        return SkipReason(f"no new or changed files among {len(files)} in {corpus_source.landing_dir}")
+    """The cursor holds the store it served (a store recreated under the same instance starts
+    over), a digest per bucket as of the last request, and a generation number that makes
+    each request's run key new."""
+    cursor = json.loads(context.cursor) if context.cursor else {}
     store = embedding_store.open()
+    store_id = store.store_id
+    generation = int(cursor.get("generation", 0))
+    if cursor.get("store") != store_id:
+        if cursor:
+            context.log.info(f"the store changed ({cursor.get('store')} -> {store_id}): every bucket again")
+        cursor = {"store": store_id, "buckets": {}, "generation": generation}
     if store.current_model_snapshot(encoder.model_name) is None:
-        # Embeddings need a snapshot; ask for it first and come back for the shards.
-        return SensorResult(run_requests=[RunRequest(run_key=f"model_snapshot:{encoder.model_name}",
-                                                     job_name=snapshot_model.name)])
-    cursor = dict(seen)
-    requests = []
-    for key, file in moved.items():
-        try:
-            version = content_version(landing.read(file))
-        except Exception as error:  # noqa: BLE001 - the run reports it, naming the file
-            context.log.warning(f"{key}: {error}; requesting a run, which will fail naming it")
-            version = f"unreadable:{file.fingerprint}"
-        if key in seen:
-            stored = seen[key][1]
-        else:
-            current = store.corpus_version(key)
-            stored = current.corpus_version if current is not None else None
-        cursor[key] = [file.fingerprint, version]
-        if version != stored:
-            requests.append(RunRequest(run_key=f"{key}:{version[:32]}", partition_key=key,
-                                       job_name=embed_corpus.name))
-    known = set(context.instance.get_dynamic_partitions(corpus_partitions.name))
-    new_keys = [key for key in files if key not in known]
-    unchanged = len(moved) - len(requests)
-    if unchanged:
-        context.log.info(f"{unchanged} file(s) touched or already stored with the same content: "
-                         "nothing to run for them")
-    return SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=[corpus_partitions.build_add_request(new_keys)] if new_keys else [],
-        cursor=json.dumps(cursor, sort_keys=True),
-    )
+        # Embeddings need a snapshot; ask for it first and come back for the buckets.
+        if (running := run_in_flight(context, snapshot_model.name, {TRIGGER_TAG: LANDING_TRIGGER})):
+            return SkipReason(f"waiting for model_snapshot run {running}")
+        cursor["generation"] = generation + 1
+        return SensorResult(
+            run_requests=[RunRequest(run_key=f"model_snapshot:{encoder.model_name}:{store_id}:{generation}",
+                                     job_name=snapshot_model.name, tags={TRIGGER_TAG: LANDING_TRIGGER})],
+            cursor=json.dumps(cursor, sort_keys=True))
+    if (running := run_in_flight(context, embed_corpus.name, {TRIGGER_TAG: LANDING_TRIGGER})):
+        return SkipReason(f"waiting for run {running}; changes since are picked up after it")
+    started = time.monotonic()
+    listing = corpus_source.open().listing()
+    digests = bucket_digests(listing, LANDING_BUCKETS)
+    listed_s = time.monotonic() - started
+    changed = sorted(bucket for bucket in set(digests) | set(cursor["buckets"])
+                     if digests.get(bucket) != cursor["buckets"].get(bucket))
+    if not changed:
+        return SkipReason(f"no new, changed or deleted file among {len(listing)} in "
+                          f"{corpus_source.landing_dir} (listed in {listed_s:.2f} s)")
+    context.log.info(f"{len(changed)} bucket(s) changed among {len(listing)} files (listed in "
+                     f"{listed_s:.2f} s): {', '.join(changed)}")
+    request = RunRequest(
+        run_key=f"landing:{store_id}:{generation}", job_name=embed_corpus.name,
+        tags={**partition_range_tags(changed[0], changed[-1]), TRIGGER_TAG: LANDING_TRIGGER,
+              BUCKETS_TAG: ",".join(changed)})
+    return SensorResult(run_requests=[request], cursor=json.dumps(
+        {"store": store_id, "buckets": digests, "generation": generation + 1}, sort_keys=True))
 
 
 @sensor(
@@ -99,7 +111,7 @@ def model_revision_sensor(
 
     snapshot = embedding_store.open().current_model_snapshot(encoder.model_name)
     if snapshot is None:
-        return RunRequest(run_key=f"model_snapshot:{encoder.model_name}:first")
+        return RunRequest(run_key=f"model_snapshot:{encoder.model_name}:{embedding_store.open().store_id}")
     if snapshot.source == "hub":
         if hub_offline() or encoder.local_files_only:
             return SkipReason("offline (HF_HUB_OFFLINE or local_files_only): hub not asked")

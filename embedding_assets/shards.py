@@ -66,7 +66,10 @@ class ShardFailures:
             reason = message if source is None or source in message else f"{source}: {message}"
             self.add(partition_key, f"{type(error).__name__}: {reason}")
 
-    def add(self, partition_key: str, reason: str) -> None:
+    def add(self, partition_key: str, reason: str, append: bool = False) -> None:
+        """Record why `partition_key` failed; with `append`, besides the reasons it has."""
+        if append and partition_key in self.errors:
+            reason = f"{self.errors[partition_key]}; {reason}"
         self.errors[partition_key] = reason
         self.log.error(f"{partition_key}: not stored: {reason}")
 

@@ -15,13 +15,12 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
-
 from embedding_assets.jobs import EMBED_CORPUS, SNAPSHOT_MODEL
-from embedding_assets.partitions import corpus_partitions
+from embedding_assets.partitions import (
+    PARTITION_RANGE_END_TAG,
+    PARTITION_RANGE_START_TAG,
+    partition_range_tags,
+)
 
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 # How often a backfill waiting on the deployment says what it waits on.
@@ -44,8 +43,8 @@ class SubmittedRun:
 
     @property
     def label(self) -> str:
-        first = self.tags.get(ASSET_PARTITION_RANGE_START_TAG)
-        return f"{first}...{self.tags[ASSET_PARTITION_RANGE_END_TAG]}" if first else "model_snapshot"
+        first = self.tags.get(PARTITION_RANGE_START_TAG)
+        return f"{first}...{self.tags[PARTITION_RANGE_END_TAG]}" if first else "model_snapshot"
 
 
 class DagsterWebserver:
@@ -85,17 +84,6 @@ class DagsterWebserver:
         data = self.query("""query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
             __typename ... on AssetNode { partitionKeys } } }""", key={"path": ["corpus"]})
         return list(data["assetNodeOrError"].get("partitionKeys") or [])
-
-    def add_partitions(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            data = self.query("""mutation($repo: RepositorySelector!, $name: String!, $key: String!) {
-                addDynamicPartition(repositorySelector: $repo, partitionsDefName: $name,
-                                    partitionKey: $key) {
-                __typename ... on Error { message } } }""",
-                repo=self.repository(), name=corpus_partitions.name, key=key)
-            result = data["addDynamicPartition"]
-            if result["__typename"] not in {"AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"}:
-                raise SubmitError(f"adding partition {key!r}: {result}")
 
     def launch(self, asset_keys: Sequence[str], tags: dict[str, str]) -> SubmittedRun:
         params = {
@@ -169,26 +157,22 @@ class DagsterWebserver:
 
 
 def submit_backfill(
-    url: str, landing_keys: Sequence[str], select, chunk, tags: dict[str, str],
+    url: str, select, chunk, tags: dict[str, str],
     timeout: float = 3600.0, runs: list[SubmittedRun] | None = None,
 ) -> tuple[list[str], list[SubmittedRun]]:
-    """Add unknown landing partitions, run `model_snapshot`, then `corpus` + `embeddings` for
+    """Run `model_snapshot`, then `corpus` + `embeddings` for
     the partitions `select(all_keys)` picks, one run per `chunk(all_keys, selected)` range.
     Returns the selected partitions and the runs, each with its final status; each run is
     appended to `runs` as soon as it is launched (so an interrupted caller can end them)."""
     server = DagsterWebserver(url)
     runs = [] if runs is None else runs
-    known = server.partition_keys()
-    server.add_partitions([key for key in landing_keys if key not in known])
     all_keys = server.partition_keys()
     selected = select(all_keys)
     runs.append(server.launch(["model_snapshot"], tags))
     server.wait(runs, timeout)
     if runs[0].success:
         for keys in chunk(all_keys, selected):
-            runs.append(server.launch(["corpus", "embeddings"], {
-                **tags, ASSET_PARTITION_RANGE_START_TAG: keys[0],
-                ASSET_PARTITION_RANGE_END_TAG: keys[-1]}))
+            runs.append(server.launch(["corpus", "embeddings"], {**tags, **partition_range_tags(keys[0], keys[-1])}))
         server.wait(runs[1:], timeout)
     return selected, runs
 

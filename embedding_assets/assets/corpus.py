@@ -1,4 +1,4 @@
-"""`corpus`: one landing file per partition -> a normalized, versioned Parquet shard."""
+"""`corpus`: the landing files of a bucket -> their normalized, versioned corpus shards."""
 
 from collections.abc import Iterator
 
@@ -11,10 +11,11 @@ from dagster import (
 )
 
 from embedding_assets.checks import check_output, partition_check_spec, partition_evaluation
-from embedding_assets.metadata import corpus_metadata, single_data_version
-from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS, shard_asset
+from embedding_assets.metadata import bucket_corpus_metadata
+from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS, LANDING_BUCKETS, shard_asset
 from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource
-from embedding_assets.shards import ShardFailures, end_corpus_step, resolve_files
+from embedding_assets.shards import ShardFailures, end_corpus_step
+from embedding_core.landing_sync import sync_buckets
 
 ROWS_VALID_CHECK = "rows_valid"
 
@@ -25,8 +26,8 @@ ROWS_VALID_CHECK = "rows_valid"
     owners=ASSET_OWNERS,
     tags=ASSET_TAGS,
     check_specs=[partition_check_spec(
-        ROWS_VALID_CHECK, "corpus", "Every source row of the partition's landing file was "
-        "usable: no invalid JSON, missing ids, empty or non-text texts (a warning: the usable "
+        ROWS_VALID_CHECK, "corpus", "Every source row of the landing files read in this bucket "
+        "was usable: no invalid JSON, missing ids, empty or non-text texts (a warning: the usable "
         "rows are stored).")],
 )
 def corpus(
@@ -34,46 +35,51 @@ def corpus(
     corpus_source: CorpusSourceResource,
     embedding_store: EmbeddingStoreResource,
 ) -> Iterator:
-    """Normalized corpus shard (`id`, `text`, `text_sha256`) of one landing file.
+    """Normalized corpus shards (`id`, `text`, `text_sha256`) of the landing files of each
+    bucket: one store partition, with its own versions, per landing file.
 
-    Its data version is the content hash of the ids and texts, so an unchanged file does
-    not make its embeddings stale. Rejected rows are left out and counted (the `rows_valid`
-    check, per partition); a file that cannot be read, or that repeats an id, stores nothing
-    for its partition (its current version stays) while the other partitions of the run are
+    Only new and changed files are read (a file whose size and modification time match its
+    `landing_files` record is not); every change of the run commits at once. A file that
+    left the folder keeps its rows unless its content is still there under another name
+    or `on_delete` is 'retire' (`embedding_core.landing_sync`). A file that cannot be read,
+    or that repeats an id, stores nothing (its current version stays); the other files are
     stored, and the run fails naming every such file (`embedding_assets.shards`).
     """
     store = embedding_store.open()
-    landing = corpus_source.open()
-    failures = ShardFailures("corpus", context.partition_keys, context.log)
-    files = resolve_files(landing, failures)
-    shards, versions = {}, {}
-    for partition_key, file in files.items():
-        with failures.attempt(partition_key, source=file.uri):
-            shard = landing.read(file)
-            if shard.rejected:
-                context.log.warning(f"{len(shard.rejected)} row(s) of {partition_key} left out:\n"
-                                    + shard.rejection_report())
-            if shard.table.num_rows == 0:
-                context.log.warning(f"{partition_key}: {file.uri} has no usable row; an empty "
-                                    "corpus version is stored (its embeddings will be empty)")
-            version = store.write_corpus(
-                partition_key, shard.table, source_uri=file.uri,
-                rejected_rows=len(shard.rejected), run_id=context.run.run_id,
-            )
-            shards[partition_key] = shard
-            versions[partition_key] = version.corpus_version
-            context.add_asset_metadata(corpus_metadata(version, shard, store),
-                                       partition_key=partition_key)
-            context.log.info(f"{partition_key}: {version.rows} rows, corpus version "
-                             f"{version.corpus_version[:16]} (lake snapshot {version.snapshot_id})")
+    buckets = context.partition_keys
+    report = sync_buckets(corpus_source.open(), store, buckets, LANDING_BUCKETS,
+                          on_delete=corpus_source.on_delete, run_id=context.run.run_id)
+    failures = ShardFailures("corpus", buckets, context.log)
+    for key, reason in report.failed.items():
+        failures.add(report.bucket_of[key], f"{key}: {reason}", append=True)
+    for key, shard in report.shards.items():
+        if shard.rejected:
+            context.log.warning(f"{len(shard.rejected)} row(s) of {key} left out:\n" + shard.rejection_report())
+    for key, why in report.retired.items():
+        context.log.info(f"{key}: retired ({why})")
+    if report.deleted:
+        context.log.info(f"{len(report.deleted)} file(s) gone from the landing folder, rows kept: "
+                         f"{', '.join(report.deleted[:10])}{' ...' if len(report.deleted) > 10 else ''}")
+    current = store.current_corpus_versions(list(report.bucket_of))
+    for bucket in buckets:
+        context.add_asset_metadata(bucket_corpus_metadata(bucket, report, current, store),
+                                   partition_key=bucket)
+    context.log.info(f"{len(report.stored)} file(s) read and stored, {len(report.unchanged)} unchanged, "
+                     f"{len(report.deleted)} deleted (kept), {len(report.retired)} retired, "
+                     f"{len(report.failed)} failed, in {len(buckets)} bucket(s)")
     end_corpus_step(context, failures)
-    yield MaterializeResult(data_version=single_data_version(list(versions.values()))
-                            if not failures.errors else None)
-    # One rows_valid result per stored partition, each pointing at its materialization.
+    yield MaterializeResult()
+    # One rows_valid result per bucket, each pointing at its materialization.
     yield check_output(context, AssetCheckKey(AssetKey("corpus"), ROWS_VALID_CHECK))
-    for partition_key, shard in shards.items():
+    for bucket in buckets:
+        read = {key: report.shards[key] for key in report.in_bucket(bucket) if key in report.shards}
+        rejected = {key: len(shard.rejected) for key, shard in read.items() if shard.rejected}
+        counts: dict[str, int] = {}
+        for key in rejected:
+            for reason, count in read[key].rejected_counts().items():
+                counts[reason] = counts.get(reason, 0) + count
         yield partition_evaluation(
-            context.instance, AssetKey("corpus"), ROWS_VALID_CHECK, partition_key,
-            passed=not shard.rejected, severity=AssetCheckSeverity.WARN,
-            metadata={"rejected_rows": len(shard.rejected),
-                      "rejected_by_reason": shard.rejected_counts()})
+            context.instance, AssetKey("corpus"), ROWS_VALID_CHECK, bucket,
+            passed=not rejected, severity=AssetCheckSeverity.WARN,
+            metadata={"files_read": len(read), "rejected_rows": sum(rejected.values()),
+                      "rejected_by_reason": counts, "files_with_rejected_rows": sorted(rejected)[:20]})

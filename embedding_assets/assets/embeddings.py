@@ -1,7 +1,10 @@
-"""`embeddings`: every corpus shard encoded with the current model snapshot, stored as a new
-immutable version and registered in the catalog."""
+"""`embeddings`: every landing file of a bucket encoded with the current model snapshot,
+stored as new immutable versions (one per changed file) in one commit per bucket."""
+
+from collections.abc import Iterator
 
 from dagster import (
+    AssetCheckKey,
     AssetExecutionContext,
     AssetSelection,
     AutomationCondition,
@@ -10,10 +13,19 @@ from dagster import (
 
 from embedding_assets.assets.corpus import corpus
 from embedding_assets.assets.model_snapshot import model_snapshot
-from embedding_assets.metadata import embeddings_metadata, single_data_version
-from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS, shard_asset
+from embedding_assets.checks import (
+    EMBEDDINGS,
+    SHARD_CHECKS,
+    check_output,
+    partition_check_spec,
+    shard_check_evaluations,
+)
+from embedding_assets.metadata import bucket_embeddings_metadata
+from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS, LANDING_BUCKETS, shard_asset
+from embedding_assets.problems import StoredShard
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
 from embedding_assets.shards import ShardFailures, corpus_failures_in_run, record_stored
+from embedding_core.landing_sync import files_by_bucket
 from embedding_core.memory import release_free_heap
 from embedding_core.snapshot import require_current_snapshot
 
@@ -40,58 +52,66 @@ EMBEDDINGS_AUTOMATION = (
     kinds={"parquet", "duckdb"},
     owners=ASSET_OWNERS,
     tags=ASSET_TAGS,
-    code_version="1",
+    code_version="2",
     automation_condition=EMBEDDINGS_AUTOMATION,
+    check_specs=[partition_check_spec(check.name, "embeddings", check.description)
+                 for check in SHARD_CHECKS],
 )
 def embeddings(
     context: AssetExecutionContext,
     encoder: EncoderResource,
     embedding_store: EmbeddingStoreResource,
-) -> MaterializeResult:
-    """Sentence embeddings of one corpus shard, versioned by model revision, encoding
-    parameters and corpus version.
+) -> Iterator:
+    """Sentence embeddings of the landing files of each bucket, versioned by model revision,
+    encoding parameters and each file's corpus version.
 
-    Texts already embedded with the same revision and parameters (in any shard) are reused;
-    an unchanged shard is not re-encoded at all. A partition that fails (or whose corpus
-    file this run could not store) does not stop the others: they are stored and recorded,
-    then the step fails naming every failed partition (`embedding_assets.shards`). The checks
-    of the stored vectors (`embedding_assets.checks`) run after this step, one result per
-    partition.
+    Texts already embedded with the same revision and parameters (in any file) are reused;
+    a file whose version is stored already is not re-encoded at all. Each bucket is one
+    encode call and one commit. The versions written are read back once, for the metadata
+    and the four shard checks (one result per bucket). A bucket that fails (or holds a file
+    this run could not read) does not stop the others: they are stored and recorded, then
+    the step fails naming every failed bucket and file (`embedding_assets.shards`).
     """
     store, config = embedding_store.open(), encoder.open()
     snapshot = require_current_snapshot(store, config.model_name, config.revision)
     params = config.params(snapshot)
-    version_ids = []
-    failures = ShardFailures("embeddings", context.partition_keys, context.log)
-    for partition_key, reason in corpus_failures_in_run(context, context.partition_keys).items():
-        failures.add(partition_key, reason)
-    stored_metadata = {}
+    buckets = context.partition_keys
+    failures = ShardFailures("embeddings", buckets, context.log)
+    files = files_by_bucket(store, buckets, LANDING_BUCKETS)
+    corpora = store.current_corpus_versions([key for keys in files.values() for key in keys])
+    stored_metadata, evaluations = {}, []
     with config.session(snapshot, params, log=context.log.info) as session:
-        for partition_key in context.partition_keys:
-            if partition_key in failures.errors:
-                continue
-            # The previous shard's temporaries are freed: give their pages back first, so
-            # RSS does not ratchet up shard after shard (`embedding_core.memory`).
+        for bucket in buckets:
+            # The previous bucket's temporaries are freed: give their pages back first, so
+            # RSS does not ratchet up bucket after bucket (`embedding_core.memory`).
             release_free_heap()
-            with failures.attempt(partition_key):
-                corpus_version = store.corpus_version(partition_key)
-                if corpus_version is None:
-                    raise RuntimeError(f"corpus partition {partition_key!r} is not in the store; "
-                                       "materialize corpus for it first")
-                result = store.write_embeddings(partition_key, corpus_version, snapshot, params,
-                                                session.encode, run_id=context.run.run_id)
-                ids, vectors = store.read_embeddings(result.version)
-                if result.version.rows == 0:
-                    context.log.warning(f"{partition_key}: the corpus shard has no rows; an empty "
-                                        "embeddings version is stored")
-                version_ids.append(result.version.version_id)
-                stored_metadata[partition_key] = embeddings_metadata(result, ids, vectors, store)
-                context.add_asset_metadata(stored_metadata[partition_key], partition_key=partition_key)
-                context.log.info(f"{partition_key}: {result.version.rows} rows ({result.encoded_rows} encoded, "
-                                 f"{result.reused_rows} reused), version {result.version.version_id} "
-                                 f"(lake snapshot {result.version.snapshot_id})")
-                del result, ids, vectors  # this shard's vectors, before the next one
+            with failures.attempt(bucket):
+                bucket_corpora = [corpora[key] for key in files[bucket] if key in corpora]
+                results = store.write_embeddings_batch(bucket_corpora, snapshot, params, session.encode,
+                                                       run_id=context.run.run_id)
+                written = [result.version for result in results if result.created]
+                read_back = store.read_embeddings_batch(written)  # the one read back of this bucket
+                corpus_ids = store.corpus_ids([corpora[version.partition] for version in written])
+                shards = [StoredShard(version, read_back[version.version_id][0].column("id").to_pylist(),
+                                      read_back[version.version_id][1], corpus_ids[version.partition],
+                                      snapshot, params) for version in written]
+                evaluations += shard_check_evaluations(context.instance, bucket, shards, params, context.log)
+                stored_metadata[bucket] = bucket_embeddings_metadata(results, read_back, store)
+                context.add_asset_metadata(stored_metadata[bucket], partition_key=bucket)
+                context.log.info(
+                    f"{bucket}: {len(results)} file(s), {len(written)} new version(s), "
+                    f"{sum(r.encoded_rows for r in results)} texts encoded, "
+                    f"{sum(r.reused_rows for r in results)} rows reused")
+                del results, read_back, shards  # this bucket's vectors, before the next one
+    for bucket, reason in corpus_failures_in_run(context, buckets).items():
+        failures.add(bucket, reason, append=True)
     if failures.errors:
-        record_stored(context, "embeddings", stored_metadata)
+        record_stored(context, "embeddings", {bucket: metadata for bucket, metadata in stored_metadata.items()
+                                              if bucket not in failures.errors})
+        for evaluation in evaluations:
+            context.log_event(evaluation)
         failures.raise_if_any()
-    return MaterializeResult(data_version=single_data_version(version_ids))
+    yield MaterializeResult()
+    for check in SHARD_CHECKS:
+        yield check_output(context, AssetCheckKey(EMBEDDINGS, check.name))
+    yield from evaluations

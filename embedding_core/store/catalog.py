@@ -59,10 +59,14 @@ _TABLES = {
         run_id VARCHAR, write_id VARCHAR, created_at TIMESTAMPTZ""",
     **{table: f"write_id VARCHAR, id VARCHAR, text_sha256 VARCHAR, embedding {sql_type}"
        for table, sql_type in views.VECTOR_TABLES.values()},
+    # One record per landing file ingested, deleted or retired (`ingest`): per-file lineage.
+    "landing_files": """partition VARCHAR, relative_path VARCHAR, fingerprint VARCHAR,
+        corpus_version VARCHAR, state VARCHAR, detail VARCHAR, run_id VARCHAR,
+        created_at TIMESTAMPTZ""",
 }
 # One record per commit: kept in the catalog database (DuckLake "inlining"), not as one
 # tiny Parquet file per commit that every later query would have to open.
-_RECORD_TABLES = ("model_snapshots", "corpus_versions", "embedding_versions")
+_RECORD_TABLES = ("model_snapshots", "corpus_versions", "embedding_versions", "landing_files")
 # Postgres advisory lock held while a brand-new catalog gets DuckLake's metadata and our
 # tables: two processes attaching it at once would both try to create them.
 _SCHEMA_LOCK_KEY = 0x656D6264_73746F72  # "embdstor"

@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -25,18 +24,20 @@ import numpy as np
 import pyarrow as pa
 
 import embedding_core.store.damage as damage
+import embedding_core.store.ingest as ingest
 import embedding_core.store.maintenance as maintenance
 import embedding_core.store.queries as queries
 import embedding_core.store.writer as writer
 from embedding_core.store.catalog import CATALOG_FILE_NAME, Catalog
 from embedding_core.store.damage import VerifyReport
-from embedding_core.store.files import DataPath
+from embedding_core.store.files import DataPath, sql_str
 from embedding_core.store.records import (
     CorpusVersion,
     EmbeddingParams,
     EmbeddingVersion,
     EmbeddingWriteResult,
     LakeSnapshot,
+    LandingRecord,
     MaintenanceReport,
     ModelSnapshot,
     SearchHit,
@@ -45,7 +46,6 @@ from embedding_core.store.records import (
     vector_width,
 )
 from embedding_core.store.rows import (
-    validated_corpus,
     vectors_to_numpy,
 )
 from embedding_core.store.views import VECTOR_TABLES
@@ -82,6 +82,7 @@ class EmbeddingStore:
         self.catalog = catalog
         self._data = data
         self._catalog = Catalog(catalog, data, busy_timeout_s=busy_timeout_s)
+        self._store_id: str | None = None
         data.prepare()
         self._catalog.ensure_schema()
 
@@ -100,6 +101,17 @@ class EmbeddingStore:
     def catalog_label(self) -> str:
         """The catalog with any password masked: for logs and metadata."""
         return self._catalog.label
+
+    @property
+    def store_id(self) -> str:
+        """An identity of this lake: its catalog and the time it was created. A store deleted
+        and created again at the same place gets a new one (the landing sensor starts over)."""
+        if self._store_id is None:
+            with self.connect() as con:
+                created = con.execute("SELECT min(snapshot_time) FROM ducklake_snapshots(current_database())"
+                                      ).fetchone()[0]
+            self._store_id = sha256_json([self.catalog_label, str(created)])[:16]
+        return self._store_id
 
     def uri(self, relative_path: str = "") -> str:
         """Where a root-relative path lives: an absolute local path or an s3:// URI."""
@@ -144,6 +156,17 @@ class EmbeddingStore:
         with self.connect() as con:
             return writer.corpus_rows(con, corpus)
 
+    def corpus_ids(self, corpora: Sequence[CorpusVersion]) -> dict[str, list[str]]:
+        """partition -> the ids of each corpus version's rows, in order (one query, ids only)."""
+        if not corpora:
+            return {}
+        write_ids = [corpus.write_id for corpus in corpora]
+        with self.connect() as con:
+            table = con.execute(f"SELECT write_id, id FROM corpus_rows WHERE write_id IN "
+                                f"({', '.join(sql_str(w) for w in set(write_ids))}) ORDER BY rowid").to_arrow_table()
+        rows = queries.split_by_write(table, write_ids)
+        return {corpus.partition: rows[corpus.write_id].column("id").to_pylist() for corpus in corpora}
+
     def corpus_partitions(self) -> list[str]:
         """Partitions that have a stored corpus version, sorted."""
         with self.connect() as con:
@@ -170,6 +193,36 @@ class EmbeddingStore:
             return queries.stored_embedding_version(con, writer.version_id(partition, snapshot, params,
                                                                            corpus_version))
 
+    def embedding_versions_of(self, corpora: Sequence[CorpusVersion], snapshot: ModelSnapshot,
+                              params: EmbeddingParams) -> dict[str, EmbeddingVersion]:
+        """partition -> the stored version of each corpus version embedded with these inputs,
+        for those that have one (one query)."""
+        vids = {writer.version_id(c.partition, snapshot, params, c.corpus_version): c.partition for c in corpora}
+        with self.connect() as con:
+            found = queries.stored_embedding_versions(con, list(vids))
+        return {vids[vid]: version for vid, version in found.items()}
+
+    def sample_rows(self, version: EmbeddingVersion, rows: Sequence[int]) -> list[tuple[str, str, np.ndarray]]:
+        """(id, text, vector) of the given row numbers of a version, reading only those rows'
+        write: a spot check's sample, not the whole shard."""
+        rows = sorted({int(row) for row in rows})
+        if not rows:
+            return []
+        width = vector_width(version.params.get("precision", "float32"), version.dim)
+        with self.connect() as con:
+            picked = con.execute(
+                f"""SELECT e.id, c.text, e.embedding FROM
+                    (SELECT id, text_sha256, embedding, row_number() OVER (ORDER BY rowid) - 1 AS row
+                     FROM {VECTOR_TABLES[version.dtype][0]} WHERE write_id = ?) e
+                    JOIN (SELECT DISTINCT ON (text_sha256) text_sha256, text FROM corpus_rows c
+                          JOIN stored_corpus_versions v ON v.write_id = c.write_id
+                          WHERE v.partition = ? AND v.corpus_version = ?) c USING (text_sha256)
+                    WHERE list_contains(?, e.row) ORDER BY e.row""",
+                [version.write_id, version.partition, version.corpus_version, rows]).to_arrow_table()
+        vectors = vectors_to_numpy(picked.column("embedding"), width, version.dtype)
+        return list(zip(picked.column("id").to_pylist(), picked.column("text").to_pylist(), vectors,
+                        strict=True))
+
     def current_embedding_version(self, partition: str, model: str,
                                   dtype: str = "float32") -> EmbeddingVersion | None:
         """The version the `embeddings` view shows for a partition and model."""
@@ -190,18 +243,35 @@ class EmbeddingStore:
     def read_embeddings(self, version: EmbeddingVersion) -> tuple[pa.Table, np.ndarray]:
         """The `id`/`text_sha256` columns of a version (current or not) and its vectors as a
         2-D array, in corpus order."""
-        table_name = VECTOR_TABLES[version.dtype][0]
+        return self.read_embeddings_batch([version])[version.version_id]
+
+    def read_embeddings_batch(self, versions: Sequence[EmbeddingVersion]
+                              ) -> dict[str, tuple[pa.Table, np.ndarray]]:
+        """`read_embeddings` of many versions in one connection, one query per stored dtype:
+        version_id -> (`id`/`text_sha256` columns, vectors)."""
+        found: dict[str, tuple[pa.Table, np.ndarray]] = {}
         with self.connect() as con:
-            try:
-                table = con.execute(f"SELECT id, text_sha256, embedding FROM {table_name} "
-                                    "WHERE write_id = ? ORDER BY rowid", [version.write_id]).to_arrow_table()
-            except duckdb.Error as error:
-                damage.raise_if_damaged(con, error, f"embedding version {version.version_id} of partition "
-                                        f"{version.partition!r}", [version.write_id])
-                raise
-        width = vector_width(version.params.get("precision", "float32"), version.dim)
-        return table.select(["id", "text_sha256"]), vectors_to_numpy(table.column("embedding"),
-                                                                     width, version.dtype)
+            for dtype in sorted({version.dtype for version in versions}):
+                of_dtype = [version for version in versions if version.dtype == dtype]
+                write_ids = [version.write_id for version in of_dtype]
+                try:
+                    table = con.execute(
+                        f"SELECT write_id, id, text_sha256, embedding FROM {VECTOR_TABLES[dtype][0]} "
+                        f"WHERE write_id IN ({', '.join(sql_str(w) for w in set(write_ids))}) ORDER BY rowid"
+                    ).to_arrow_table()
+                except duckdb.Error as error:
+                    first = of_dtype[0]
+                    damage.raise_if_damaged(con, error, f"embedding version {first.version_id} of partition "
+                                            f"{first.partition!r}" + (f" (or {len(of_dtype) - 1} more)"
+                                                                      if len(of_dtype) > 1 else ""), write_ids)
+                    raise
+                rows = queries.split_by_write(table, write_ids)
+                for version in of_dtype:
+                    width = vector_width(version.params.get("precision", "float32"), version.dim)
+                    part = rows[version.write_id]
+                    found[version.version_id] = (part.select(["id", "text_sha256"]), vectors_to_numpy(
+                        part.column("embedding"), width, version.dtype))
+        return found
 
     def stale_partitions(self, snapshot: ModelSnapshot, params: EmbeddingParams) -> list[str]:
         """Partitions whose current embeddings are missing, not from these inputs, or (like
@@ -273,33 +343,26 @@ class EmbeddingStore:
         The version is the SHA-256 of the ids and texts, so storing the same shard twice
         stores nothing new and makes that version current again.
         """
-        table = validated_corpus(partition, table)
-        version = sha256_json([table.column("id").to_pylist(), table.column("text_sha256").to_pylist()])
-        # Files are checked outside the transaction: on Postgres a failed read aborts it.
+        change = ingest.CorpusChange(partition, table, source_uri=source_uri, rejected_rows=rejected_rows)
+        return ingest.write_corpus_changes(self._catalog, [change], run_id)[partition]
+
+    def write_corpus_changes(self, changes: Sequence[ingest.CorpusChange],
+                             run_id: str | None = None) -> dict[str, CorpusVersion]:
+        """Store the corpus versions (and landing file records) of many partitions in one
+        commit: what one batch of landing files changed (`embedding_core.store.ingest`).
+        Returns partition -> current corpus version, for each change that has a table."""
+        return ingest.write_corpus_changes(self._catalog, changes, run_id)
+
+    def landing_records(self, partitions: Sequence[str] | None = None) -> dict[str, LandingRecord]:
+        """partition -> the latest record of its landing file: path, fingerprint, content
+        version and state (`embedding_core.store.ingest`)."""
         with self.connect() as con:
-            current = queries.corpus_version(con, partition, None)
-            stored = queries.corpus_version(con, partition, version)
-            damaged = stored.write_id if stored and damage.damaged_write_ids(con, [stored.write_id]) else None
-        if current is not None and current.corpus_version == version and damaged is None:
-            return current
+            return ingest.landing_records(con, partitions)
 
-        def work(con: duckdb.DuckDBPyConnection) -> None:
-            stored = queries.corpus_version(con, partition, version)
-            if stored is not None and stored.write_id == damaged:
-                stored = None  # its rows lie in a damaged file: store them again
-            write_id = stored.write_id if stored is not None else uuid.uuid4().hex
-            if stored is None:
-                con.register("corpus_shard", table)
-                con.execute("INSERT INTO corpus_rows SELECT ?, id, text, text_sha256 FROM corpus_shard",
-                            [write_id])
-            con.execute("INSERT INTO corpus_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
-                        [partition, version, table.num_rows, rejected_rows, table.nbytes, source_uri,
-                         run_id, write_id])
-
-        self._catalog.commit(work, what=f"corpus partition {partition!r}",
-                             message=f"corpus {partition} {version[:16]} (run {run_id})",
-                             extra=json.dumps({"run_id": run_id, "partition": partition}))
-        return self.corpus_version(partition, version)
+    def current_corpus_versions(self, partitions: Sequence[str]) -> dict[str, CorpusVersion]:
+        """partition -> its current corpus version, for those of `partitions` that have one."""
+        with self.connect() as con:
+            return ingest.current_versions(con, list(partitions))
 
     def record_model_snapshot(self, snapshot: ModelSnapshot, run_id: str | None = None) -> ModelSnapshot:
         """Record a pinned model and make it the current snapshot for its `model_key`."""
@@ -332,6 +395,15 @@ class EmbeddingStore:
         encodes nothing and makes that version current.
         """
         return writer.write_embeddings(self._catalog, partition, corpus, snapshot, params, encode, run_id)
+
+    def write_embeddings_batch(
+        self, corpora: Sequence[CorpusVersion], snapshot: ModelSnapshot, params: EmbeddingParams,
+        encode: Callable[[list[str]], np.ndarray], run_id: str | None = None,
+    ) -> list[EmbeddingWriteResult]:
+        """`write_embeddings` for many partitions at once (one per corpus version): one
+        lookup, one `encode` call with every text none of them has stored yet, one commit.
+        The results are in the order of `corpora`."""
+        return writer.write_embeddings_batch(self._catalog, corpora, snapshot, params, encode, run_id)
 
     # -------------------------------------------------------------- maintenance
 

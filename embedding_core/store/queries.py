@@ -16,10 +16,11 @@ from embedding_core.store.records import CorpusVersion, EmbeddingVersion, ModelS
 from embedding_core.store.rows import vectors_to_numpy
 from embedding_core.store.views import VECTOR_TABLES
 
-__all__ = ["EMBEDDING_RECORD_COLUMNS", "corpus_rows", "corpus_version", "embedding_versions",
-           "model_snapshots", "stored_embedding_version", "stored_vectors"]
+__all__ = ["CORPUS_COLUMNS", "EMBEDDING_RECORD_COLUMNS", "corpus_rows", "corpus_version", "embedding_versions",
+           "model_snapshots", "split_by_write", "stored_embedding_version", "stored_embedding_versions",
+           "stored_vectors"]
 
-_CORPUS_COLUMNS = ("partition, corpus_version, rows, rejected_rows, bytes, source_uri, run_id, "
+CORPUS_COLUMNS = ("partition, corpus_version, rows, rejected_rows, bytes, source_uri, run_id, "
                    "write_id, snapshot_id, created_at")
 # The columns of an `embedding_versions` record, in table order, before `created_at`.
 EMBEDDING_RECORD_COLUMNS = ("version_id", "partition", "model", "revision", "params_hash", "params",
@@ -34,18 +35,42 @@ def corpus_version(con: duckdb.DuckDBPyConnection, partition: str,
                    version: str | None) -> CorpusVersion | None:
     """A stored corpus version of `partition`; the current one when `version` is None."""
     if version is None:
-        row = con.execute(f"SELECT {_CORPUS_COLUMNS} FROM current_corpus_versions WHERE partition = ?",
+        row = con.execute(f"SELECT {CORPUS_COLUMNS} FROM current_corpus_versions WHERE partition = ?",
                           [partition]).fetchone()
     else:
-        row = con.execute(f"SELECT {_CORPUS_COLUMNS} FROM stored_corpus_versions "
+        row = con.execute(f"SELECT {CORPUS_COLUMNS} FROM stored_corpus_versions "
                           "WHERE partition = ? AND corpus_version = ?", [partition, version]).fetchone()
     return None if row is None else CorpusVersion(*row)
 
 
 def corpus_rows(con: duckdb.DuckDBPyConnection, write_id: str) -> pa.Table:
     """The `id`, `text`, `text_sha256` rows one write committed, in their order."""
-    return con.execute("SELECT id, text, text_sha256 FROM corpus_rows WHERE write_id = ? ORDER BY rowid",
-                       [write_id]).to_arrow_table()
+    return corpus_rows_by_write(con, [write_id])[write_id]
+
+
+def corpus_rows_by_write(con: duckdb.DuckDBPyConnection, write_ids: list[str]) -> dict[str, pa.Table]:
+    """write_id -> the `id`, `text`, `text_sha256` rows that write committed, in their order,
+    read in one query (literal ids let DuckLake skip every other write's files)."""
+    if not write_ids:
+        return {}
+    table = con.execute(f"SELECT write_id, id, text, text_sha256 FROM corpus_rows WHERE write_id IN "
+                        f"({', '.join(sql_str(w) for w in set(write_ids))}) ORDER BY rowid").to_arrow_table()
+    return split_by_write(table, write_ids)
+
+
+def split_by_write(table: pa.Table, write_ids: list[str]) -> dict[str, pa.Table]:
+    """write_id -> the rows of `table` (which has a `write_id` column) of that write, in
+    order, without the `write_id` column; a write with no row gets an empty table."""
+    rest = table.drop(["write_id"])
+    if not table.num_rows:
+        return {write_id: rest for write_id in write_ids}
+    encoded = table.column("write_id").combine_chunks().dictionary_encode()
+    codes = encoded.indices.to_numpy()
+    order = np.argsort(codes, kind="stable")  # rows of one write together, in their order
+    bounds = np.searchsorted(codes[order], np.arange(len(encoded.dictionary) + 1))
+    found = {write_id: rest.take(pa.array(order[bounds[code]:bounds[code + 1]]))
+             for code, write_id in enumerate(encoded.dictionary.to_pylist())}
+    return {write_id: found.get(write_id, rest.slice(0, 0)) for write_id in write_ids}
 
 
 def embedding_versions(con: duckdb.DuckDBPyConnection, source: str, args: list) -> list[EmbeddingVersion]:
@@ -62,9 +87,22 @@ def embedding_versions(con: duckdb.DuckDBPyConnection, source: str, args: list) 
 def stored_embedding_version(con: duckdb.DuckDBPyConnection, version_id: str) -> EmbeddingVersion | None:
     """A stored version by id: its first record, with the rows of its latest (read from the
     table, cheaper than the view; see `views`)."""
-    versions = embedding_versions(con, "embedding_versions WHERE version_id = ? ORDER BY snapshot_id, rowid",
-                                  [version_id])
-    return replace(versions[0], write_id=versions[-1].write_id) if versions else None
+    return stored_embedding_versions(con, [version_id]).get(version_id)
+
+
+def stored_embedding_versions(con: duckdb.DuckDBPyConnection,
+                              version_ids: list[str]) -> dict[str, EmbeddingVersion]:
+    """`stored_embedding_version` of many ids in one query: id -> version, for those stored."""
+    if not version_ids:
+        return {}
+    versions = embedding_versions(con, "embedding_versions WHERE list_contains(?, version_id) "
+                                  "ORDER BY snapshot_id, rowid", [list(set(version_ids))])
+    first: dict[str, EmbeddingVersion] = {}
+    latest_write: dict[str, str] = {}
+    for version in versions:
+        first.setdefault(version.version_id, version)
+        latest_write[version.version_id] = version.write_id
+    return {vid: replace(version, write_id=latest_write[vid]) for vid, version in first.items()}
 
 
 def stored_vectors(con: duckdb.DuckDBPyConnection, model: str, revision: str, params_hash: str,

@@ -20,6 +20,7 @@ __all__ = [
     "EmbeddingVersion",
     "EmbeddingWriteResult",
     "LakeSnapshot",
+    "LandingRecord",
     "MaintenanceReport",
     "ModelSnapshot",
     "SearchHit",
@@ -138,6 +139,23 @@ class ModelSnapshot:
     default_prompt_name: str | None = None
     similarity_fn: str = "cosine"
     files_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class LandingRecord:
+    """The latest record of one landing file (`EmbeddingStore.landing_records`): its path,
+    fingerprint (size and modification time) and content version when last ingested, and
+    its state (``stored``, ``deleted``: gone from the folder, rows kept, or ``retired``).
+    `snapshot_id` is the lake snapshot that recorded it."""
+
+    partition: str
+    relative_path: str
+    fingerprint: str | None
+    corpus_version: str | None
+    state: str
+    detail: str | None
+    run_id: str | None
+    snapshot_id: int
 
 
 @dataclass(frozen=True)

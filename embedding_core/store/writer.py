@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 import embedding_core.store.damage as damage
 import embedding_core.store.queries as queries
@@ -31,7 +30,7 @@ from embedding_core.store.records import (
 from embedding_core.store.rows import check_encoded, unique_with_first_index
 from embedding_core.store.views import VECTOR_TABLES, ensure_embeddings_view
 
-__all__ = ["version_id", "write_embeddings"]
+__all__ = ["corpus_rows", "corpus_rows_of", "version_id", "write_embeddings", "write_embeddings_batch"]
 
 
 def version_id(partition: str, snapshot: ModelSnapshot, params: EmbeddingParams, corpus_version: str) -> str:
@@ -47,115 +46,181 @@ def write_embeddings(
     if corpus.partition != partition:
         raise ValueError(f"corpus version {corpus.corpus_version[:16]} belongs to partition "
                          f"{corpus.partition!r}, not {partition!r}")
-    vid = version_id(partition, snapshot, params, corpus.corpus_version)
+    return write_embeddings_batch(catalog, [corpus], snapshot, params, encode, run_id)[0]
+
+
+def write_embeddings_batch(
+    catalog: Catalog, corpora: Sequence[CorpusVersion], snapshot: ModelSnapshot,
+    params: EmbeddingParams, encode: Callable[[list[str]], np.ndarray], run_id: str | None,
+) -> list[EmbeddingWriteResult]:
+    """See `EmbeddingStore.write_embeddings_batch`: one lookup connection, one encode call for
+    every text no partition has stored yet, one commit."""
+    partitions = [corpus.partition for corpus in corpora]
+    if len(set(partitions)) != len(partitions):
+        raise ValueError(f"write_embeddings_batch got partition(s) twice: "
+                         f"{sorted({p for p in partitions if partitions.count(p) > 1})}")
+    if not corpora:
+        return []
+    vids = [version_id(c.partition, snapshot, params, c.corpus_version) for c in corpora]
     dtype = stored_dtype(params.precision)
     dim = params.truncate_dim or snapshot.dim
     width = vector_width(params.precision, dim)
     with catalog.connection() as con:
-        existing = queries.stored_embedding_version(con, vid)
+        existing = queries.stored_embedding_versions(con, vids)
         # Rows lost to a damaged data file: write the version again, under a new write_id.
-        damaged = existing.write_id if existing and damage.damaged_write_ids(con, [existing.write_id]) else None
-        if existing is not None and damaged is None:
-            current = queries.embedding_versions(
-                con, "current_embedding_versions WHERE partition = ? AND model = ? AND dtype = ?",
-                [partition, snapshot.model, dtype])
-        else:
-            rows = corpus_rows(con, corpus, " (write the corpus again first)")
-            unique_shas, first_rows = unique_with_first_index(rows.column("text_sha256"))
-            args = (con, snapshot.model, snapshot.revision, params.params_hash, dtype, unique_shas, width)
-            try:
-                known = queries.stored_vectors(*args)
-            except duckdb.Error as error:  # reuse nothing from damaged files
-                if not damage.is_damage_error(error):
-                    raise
-                known = queries.stored_vectors(*args, exclude=damage.damaged_write_ids(con))
-    if existing is not None and damaged is None:
-        if current != [existing]:  # the same inputs again: make the stored version current
-            record = {**asdict(existing), "params": json.dumps(existing.params, sort_keys=True)}
-            _commit_version(catalog, record, run_id, rows=None)
-        return EmbeddingWriteResult(existing, created=False, encoded_rows=0,
-                                    reused_rows=existing.rows, encode_seconds=0.0)
+        damaged = damage.damaged_write_ids(con, [v.write_id for v in existing.values()]) if existing else set()
+        reuse = {vid: version for vid, version in existing.items() if version.write_id not in damaged}
+        current = {v.partition: v.version_id for v in queries.embedding_versions(
+            con, "current_embedding_versions WHERE model = ? AND dtype = ? AND list_contains(?, partition)",
+            [snapshot.model, dtype, partitions])}
+        to_write = [(corpus, vid) for corpus, vid in zip(corpora, vids, strict=True) if vid not in reuse]
+        rows_by_write = corpus_rows_of(con, [corpus for corpus, _ in to_write], " (write the corpus again first)")
+        all_shas = pa.chunked_array([rows_by_write[c.write_id].column("text_sha256") for c, _ in to_write],
+                                    type=pa.string())
+        unique_shas, _ = unique_with_first_index(all_shas)
+        args = (con, snapshot.model, snapshot.revision, params.params_hash, dtype, unique_shas, width)
+        try:
+            known = queries.stored_vectors(*args)
+        except duckdb.Error as error:  # reuse nothing from damaged files
+            if not damage.is_damage_error(error):
+                raise
+            known = queries.stored_vectors(*args, exclude=damage.damaged_write_ids(con))
 
     # Encoding: no connection, no transaction, no lock of any kind is held.
-    missing = [i for i, sha in enumerate(unique_shas) if sha not in known]
-    vectors = np.empty((len(unique_shas), width), dtype=dtype)
-    for i, sha in enumerate(unique_shas):
-        if sha in known:
-            vectors[i] = known[sha]
+    missing_shas = [sha for sha in unique_shas if sha not in known]
     started = time.perf_counter()
-    if missing:
-        texts = rows.column("text").take(pa.array(first_rows[missing])).to_pylist()
-        encoded = np.asarray(encode(texts))
-        check_encoded(encoded, len(texts), width, vectors.dtype, partition)
-        vectors[missing] = encoded
+    if missing_shas:
+        wanted, texts = set(missing_shas), {}
+        for corpus, _ in to_write:
+            rows = rows_by_write[corpus.write_id]
+            for sha, text in zip(rows.column("text_sha256").to_pylist(), rows.column("text").to_pylist(),
+                                 strict=True):
+                if sha in wanted and sha not in texts:
+                    texts[sha] = text
+        encoded = np.asarray(encode([texts[sha] for sha in missing_shas]))
+        check_encoded(encoded, len(missing_shas), width, np.dtype(dtype),
+                      partitions[0] if len(partitions) == 1 else f"{partitions[0]} (+{len(partitions) - 1})")
+        known.update(zip(missing_shas, encoded, strict=True))
     encode_seconds = time.perf_counter() - started
 
-    row_index = pc.index_in(rows.column("text_sha256"), value_set=pa.array(unique_shas, pa.string())).to_numpy()
-    vector_rows = pa.table({
-        "id": rows.column("id"), "text_sha256": rows.column("text_sha256"),
-        "embedding": pa.FixedSizeListArray.from_arrays(vectors[row_index].reshape(-1), width),
-    })
-    reused_rows = int(rows.num_rows - np.isin(row_index, missing).sum())
-    record = {"version_id": vid, "partition": partition, "model": snapshot.model,
-              "revision": snapshot.revision, "params_hash": params.params_hash, "params": params.to_json(),
-              "corpus_version": corpus.corpus_version, "rows": rows.num_rows, "reused_rows": reused_rows,
-              "dim": dim, "dtype": dtype, "bytes": vector_rows.nbytes, "write_id": uuid.uuid4().hex}
-    version, created = _commit_version(catalog, record, run_id, rows=vector_rows, damaged_write_id=damaged)
-    return EmbeddingWriteResult(version, created=created, encoded_rows=len(missing),
-                                reused_rows=reused_rows, encode_seconds=encode_seconds)
+    new_shas = set(missing_shas)
+    records, encoded_rows, reused_rows, counted = [], {}, {}, set()
+    for corpus, vid in zip(corpora, vids, strict=True):
+        if vid in reuse:
+            if current.get(corpus.partition) != vid:  # the same inputs again: make it current
+                records.append({**asdict(reuse[vid]), "params": json.dumps(reuse[vid].params, sort_keys=True)})
+            continue
+        rows = rows_by_write[corpus.write_id]
+        shas = rows.column("text_sha256").to_pylist()
+        vectors = np.stack([known[sha] for sha in shas]) if shas else np.empty((0, width), dtype=dtype)
+        write_id = uuid.uuid4().hex
+        vector_rows = pa.table({
+            "write_id": pa.array([write_id] * rows.num_rows, pa.string()),
+            "id": rows.column("id"), "text_sha256": rows.column("text_sha256"),
+            "embedding": pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), width),
+        })
+        # Each text encoded once counts for the first partition that has it.
+        mine = (set(shas) & new_shas) - counted
+        counted |= mine
+        encoded_rows[vid] = len(mine)
+        new_rows = sum(sha in new_shas for sha in shas)
+        records.append({"version_id": vid, "partition": corpus.partition, "model": snapshot.model,
+                        "revision": snapshot.revision, "params_hash": params.params_hash,
+                        "params": params.to_json(), "corpus_version": corpus.corpus_version,
+                        "rows": rows.num_rows, "reused_rows": rows.num_rows - new_rows, "dim": dim,
+                        "dtype": dtype, "bytes": vector_rows.drop(["write_id"]).nbytes, "write_id": write_id,
+                        "_rows": vector_rows})
+        reused_rows[vid] = rows.num_rows - new_rows
+    committed, created = _commit_versions(catalog, records, run_id, damaged)
+    results = []
+    for vid in vids:
+        encoded = encoded_rows.get(vid, 0) if vid in created else 0
+        version = committed.get(vid) or reuse[vid]
+        results.append(EmbeddingWriteResult(
+            version, created=vid in created, encoded_rows=encoded,
+            reused_rows=reused_rows[vid] if vid in created else version.rows,
+            encode_seconds=encode_seconds * encoded / max(1, len(missing_shas))))
+    return results
 
 
 def corpus_rows(con: duckdb.DuckDBPyConnection, corpus: CorpusVersion, hint: str = "") -> pa.Table:
     """The stored rows of a corpus version; `DamagedDataError` (`hint` appended to what it
     names) when they lie in a damaged data file."""
+    return corpus_rows_of(con, [corpus], hint)[corpus.write_id]
+
+
+def corpus_rows_of(con: duckdb.DuckDBPyConnection, corpora: Sequence[CorpusVersion],
+                   hint: str = "") -> dict[str, pa.Table]:
+    """write_id -> stored rows of each corpus version, read in one query; `DamagedDataError`
+    naming the first version whose rows lie in a damaged data file."""
+    if not corpora:
+        return {}
     try:
-        return queries.corpus_rows(con, corpus.write_id)
+        return queries.corpus_rows_by_write(con, [corpus.write_id for corpus in corpora])
     except duckdb.Error as error:
-        damage.raise_if_damaged(con, error, f"corpus {corpus.corpus_version[:16]} of partition "
-                                f"{corpus.partition!r}{hint}", [corpus.write_id])
+        damaged = damage.damaged_write_ids(con, [corpus.write_id for corpus in corpora])
+        first = next((c for c in corpora if c.write_id in damaged), corpora[0])
+        damage.raise_if_damaged(con, error, f"corpus {first.corpus_version[:16]} of partition "
+                                f"{first.partition!r}{hint}", [first.write_id])
         raise
 
 
-def _commit_version(catalog: Catalog, record: dict, run_id: str | None, rows: pa.Table | None,
-                    damaged_write_id: str | None = None) -> tuple[EmbeddingVersion, bool]:
-    """Commit a version record (with its rows when given), which makes it current; returns
-    the stored version and whether this call stored its rows. Rows stored under
-    `damaged_write_id` count as not stored."""
-    vid, partition = record["version_id"], record["partition"]
+def _commit_versions(catalog: Catalog, records: list[dict], run_id: str | None, damaged: set[str]
+                     ) -> tuple[dict[str, EmbeddingVersion], set[str]]:
+    """Commit version records in one transaction, with their rows (``_rows``) where given,
+    which makes them current; returns the stored versions by id and the ids whose rows this
+    call stored. Rows of a version that a concurrent writer committed meanwhile are kept
+    (not written twice), unless they are among the `damaged` writes."""
+    if not records:
+        return {}, set()
+    vids = [record["version_id"] for record in records]
+    partitions = sorted({record["partition"] for record in records})
     base_snapshot: list[int] = []
 
-    def work(con: duckdb.DuckDBPyConnection) -> bool:
+    def work(con: duckdb.DuckDBPyConnection) -> set[str]:
         base_snapshot[:] = [_current_snapshot(con)]
-        # A concurrent writer may have committed the same inputs since we looked: keep its rows.
-        stored = queries.stored_embedding_version(con, vid)
-        if stored is not None and stored.write_id == damaged_write_id:
-            stored = None
-        write_id = stored.write_id if stored else record["write_id"]
-        if rows is not None and not stored:
-            con.register("vector_rows", rows)
-            con.execute(f"INSERT INTO {VECTOR_TABLES[record['dtype']][0]} "
-                        "SELECT ?, id, text_sha256, embedding FROM vector_rows", [write_id])
-        values = {**record, "run_id": run_id, "write_id": write_id}
-        con.execute(f"INSERT INTO embedding_versions VALUES ({', '.join('?' * len(queries.EMBEDDING_RECORD_COLUMNS))}, "
-                    "current_timestamp)",
-                    [values[column] for column in queries.EMBEDDING_RECORD_COLUMNS])
-        if record["dtype"] == "float32":
+        with_rows = [record["version_id"] for record in records if "_rows" in record]
+        stored = queries.stored_embedding_versions(con, with_rows) if with_rows else {}
+        created, inserts, values = set(), {}, []
+        for record in records:
+            write_id = record["write_id"]
+            if "_rows" in record:
+                before = stored.get(record["version_id"])
+                if before is not None and before.write_id not in damaged:
+                    write_id = before.write_id
+                else:
+                    inserts.setdefault(record["dtype"], []).append(record["_rows"])
+                    created.add(record["version_id"])
+            values.append([{**record, "run_id": run_id, "write_id": write_id}[column]
+                           for column in queries.EMBEDDING_RECORD_COLUMNS])
+        for dtype, tables in inserts.items():
+            con.register("vector_rows", pa.concat_tables(tables))
+            con.execute(f"INSERT INTO {VECTOR_TABLES[dtype][0]} "
+                        "SELECT write_id, id, text_sha256, embedding FROM vector_rows")
+            con.unregister("vector_rows")
+        placeholders = ", ".join("?" * len(queries.EMBEDDING_RECORD_COLUMNS))
+        con.executemany(f"INSERT INTO embedding_versions VALUES ({placeholders}, current_timestamp)", values)
+        if any(record["dtype"] == "float32" for record in records):
             ensure_embeddings_view(con)
-        return rows is not None and not stored
+        return created
 
-    committed: list[EmbeddingVersion] = []
+    committed: dict[str, EmbeddingVersion] = {}
 
     def after(con: duckdb.DuckDBPyConnection) -> None:
         if _current_snapshot(con) != base_snapshot[0] + 1:  # another commit came between
             repair_embeddings_view(con)
-        committed.append(queries.stored_embedding_version(con, vid))
+        committed.update(queries.stored_embedding_versions(con, vids))
 
+    first = records[0]
+    label = repr(partitions[0]) if len(partitions) == 1 else f"{len(partitions)} partitions"
+    extra = ({"partition": partitions[0], "version_id": vids[0]} if len(vids) == 1
+             else {"partitions": partitions[:50], "partition_count": len(partitions)})
     created = catalog.commit(
-        work, what=f"embeddings of partition {partition!r}",
-        message=(f"embeddings {partition} {record['model']}@{record['revision'][:12]} "
-                 f"{record['params_hash']} (run {run_id})"),
-        extra=json.dumps({"run_id": run_id, "partition": partition, "version_id": vid}), after=after)
-    return committed[0], created
+        work, what=f"embeddings of partition {label}" if len(partitions) == 1 else f"embeddings of {label}",
+        message=(f"embeddings {partitions[0] if len(partitions) == 1 else label} "
+                 f"{first['model']}@{first['revision'][:12]} {first['params_hash']} (run {run_id})"),
+        extra=json.dumps({"run_id": run_id, **extra}), after=after)
+    return committed, created
 
 
 def _current_snapshot(con: duckdb.DuckDBPyConnection) -> int:

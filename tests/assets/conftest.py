@@ -7,7 +7,7 @@ import pytest
 from dagster import DagsterInstance, Definitions, instance_for_test
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
-from embedding_assets.backfill import materialize_selection, register_landing_partitions
+from embedding_assets.backfill import landing_partitions, materialize_selection
 from embedding_assets.definitions import SAMPLE_CORPUS_DIR, build_definitions
 
 ROWS_PER_SHARD = 12
@@ -56,10 +56,10 @@ def instance():
 
 
 def materialize_everything(defs: Definitions, instance: DagsterInstance) -> list:
-    """model_snapshot, then corpus + embeddings of every landing file (as the backfill CLI does)."""
+    """model_snapshot, then corpus + embeddings of every bucket (as the backfill CLI does)."""
     from dagster import AssetKey
 
-    keys = register_landing_partitions(defs, instance)
+    keys = landing_partitions()
     results = materialize_selection(defs, instance, [AssetKey("model_snapshot")])
     results += materialize_selection(defs, instance, [AssetKey("corpus"), AssetKey("embeddings")], keys)
     assert all(result.success for result in results)
