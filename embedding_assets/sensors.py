@@ -9,6 +9,7 @@ its own request (content A -> B -> A runs three times) and a retried tick never 
 """
 
 import json
+import os
 import time
 
 from dagster import (
@@ -30,6 +31,8 @@ from embedding_core.landing import bucket_digests
 TRIGGER_TAG = "embedding/trigger"
 LANDING_TRIGGER = "landing-sensor"
 BUCKETS_TAG = "embedding/buckets"
+# How often the landing folder is looked at (seconds); tests set it lower.
+LANDING_INTERVAL_S = int(os.environ.get("EMBEDDING_LANDING_SENSOR_INTERVAL_S") or 30)
 IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
              DagsterRunStatus.STARTED]
 
@@ -42,7 +45,7 @@ def run_in_flight(context: SensorEvaluationContext, job_name: str, tags: dict[st
 
 @sensor(
     jobs=[embed_corpus, snapshot_model],
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=LANDING_INTERVAL_S,
     default_status=DefaultSensorStatus.STOPPED,
     description="Runs embed_corpus over the landing buckets whose files were added, changed, "
     "renamed or deleted since the last request (one run for all of them; only the changed "
