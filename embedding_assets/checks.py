@@ -110,15 +110,13 @@ def encodes_canary(model, dim: int) -> AssetCheckResult:
 
 
 def shard_check_evaluations(instance: DagsterInstance, bucket: str, shards: Sequence[StoredShard],
-                            params: EmbeddingParams, log) -> list[AssetCheckEvaluation]:
+                            params: EmbeddingParams) -> list[AssetCheckEvaluation]:
     """The `SHARD_CHECKS` results of one bucket: each check judges every shard (one landing
-    file's new version) this run wrote in it; it passes when all of them do."""
+    file's new version) this run wrote in it; it passes when all of them do. A check that
+    does not apply to `params` is not evaluated (the UI shows it skipped, not green)."""
     evaluations = []
     for check in SHARD_CHECKS:
         if not check.applies(params):
-            # Not evaluated: the UI shows the check skipped for this run, not green.
-            log.info(f"{check.name} does not apply to {bucket} ({params.precision}, "
-                     f"normalize_embeddings={params.normalize_embeddings}); not evaluated")
             continue
         judged = list(shards)
         problems = {shard.version.partition: problem for shard in judged

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pyarrow as pa
 from dagster import (
     DataVersion,
     MetadataValue,
@@ -22,7 +21,13 @@ from dagster import (
 )
 
 from embedding_core.landing_sync import SyncReport
-from embedding_core.store import CorpusVersion, EmbeddingStore, EmbeddingWriteResult, ModelSnapshot
+from embedding_core.store import (
+    CorpusVersion,
+    EmbeddingStore,
+    EmbeddingWriteResult,
+    ModelSnapshot,
+    StoredRows,
+)
 
 PREVIEW_ROWS = 5
 PREVIEW_CHARS = 80
@@ -121,7 +126,6 @@ def snapshot_metadata(snapshot: ModelSnapshot) -> dict[str, object]:
 
 
 def bucket_embeddings_metadata(results: Sequence[EmbeddingWriteResult],
-                               read_back: dict[str, tuple[pa.Table, np.ndarray]],
                                store: EmbeddingStore) -> dict[str, object]:
     """A bucket's files after an embeddings run: rows, new versions, texts encoded and reused,
     throughput (only when something was encoded), the model version, a preview of the first
@@ -129,15 +133,15 @@ def bucket_embeddings_metadata(results: Sequence[EmbeddingWriteResult],
     versions = [result.version for result in results]
     encoded = sum(result.encoded_rows for result in results)
     seconds = sum(result.encode_seconds for result in results)
-    written = [result.version for result in results if result.created]
-    first = read_back.get(written[0].version_id) if written else None
+    written = [result for result in results if result.stored is not None]
+    first = written[0].stored if written else None
     head = versions[0] if versions else None
     return without_empty({
         "dagster/row_count": sum(version.rows for version in versions),
         "dagster/column_schema": embeddings_schema(head.dim, head.dtype) if head else None,
         "dagster/uri": MetadataValue.path(store.root),
         "files": len(versions),
-        "new_versions": len(written),
+        "new_versions": sum(result.created for result in results),
         "encoded_rows": encoded,
         "reused_rows": sum(result.reused_rows for result in results),
         "size": human_size(sum(version.bytes for version in versions)),
@@ -151,8 +155,8 @@ def bucket_embeddings_metadata(results: Sequence[EmbeddingWriteResult],
         "encode_seconds": round(seconds, 3) if encoded and seconds > 0 else None,
         "lake_snapshot": MetadataValue.text(str(max(v.snapshot_id for v in versions))) if versions else None,
         "catalog": store.catalog_label,
-        "preview": vectors_preview(*first) if first is not None and len(first[1]) else None,
-        "preview_source": written[0].partition if written else None,
+        "preview": vectors_preview(first) if first is not None and len(first.vectors) else None,
+        "preview_source": written[0].version.partition if written else None,
     })
 
 
@@ -161,14 +165,13 @@ PREVIEW_SCHEMA = TableSchema(columns=[
     TableColumn("embedding[:4]", "string"), TableColumn("norm", "float")])
 
 
-def vectors_preview(ids: pa.Table, vectors: np.ndarray, rows: int = PREVIEW_ROWS) -> MetadataValue:
+def vectors_preview(rows: StoredRows, count: int = PREVIEW_ROWS) -> MetadataValue:
     """The first rows' id, text hash, first four values and norm."""
     head = [
         {"id": row_id, "text_sha256": sha[:12],
          "embedding[:4]": np.array2string(vector[:4], precision=4, separator=", "),
          "norm": round(float(np.linalg.norm(vector.astype(np.float32))), 4)}
-        for row_id, sha, vector in zip(ids.column("id").to_pylist()[:rows],
-                                       ids.column("text_sha256").to_pylist()[:rows],
-                                       vectors[:rows], strict=True)
+        for row_id, sha, vector in zip(rows.ids[:count], rows.text_sha256[:count], rows.vectors[:count],
+                                       strict=True)
     ]
     return preview_table(PREVIEW_SCHEMA, head)

@@ -67,8 +67,8 @@ def embeddings(
 
     Texts already embedded with the same revision and parameters (in any file) are reused;
     a file whose version is stored already is not re-encoded at all. Each bucket is one
-    encode call and one commit. The versions written are read back once, for the metadata
-    and the four shard checks (one result per bucket). A bucket that fails (or holds a file
+    encode call and one commit, whose connection reads the versions written back once: what
+    the metadata and the four shard checks (one result per bucket) judge. A bucket that fails (or holds a file
     this run could not read) does not stop the others: they are stored and recorded, then
     the step fails naming every failed bucket and file (`embedding_assets.shards`).
     """
@@ -80,6 +80,10 @@ def embeddings(
     files = files_by_bucket(store, buckets, LANDING_BUCKETS)
     corpora = store.current_corpus_versions([key for keys in files.values() for key in keys])
     stored_metadata, evaluations = {}, []
+    for check in SHARD_CHECKS:
+        if not check.applies(params):
+            context.log.info(f"{check.name} does not apply ({params.precision}, normalize_embeddings="
+                             f"{params.normalize_embeddings}); not evaluated")
     with config.session(snapshot, params, log=context.log.info) as session:
         for bucket in buckets:
             # The previous bucket's temporaries are freed: give their pages back first, so
@@ -88,21 +92,18 @@ def embeddings(
             with failures.attempt(bucket):
                 bucket_corpora = [corpora[key] for key in files[bucket] if key in corpora]
                 results = store.write_embeddings_batch(bucket_corpora, snapshot, params, session.encode,
-                                                       run_id=context.run.run_id)
-                written = [result.version for result in results if result.created]
-                read_back = store.read_embeddings_batch(written)  # the one read back of this bucket
-                corpus_ids = store.corpus_ids([corpora[version.partition] for version in written])
-                shards = [StoredShard(version, read_back[version.version_id][0].column("id").to_pylist(),
-                                      read_back[version.version_id][1], corpus_ids[version.partition],
-                                      snapshot, params) for version in written]
-                evaluations += shard_check_evaluations(context.instance, bucket, shards, params, context.log)
-                stored_metadata[bucket] = bucket_embeddings_metadata(results, read_back, store)
+                                                       run_id=context.run.run_id, read_back=True)
+                shards = [StoredShard(result.version, result.stored.ids, result.stored.vectors,
+                                      result.stored.corpus_ids, snapshot, params)
+                          for result in results if result.stored is not None]
+                evaluations += shard_check_evaluations(context.instance, bucket, shards, params)
+                stored_metadata[bucket] = bucket_embeddings_metadata(results, store)
                 context.add_asset_metadata(stored_metadata[bucket], partition_key=bucket)
                 context.log.info(
-                    f"{bucket}: {len(results)} file(s), {len(written)} new version(s), "
+                    f"{bucket}: {len(results)} file(s), {len(shards)} new version(s), "
                     f"{sum(r.encoded_rows for r in results)} texts encoded, "
                     f"{sum(r.reused_rows for r in results)} rows reused")
-                del results, read_back, shards  # this bucket's vectors, before the next one
+                del results, shards  # this bucket's vectors, before the next one
     for bucket, reason in corpus_failures_in_run(context, buckets).items():
         failures.add(bucket, reason, append=True)
     if failures.errors:

@@ -30,7 +30,7 @@ import embedding_core.store.queries as queries
 import embedding_core.store.writer as writer
 from embedding_core.store.catalog import CATALOG_FILE_NAME, Catalog
 from embedding_core.store.damage import VerifyReport
-from embedding_core.store.files import DataPath, sql_str
+from embedding_core.store.files import DataPath
 from embedding_core.store.records import (
     CorpusVersion,
     EmbeddingParams,
@@ -156,17 +156,6 @@ class EmbeddingStore:
         with self.connect() as con:
             return writer.corpus_rows(con, corpus)
 
-    def corpus_ids(self, corpora: Sequence[CorpusVersion]) -> dict[str, list[str]]:
-        """partition -> the ids of each corpus version's rows, in order (one query, ids only)."""
-        if not corpora:
-            return {}
-        write_ids = [corpus.write_id for corpus in corpora]
-        with self.connect() as con:
-            table = con.execute(f"SELECT write_id, id FROM corpus_rows WHERE write_id IN "
-                                f"({', '.join(sql_str(w) for w in set(write_ids))}) ORDER BY rowid").to_arrow_table()
-        rows = queries.split_by_write(table, write_ids)
-        return {corpus.partition: rows[corpus.write_id].column("id").to_pylist() for corpus in corpora}
-
     def corpus_partitions(self) -> list[str]:
         """Partitions that have a stored corpus version, sorted."""
         with self.connect() as con:
@@ -243,35 +232,16 @@ class EmbeddingStore:
     def read_embeddings(self, version: EmbeddingVersion) -> tuple[pa.Table, np.ndarray]:
         """The `id`/`text_sha256` columns of a version (current or not) and its vectors as a
         2-D array, in corpus order."""
-        return self.read_embeddings_batch([version])[version.version_id]
-
-    def read_embeddings_batch(self, versions: Sequence[EmbeddingVersion]
-                              ) -> dict[str, tuple[pa.Table, np.ndarray]]:
-        """`read_embeddings` of many versions in one connection, one query per stored dtype:
-        version_id -> (`id`/`text_sha256` columns, vectors)."""
-        found: dict[str, tuple[pa.Table, np.ndarray]] = {}
         with self.connect() as con:
-            for dtype in sorted({version.dtype for version in versions}):
-                of_dtype = [version for version in versions if version.dtype == dtype]
-                write_ids = [version.write_id for version in of_dtype]
-                try:
-                    table = con.execute(
-                        f"SELECT write_id, id, text_sha256, embedding FROM {VECTOR_TABLES[dtype][0]} "
-                        f"WHERE write_id IN ({', '.join(sql_str(w) for w in set(write_ids))}) ORDER BY rowid"
-                    ).to_arrow_table()
-                except duckdb.Error as error:
-                    first = of_dtype[0]
-                    damage.raise_if_damaged(con, error, f"embedding version {first.version_id} of partition "
-                                            f"{first.partition!r}" + (f" (or {len(of_dtype) - 1} more)"
-                                                                      if len(of_dtype) > 1 else ""), write_ids)
-                    raise
-                rows = queries.split_by_write(table, write_ids)
-                for version in of_dtype:
-                    width = vector_width(version.params.get("precision", "float32"), version.dim)
-                    part = rows[version.write_id]
-                    found[version.version_id] = (part.select(["id", "text_sha256"]), vectors_to_numpy(
-                        part.column("embedding"), width, version.dtype))
-        return found
+            try:
+                table = queries.vector_rows_by_write(con, VECTOR_TABLES[version.dtype][0], [version.write_id])
+            except duckdb.Error as error:
+                damage.raise_if_damaged(con, error, f"embedding version {version.version_id} of partition "
+                                        f"{version.partition!r}", [version.write_id])
+                raise
+        width = vector_width(version.params.get("precision", "float32"), version.dim)
+        return table.select(["id", "text_sha256"]), vectors_to_numpy(table.column("embedding"),
+                                                                     width, version.dtype)
 
     def stale_partitions(self, snapshot: ModelSnapshot, params: EmbeddingParams) -> list[str]:
         """Partitions whose current embeddings are missing, not from these inputs, or (like
@@ -398,12 +368,15 @@ class EmbeddingStore:
 
     def write_embeddings_batch(
         self, corpora: Sequence[CorpusVersion], snapshot: ModelSnapshot, params: EmbeddingParams,
-        encode: Callable[[list[str]], np.ndarray], run_id: str | None = None,
+        encode: Callable[[list[str]], np.ndarray], run_id: str | None = None, read_back: bool = False,
     ) -> list[EmbeddingWriteResult]:
         """`write_embeddings` for many partitions at once (one per corpus version): one
         lookup, one `encode` call with every text none of them has stored yet, one commit.
-        The results are in the order of `corpora`."""
-        return writer.write_embeddings_batch(self._catalog, corpora, snapshot, params, encode, run_id)
+        The results are in the order of `corpora`. With `read_back`, each version this call
+        stored comes with its rows as the lake holds them (`EmbeddingWriteResult.stored`),
+        read in the commit's connection: what the checks judge, without another read."""
+        return writer.write_embeddings_batch(self._catalog, corpora, snapshot, params, encode, run_id,
+                                             read_back=read_back)
 
     # -------------------------------------------------------------- maintenance
 

@@ -17,7 +17,7 @@ from embedding_core.store.rows import vectors_to_numpy
 from embedding_core.store.views import VECTOR_TABLES
 
 __all__ = ["CORPUS_COLUMNS", "EMBEDDING_RECORD_COLUMNS", "corpus_rows", "corpus_version", "embedding_versions",
-           "model_snapshots", "split_by_write", "stored_embedding_version", "stored_embedding_versions",
+           "corpus_ids_by_write", "model_snapshots", "split_by_write", "vector_rows_by_write", "stored_embedding_version", "stored_embedding_versions",
            "stored_vectors"]
 
 CORPUS_COLUMNS = ("partition, corpus_version, rows, rejected_rows, bytes, source_uri, run_id, "
@@ -54,8 +54,27 @@ def corpus_rows_by_write(con: duckdb.DuckDBPyConnection, write_ids: list[str]) -
     if not write_ids:
         return {}
     table = con.execute(f"SELECT write_id, id, text, text_sha256 FROM corpus_rows WHERE write_id IN "
-                        f"({', '.join(sql_str(w) for w in set(write_ids))}) ORDER BY rowid").to_arrow_table()
+                        f"({_literals(write_ids)}) ORDER BY rowid").to_arrow_table()
     return split_by_write(table, write_ids)
+
+
+def corpus_ids_by_write(con: duckdb.DuckDBPyConnection, write_ids: list[str]) -> pa.Table:
+    """`write_id`, `id` of the corpus rows of these writes, in row order (ids only)."""
+    return con.execute(f"SELECT write_id, id FROM corpus_rows WHERE write_id IN ({_literals(write_ids)}) "
+                       "ORDER BY rowid").to_arrow_table()
+
+
+def vector_rows_by_write(con: duckdb.DuckDBPyConnection, table: str, write_ids: list[str]) -> pa.Table:
+    """`write_id`, `id`, `text_sha256`, `embedding` of the rows of these writes in a vector
+    rows table, in row order."""
+    return con.execute(f"SELECT write_id, id, text_sha256, embedding FROM {table} WHERE write_id IN "
+                       f"({_literals(write_ids)}) ORDER BY rowid").to_arrow_table()
+
+
+def _literals(values: list[str]) -> str:
+    """SQL string literals: DuckLake skips the data files of every other write by their
+    statistics (a parameter list would not let it)."""
+    return ", ".join(sql_str(value) for value in sorted(set(values))) or "NULL"
 
 
 def split_by_write(table: pa.Table, write_ids: list[str]) -> dict[str, pa.Table]:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
+import numpy as np
 import pyarrow as pa
 
 # The public records, re-exported by `embedding_core.store`; CORPUS_SCHEMA, sha256_json and
@@ -24,6 +25,7 @@ __all__ = [
     "MaintenanceReport",
     "ModelSnapshot",
     "SearchHit",
+    "StoredRows",
     "corpus_table",
     "text_sha256",
     "vector_width",
@@ -206,13 +208,28 @@ class EmbeddingVersion:
 
 @dataclass(frozen=True)
 class EmbeddingWriteResult:
-    """What `write_embeddings` did: the version, and whether it was new or already stored."""
+    """What `write_embeddings` did: the version, and whether it was new or already stored.
+
+    With ``read_back=True``, a version this call stored comes with `stored`: its rows as the
+    lake holds them after the commit (`StoredRows`), read in the commit's own connection."""
 
     version: EmbeddingVersion
     created: bool
     encoded_rows: int
     reused_rows: int
     encode_seconds: float
+    stored: StoredRows | None = None
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """A stored version read back: its `ids` and `vectors` in row order, and the ids of the
+    corpus version it embeds, for checking one against the other."""
+
+    ids: list[str]
+    text_sha256: list[str]
+    vectors: np.ndarray
+    corpus_ids: list[str]
 
 
 @dataclass(frozen=True)

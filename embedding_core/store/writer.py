@@ -23,11 +23,12 @@ from embedding_core.store.records import (
     EmbeddingVersion,
     EmbeddingWriteResult,
     ModelSnapshot,
+    StoredRows,
     sha256_json,
     stored_dtype,
     vector_width,
 )
-from embedding_core.store.rows import check_encoded, unique_with_first_index
+from embedding_core.store.rows import check_encoded, unique_with_first_index, vectors_to_numpy
 from embedding_core.store.views import VECTOR_TABLES, ensure_embeddings_view
 
 __all__ = ["corpus_rows", "corpus_rows_of", "version_id", "write_embeddings", "write_embeddings_batch"]
@@ -52,9 +53,11 @@ def write_embeddings(
 def write_embeddings_batch(
     catalog: Catalog, corpora: Sequence[CorpusVersion], snapshot: ModelSnapshot,
     params: EmbeddingParams, encode: Callable[[list[str]], np.ndarray], run_id: str | None,
+    read_back: bool = False,
 ) -> list[EmbeddingWriteResult]:
     """See `EmbeddingStore.write_embeddings_batch`: one lookup connection, one encode call for
-    every text no partition has stored yet, one commit."""
+    every text no partition has stored yet, one commit (whose connection reads the written
+    versions back, with `read_back`)."""
     partitions = [corpus.partition for corpus in corpora]
     if len(set(partitions)) != len(partitions):
         raise ValueError(f"write_embeddings_batch got partition(s) twice: "
@@ -131,7 +134,8 @@ def write_embeddings_batch(
                         "dtype": dtype, "bytes": vector_rows.drop(["write_id"]).nbytes, "write_id": write_id,
                         "_rows": vector_rows})
         reused_rows[vid] = rows.num_rows - new_rows
-    committed, created = _commit_versions(catalog, records, run_id, damaged)
+    committed, created, stored_rows = _commit_versions(catalog, records, run_id, damaged,
+                                                       read_back_of=corpora if read_back else ())
     results = []
     for vid in vids:
         encoded = encoded_rows.get(vid, 0) if vid in created else 0
@@ -139,7 +143,7 @@ def write_embeddings_batch(
         results.append(EmbeddingWriteResult(
             version, created=vid in created, encoded_rows=encoded,
             reused_rows=reused_rows[vid] if vid in created else version.rows,
-            encode_seconds=encode_seconds * encoded / max(1, len(missing_shas))))
+            encode_seconds=encode_seconds * encoded / max(1, len(missing_shas)), stored=stored_rows.get(vid)))
     return results
 
 
@@ -165,14 +169,16 @@ def corpus_rows_of(con: duckdb.DuckDBPyConnection, corpora: Sequence[CorpusVersi
         raise
 
 
-def _commit_versions(catalog: Catalog, records: list[dict], run_id: str | None, damaged: set[str]
-                     ) -> tuple[dict[str, EmbeddingVersion], set[str]]:
+def _commit_versions(catalog: Catalog, records: list[dict], run_id: str | None, damaged: set[str],
+                     read_back_of: Sequence[CorpusVersion] = ()
+                     ) -> tuple[dict[str, EmbeddingVersion], set[str], dict[str, StoredRows]]:
     """Commit version records in one transaction, with their rows (``_rows``) where given,
-    which makes them current; returns the stored versions by id and the ids whose rows this
-    call stored. Rows of a version that a concurrent writer committed meanwhile are kept
+    which makes them current; returns the stored versions by id, the ids whose rows this
+    call stored, and (for the corpora in `read_back_of`) those rows read back in the same
+    connection. Rows of a version that a concurrent writer committed meanwhile are kept
     (not written twice), unless they are among the `damaged` writes."""
     if not records:
-        return {}, set()
+        return {}, set(), {}
     vids = [record["version_id"] for record in records]
     partitions = sorted({record["partition"] for record in records})
     base_snapshot: list[int] = []
@@ -205,22 +211,62 @@ def _commit_versions(catalog: Catalog, records: list[dict], run_id: str | None, 
         return created
 
     committed: dict[str, EmbeddingVersion] = {}
+    stored_rows: dict[str, StoredRows] = {}
 
     def after(con: duckdb.DuckDBPyConnection) -> None:
         if _current_snapshot(con) != base_snapshot[0] + 1:  # another commit came between
             repair_embeddings_view(con)
         committed.update(queries.stored_embedding_versions(con, vids))
+        if read_back_of:
+            written = [committed[vid] for vid in created_ids]
+            corpus_of = {corpus.partition: corpus for corpus in read_back_of}
+            stored_rows.update(read_back(con, written, [corpus_of[v.partition] for v in written]))
 
     first = records[0]
     label = repr(partitions[0]) if len(partitions) == 1 else f"{len(partitions)} partitions"
     extra = ({"partition": partitions[0], "version_id": vids[0]} if len(vids) == 1
              else {"partitions": partitions[:50], "partition_count": len(partitions)})
+    created_ids: set[str] = set()
+
+    def committed_work(con: duckdb.DuckDBPyConnection) -> set[str]:
+        created_ids.clear()
+        created_ids.update(work(con))
+        return created_ids
+
     created = catalog.commit(
-        work, what=f"embeddings of partition {label}" if len(partitions) == 1 else f"embeddings of {label}",
+        committed_work, what=f"embeddings of partition {label}" if len(partitions) == 1 else f"embeddings of {label}",
         message=(f"embeddings {partitions[0] if len(partitions) == 1 else label} "
                  f"{first['model']}@{first['revision'][:12]} {first['params_hash']} (run {run_id})"),
         extra=json.dumps({"run_id": run_id, **extra}), after=after)
-    return committed, created
+    return committed, created, stored_rows
+
+
+def read_back(con: duckdb.DuckDBPyConnection, versions: Sequence[EmbeddingVersion],
+              corpora: Sequence[CorpusVersion]) -> dict[str, StoredRows]:
+    """version_id -> the rows of each version as stored, with its corpus version's ids: one
+    query per stored dtype and one for the corpus ids."""
+    found: dict[str, StoredRows] = {}
+    corpus_ids = queries.split_by_write(queries.corpus_ids_by_write(con, [c.write_id for c in corpora]),
+                                        [c.write_id for c in corpora])
+    for dtype in sorted({version.dtype for version in versions}):
+        of_dtype = [(v, c) for v, c in zip(versions, corpora, strict=True) if v.dtype == dtype]
+        write_ids = [version.write_id for version, _ in of_dtype]
+        try:
+            rows = queries.split_by_write(queries.vector_rows_by_write(con, VECTOR_TABLES[dtype][0], write_ids),
+                                          write_ids)
+        except duckdb.Error as error:
+            first = of_dtype[0][0]
+            damage.raise_if_damaged(con, error, f"embedding version {first.version_id} of partition "
+                                    f"{first.partition!r}", write_ids)
+            raise
+        for version, corpus in of_dtype:
+            part = rows[version.write_id]
+            width = vector_width(version.params.get("precision", "float32"), version.dim)
+            found[version.version_id] = StoredRows(
+                part.column("id").to_pylist(), part.column("text_sha256").to_pylist(),
+                vectors_to_numpy(part.column("embedding"), width, version.dtype),
+                corpus_ids[corpus.write_id].column("id").to_pylist())
+    return found
 
 
 def _current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
