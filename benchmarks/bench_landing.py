@@ -162,6 +162,9 @@ def landing_run(args, work: Path) -> dict:
         wrote_s = time.monotonic() - dropped
         total = len(rows) // args.files * args.files
         done = wait_for(lambda: stored_rows(work / "pipeline" / "store") >= total, args.timeout, "all vectors")
+        # The runs go on with their checks after the last commit: wait for them to end.
+        wait_for(lambda: all(r["status"] in {"SUCCESS", "FAILURE", "CANCELED"} for r in runs(graphql)),
+                 args.timeout, "the runs to end")
         page_started = time.perf_counter()
         page = graphql(ASSET_PAGE, key={"path": ["embeddings"]})["assetNodeOrError"]
         page_s = time.perf_counter() - page_started

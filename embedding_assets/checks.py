@@ -45,7 +45,7 @@ from embedding_assets.problems import (
     unit_norm_problem,
 )
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
-from embedding_core.landing_sync import files_by_bucket
+from embedding_core.landing_sync import bucket_state
 from embedding_core.snapshot import SnapshotNotCurrentError, require_current_snapshot
 from embedding_core.store import EmbeddingParams
 
@@ -153,11 +153,10 @@ def embeddings_match_model(
                                        {"reason": str(error)})
         return
     params = config.params(snapshot)
-    files = files_by_bucket(store, buckets, LANDING_BUCKETS)
-    corpora = store.current_corpus_versions([key for keys in files.values() for key in keys])
+    files, corpora = bucket_state(store, buckets, LANDING_BUCKETS)
     versions = store.embedding_versions_of(list(corpora.values()), snapshot, params)
     rng = np.random.default_rng()
-    samples: dict[str, list[tuple[str, str, np.ndarray]]] = {}  # bucket -> (id, text, stored vector)
+    picks: dict[str, list[tuple]] = {}  # bucket -> (version, rows) to read
     for bucket in buckets:
         unembedded = [key for key in files[bucket] if key in corpora and key not in versions]
         if unembedded:
@@ -167,9 +166,11 @@ def embeddings_match_model(
                           "materialize embeddings for the bucket"})
             continue
         bucket_versions = [versions[key] for key in files[bucket] if key in versions and versions[key].rows]
-        picks = _sample_positions(rng, [version.rows for version in bucket_versions], SAMPLE_ROWS_PER_PARTITION)
-        samples[bucket] = [row for index, positions in picks.items()
-                           for row in store.sample_rows(bucket_versions[index], positions)]
+        positions = _sample_positions(rng, [version.rows for version in bucket_versions], SAMPLE_ROWS_PER_PARTITION)
+        picks[bucket] = [(bucket_versions[index], rows) for index, rows in positions.items()]
+    read = iter(store.sample_rows([pick for bucket_picks in picks.values() for pick in bucket_picks]))
+    # bucket -> (id, text, stored vector) of its sampled rows
+    samples = {bucket: [row for _ in bucket_picks for row in next(read)] for bucket, bucket_picks in picks.items()}
     texts = [text for rows in samples.values() for _, text, _ in rows]
     if texts:
         with config.session(snapshot, params) as session:

@@ -31,7 +31,7 @@ from embedding_core.store import CorpusVersion, EmbeddingStore
 from embedding_core.store.ingest import CorpusChange, corpus_content_version
 from embedding_core.store.records import CORPUS_SCHEMA
 
-__all__ = ["ON_DELETE", "SyncReport", "files_by_bucket", "sync_buckets"]
+__all__ = ["ON_DELETE", "SyncReport", "bucket_state", "sync_buckets"]
 
 ON_DELETE = ("keep", "retire")
 
@@ -47,6 +47,7 @@ class SyncReport:
     retired: dict[str, str] = field(default_factory=dict)  # gone, rows retired: why
     failed: dict[str, str] = field(default_factory=dict)  # could not be read: why
     bucket_of: dict[str, str] = field(default_factory=dict)  # every key above -> its bucket
+    current: dict[str, CorpusVersion] = field(default_factory=dict)  # of every key above, after
 
     def in_bucket(self, bucket: str) -> list[str]:
         return sorted(key for key, of in self.bucket_of.items() if of == bucket)
@@ -114,18 +115,18 @@ def sync_buckets(
                                         fingerprint=record.fingerprint, state="deleted",
                                         recorded_version=record.corpus_version,
                                         detail="deleted from the landing folder; rows kept")
-    if changes:
-        versions = store.write_corpus_changes(list(changes.values()), run_id=run_id)
-        report.stored = {key: versions[key] for key in report.shards}
+    report.current = store.write_corpus_changes(list(changes.values()), run_id=run_id,
+                                                report=sorted(report.bucket_of))
+    report.stored = {key: report.current[key] for key in report.shards}
     return report
 
 
-def files_by_bucket(store: EmbeddingStore, buckets: Iterable[str], bucket_count: int) -> dict[str, list[str]]:
+def bucket_state(store: EmbeddingStore, buckets: Iterable[str], bucket_count: int
+                 ) -> tuple[dict[str, list[str]], dict[str, CorpusVersion]]:
     """Bucket -> the store partitions (landing files ever recorded, deleted ones included) in
-    it, sorted, for each of `buckets`."""
+    it, sorted, for each of `buckets`; and the current corpus version of each (one query)."""
     found: dict[str, list[str]] = {bucket: [] for bucket in buckets}
-    for key in sorted(store.landing_records()):
-        bucket = bucket_of(key, bucket_count)
-        if bucket in found:
-            found[bucket].append(key)
-    return found
+    records, current = store.landing_state(lambda key: bucket_of(key, bucket_count) in found)
+    for key in sorted(records):
+        found[bucket_of(key, bucket_count)].append(key)
+    return found, current

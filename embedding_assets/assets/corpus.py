@@ -60,9 +60,8 @@ def corpus(
     if report.deleted:
         context.log.info(f"{len(report.deleted)} file(s) gone from the landing folder, rows kept: "
                          f"{', '.join(report.deleted[:10])}{' ...' if len(report.deleted) > 10 else ''}")
-    current = store.current_corpus_versions(list(report.bucket_of))
     for bucket in buckets:
-        context.add_asset_metadata(bucket_corpus_metadata(bucket, report, current, store),
+        context.add_asset_metadata(bucket_corpus_metadata(bucket, report, report.current, store),
                                    partition_key=bucket)
     context.log.info(f"{len(report.stored)} file(s) read and stored, {len(report.unchanged)} unchanged, "
                      f"{len(report.deleted)} deleted (kept), {len(report.retired)} retired, "

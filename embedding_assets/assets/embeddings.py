@@ -25,7 +25,7 @@ from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS, LANDING_BUCKET
 from embedding_assets.problems import StoredShard
 from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
 from embedding_assets.shards import ShardFailures, corpus_failures_in_run, record_stored
-from embedding_core.landing_sync import files_by_bucket
+from embedding_core.landing_sync import bucket_state
 from embedding_core.memory import release_free_heap
 from embedding_core.snapshot import require_current_snapshot
 
@@ -77,8 +77,7 @@ def embeddings(
     params = config.params(snapshot)
     buckets = context.partition_keys
     failures = ShardFailures("embeddings", buckets, context.log)
-    files = files_by_bucket(store, buckets, LANDING_BUCKETS)
-    corpora = store.current_corpus_versions([key for keys in files.values() for key in keys])
+    files, corpora = bucket_state(store, buckets, LANDING_BUCKETS)
     stored_metadata, evaluations = {}, []
     for check in SHARD_CHECKS:
         if not check.applies(params):

@@ -191,26 +191,28 @@ class EmbeddingStore:
             found = queries.stored_embedding_versions(con, list(vids))
         return {vids[vid]: version for vid, version in found.items()}
 
-    def sample_rows(self, version: EmbeddingVersion, rows: Sequence[int]) -> list[tuple[str, str, np.ndarray]]:
-        """(id, text, vector) of the given row numbers of a version, reading only those rows'
-        write: a spot check's sample, not the whole shard."""
-        rows = sorted({int(row) for row in rows})
-        if not rows:
-            return []
-        width = vector_width(version.params.get("precision", "float32"), version.dim)
+    def sample_rows(self, picks: Sequence[tuple[EmbeddingVersion, Sequence[int]]]
+                    ) -> list[list[tuple[str, str, np.ndarray]]]:
+        """For each (version, row numbers): (id, text, vector) of those rows, reading only their
+        writes, in one connection: a spot check's sample, not the whole shard."""
+        found = []
         with self.connect() as con:
-            picked = con.execute(
-                f"""SELECT e.id, c.text, e.embedding FROM
-                    (SELECT id, text_sha256, embedding, row_number() OVER (ORDER BY rowid) - 1 AS row
-                     FROM {VECTOR_TABLES[version.dtype][0]} WHERE write_id = ?) e
-                    JOIN (SELECT DISTINCT ON (text_sha256) text_sha256, text FROM corpus_rows c
-                          JOIN stored_corpus_versions v ON v.write_id = c.write_id
-                          WHERE v.partition = ? AND v.corpus_version = ?) c USING (text_sha256)
-                    WHERE list_contains(?, e.row) ORDER BY e.row""",
-                [version.write_id, version.partition, version.corpus_version, rows]).to_arrow_table()
-        vectors = vectors_to_numpy(picked.column("embedding"), width, version.dtype)
-        return list(zip(picked.column("id").to_pylist(), picked.column("text").to_pylist(), vectors,
-                        strict=True))
+            for version, rows in picks:
+                width = vector_width(version.params.get("precision", "float32"), version.dim)
+                picked = con.execute(
+                    f"""SELECT e.id, c.text, e.embedding FROM
+                        (SELECT id, text_sha256, embedding, row_number() OVER (ORDER BY rowid) - 1 AS row
+                         FROM {VECTOR_TABLES[version.dtype][0]} WHERE write_id = ?) e
+                        JOIN (SELECT DISTINCT ON (text_sha256) text_sha256, text FROM corpus_rows c
+                              JOIN stored_corpus_versions v ON v.write_id = c.write_id
+                              WHERE v.partition = ? AND v.corpus_version = ?) c USING (text_sha256)
+                        WHERE list_contains(?, e.row) ORDER BY e.row""",
+                    [version.write_id, version.partition, version.corpus_version,
+                     sorted({int(row) for row in rows})]).to_arrow_table()
+                vectors = vectors_to_numpy(picked.column("embedding"), width, version.dtype)
+                found.append(list(zip(picked.column("id").to_pylist(), picked.column("text").to_pylist(),
+                                      vectors, strict=True)))
+        return found
 
     def current_embedding_version(self, partition: str, model: str,
                                   dtype: str = "float32") -> EmbeddingVersion | None:
@@ -316,12 +318,20 @@ class EmbeddingStore:
         change = ingest.CorpusChange(partition, table, source_uri=source_uri, rejected_rows=rejected_rows)
         return ingest.write_corpus_changes(self._catalog, [change], run_id)[partition]
 
-    def write_corpus_changes(self, changes: Sequence[ingest.CorpusChange],
-                             run_id: str | None = None) -> dict[str, CorpusVersion]:
+    def write_corpus_changes(self, changes: Sequence[ingest.CorpusChange], run_id: str | None = None,
+                             report: Sequence[str] = ()) -> dict[str, CorpusVersion]:
         """Store the corpus versions (and landing file records) of many partitions in one
         commit: what one batch of landing files changed (`embedding_core.store.ingest`).
-        Returns partition -> current corpus version, for each change that has a table."""
-        return ingest.write_corpus_changes(self._catalog, changes, run_id)
+        Returns partition -> current corpus version, for each change that has a table and
+        each partition of `report`."""
+        return ingest.write_corpus_changes(self._catalog, changes, run_id, report)
+
+    def landing_state(self, keep: Callable[[str], bool] = lambda key: True
+                      ) -> tuple[dict[str, LandingRecord], dict[str, CorpusVersion]]:
+        """The landing records of the files `keep` accepts (by partition key) and their
+        current corpus versions, in one connection."""
+        with self.connect() as con:
+            return ingest.landing_state(con, keep)
 
     def landing_records(self, partitions: Sequence[str] | None = None) -> dict[str, LandingRecord]:
         """partition -> the latest record of its landing file: path, fingerprint, content

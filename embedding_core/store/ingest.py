@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -33,7 +33,7 @@ from embedding_core.store.files import sql_str
 from embedding_core.store.records import CorpusVersion, LandingRecord, sha256_json
 from embedding_core.store.rows import validated_corpus
 
-__all__ = ["CorpusChange", "corpus_content_version", "current_versions", "landing_records",
+__all__ = ["CorpusChange", "corpus_content_version", "current_versions", "landing_records", "landing_state",
            "write_corpus_changes"]
 
 LANDING_STATES = ("stored", "deleted", "retired")
@@ -71,12 +71,13 @@ class CorpusChange:
                              f"{LANDING_STATES}")
 
 
-def write_corpus_changes(catalog: Catalog, changes: Sequence[CorpusChange],
-                         run_id: str | None) -> dict[str, CorpusVersion]:
-    """Store `changes` in one commit; partition -> its current corpus version afterwards (for
-    each change that has a table). Unchanged shards store nothing new (their version stays
-    current); a version stored before is made current again without writing its rows twice,
-    unless they lie in a damaged data file."""
+def write_corpus_changes(catalog: Catalog, changes: Sequence[CorpusChange], run_id: str | None,
+                         report: Sequence[str] = ()) -> dict[str, CorpusVersion]:
+    """Store `changes` in one commit; partition -> its current corpus version afterwards, for
+    each change that has a table and each partition in `report` (read in the commit's own
+    connection). Unchanged shards store nothing new (their version stays current); a version
+    stored before is made current again without writing its rows twice, unless they lie in
+    a damaged data file."""
     partitions = [change.partition for change in changes]
     if len(set(partitions)) != len(partitions):
         raise ValueError(f"corpus changes name partition(s) twice: "
@@ -85,15 +86,16 @@ def write_corpus_changes(catalog: Catalog, changes: Sequence[CorpusChange],
               for change in changes if change.table is not None}
     versions = {partition: corpus_content_version(table) for partition, table in tables.items()}
     # Files are checked outside the transaction: on Postgres a failed read aborts it.
+    wanted = sorted(set(tables) | set(report))
     with catalog.connection() as con:
-        current = current_versions(con, list(tables))
+        current = current_versions(con, wanted)
         stored = _stored_versions(con, versions)
         damaged = damage.damaged_write_ids(con, [v.write_id for v in stored.values()]) if stored else set()
     changed = [p for p in tables if current.get(p) is None or current[p].corpus_version != versions[p]
                or current[p].write_id in damaged]
     landing = [change for change in changes if change.relative_path is not None]
     if not changed and not landing:
-        return {partition: current[partition] for partition in tables}
+        return current
 
     def work(con: duckdb.DuckDBPyConnection) -> None:
         again = _stored_versions(con, {p: versions[p] for p in changed})  # a concurrent writer's
@@ -123,15 +125,23 @@ def write_corpus_changes(catalog: Catalog, changes: Sequence[CorpusChange],
                               versions.get(c.partition, c.recorded_version), c.state, c.detail, run_id]
                              for c in landing])
 
+    after_commit: dict[str, CorpusVersion] = {}
     what = repr(partitions[0]) if len(partitions) == 1 else f"{len(partitions)} partitions"
     label = (f"{partitions[0]} {versions[partitions[0]][:16]}"
              if len(partitions) == 1 and partitions[0] in versions else what)
     catalog.commit(work, what=f"corpus partition {what}" if len(partitions) == 1 else f"corpus of {what}",
                    message=f"corpus {label} (run {run_id})",
                    extra=json.dumps({"run_id": run_id, **({"partition": partitions[0]} if len(partitions) == 1
-                                                          else {"partition_count": len(partitions)})}))
-    with catalog.connection() as con:
-        return current_versions(con, list(tables))
+                                                          else {"partition_count": len(partitions)})}),
+                   after=lambda con: after_commit.update(current_versions(con, wanted)))
+    return after_commit
+
+
+def landing_state(con: duckdb.DuckDBPyConnection, keep: Callable[[str], bool]
+                  ) -> tuple[dict[str, LandingRecord], dict[str, CorpusVersion]]:
+    """The landing records of the files `keep` accepts, and their current corpus versions."""
+    records = {key: record for key, record in landing_records(con).items() if keep(key)}
+    return records, current_versions(con, sorted(records))
 
 
 def landing_records(con: duckdb.DuckDBPyConnection,
