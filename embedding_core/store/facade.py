@@ -195,24 +195,8 @@ class EmbeddingStore:
                     ) -> list[list[tuple[str, str, np.ndarray]]]:
         """For each (version, row numbers): (id, text, vector) of those rows, reading only their
         writes, in one connection: a spot check's sample, not the whole shard."""
-        found = []
         with self.connect() as con:
-            for version, rows in picks:
-                width = vector_width(version.params.get("precision", "float32"), version.dim)
-                picked = con.execute(
-                    f"""SELECT e.id, c.text, e.embedding FROM
-                        (SELECT id, text_sha256, embedding, row_number() OVER (ORDER BY rowid) - 1 AS row
-                         FROM {VECTOR_TABLES[version.dtype][0]} WHERE write_id = ?) e
-                        JOIN (SELECT DISTINCT ON (text_sha256) text_sha256, text FROM corpus_rows c
-                              JOIN stored_corpus_versions v ON v.write_id = c.write_id
-                              WHERE v.partition = ? AND v.corpus_version = ?) c USING (text_sha256)
-                        WHERE list_contains(?, e.row) ORDER BY e.row""",
-                    [version.write_id, version.partition, version.corpus_version,
-                     sorted({int(row) for row in rows})]).to_arrow_table()
-                vectors = vectors_to_numpy(picked.column("embedding"), width, version.dtype)
-                found.append(list(zip(picked.column("id").to_pylist(), picked.column("text").to_pylist(),
-                                      vectors, strict=True)))
-        return found
+            return [queries.sample_rows(con, version, rows) for version, rows in picks]
 
     def current_embedding_version(self, partition: str, model: str,
                                   dtype: str = "float32") -> EmbeddingVersion | None:

@@ -12,12 +12,17 @@ import numpy as np
 import pyarrow as pa
 
 from embedding_core.store.files import sql_str
-from embedding_core.store.records import CorpusVersion, EmbeddingVersion, ModelSnapshot
+from embedding_core.store.records import (
+    CorpusVersion,
+    EmbeddingVersion,
+    ModelSnapshot,
+    vector_width,
+)
 from embedding_core.store.rows import vectors_to_numpy
 from embedding_core.store.views import VECTOR_TABLES
 
 __all__ = ["CORPUS_COLUMNS", "EMBEDDING_RECORD_COLUMNS", "corpus_rows", "corpus_version", "embedding_versions",
-           "corpus_ids_by_write", "model_snapshots", "split_by_write", "vector_rows_by_write", "stored_embedding_version", "stored_embedding_versions",
+           "corpus_ids_by_write", "model_snapshots", "sample_rows", "split_by_write", "vector_rows_by_write", "stored_embedding_version", "stored_embedding_versions",
            "stored_vectors"]
 
 CORPUS_COLUMNS = ("partition, corpus_version, rows, rejected_rows, bytes, source_uri, run_id, "
@@ -122,6 +127,24 @@ def stored_embedding_versions(con: duckdb.DuckDBPyConnection,
         first.setdefault(version.version_id, version)
         latest_write[version.version_id] = version.write_id
     return {vid: replace(version, write_id=latest_write[vid]) for vid, version in first.items()}
+
+
+def sample_rows(con: duckdb.DuckDBPyConnection, version: EmbeddingVersion,
+                rows: list[int]) -> list[tuple[str, str, np.ndarray]]:
+    """(id, text, vector) of the given row numbers of a stored version, in row order."""
+    width = vector_width(version.params.get("precision", "float32"), version.dim)
+    picked = con.execute(
+        f"""SELECT e.id, c.text, e.embedding FROM
+            (SELECT id, text_sha256, embedding, row_number() OVER (ORDER BY rowid) - 1 AS row
+             FROM {VECTOR_TABLES[version.dtype][0]} WHERE write_id = ?) e
+            JOIN (SELECT DISTINCT ON (text_sha256) text_sha256, text FROM corpus_rows c
+                  JOIN stored_corpus_versions v ON v.write_id = c.write_id
+                  WHERE v.partition = ? AND v.corpus_version = ?) c USING (text_sha256)
+            WHERE list_contains(?, e.row) ORDER BY e.row""",
+        [version.write_id, version.partition, version.corpus_version, sorted({int(r) for r in rows})]
+    ).to_arrow_table()
+    vectors = vectors_to_numpy(picked.column("embedding"), width, version.dtype)
+    return list(zip(picked.column("id").to_pylist(), picked.column("text").to_pylist(), vectors, strict=True))
 
 
 def stored_vectors(con: duckdb.DuckDBPyConnection, model: str, revision: str, params_hash: str,
