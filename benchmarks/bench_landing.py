@@ -117,10 +117,13 @@ def runs(graphql: GraphQL) -> list[dict]:
 def stored_rows(store_root: Path) -> int:
     if not (store_root / "catalog.ducklake").exists():
         return 0
-    from embedding_core.store import EmbeddingStore
+    from embedding_core.store import EmbeddingStore, StoreBusyError
 
-    with EmbeddingStore(store_root, busy_timeout_s=30).connect() as con:
-        return con.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+    try:  # a DuckDB catalog file admits one process at a time: a busy one is "not yet"
+        with EmbeddingStore(store_root, busy_timeout_s=5).connect() as con:
+            return con.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+    except StoreBusyError:
+        return 0
 
 
 def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 2.0) -> float:

@@ -207,12 +207,15 @@ def pipeline_phases(home: Path, launched: float, wall: float) -> dict[str, float
         elif step == "embeddings" and kind is None and message.startswith("encoding "):
             phases["reuse lookup"] += event.timestamp - mark
             started = event.timestamp
-        elif step == "embeddings" and kind is None and " rows (" in message:
-            spans += event.timestamp - started
+        elif step == "embeddings" and kind is None and " texts encoded, " in message:
+            if started:  # a bucket that encoded (an empty or fully reused one logs no "encoding")
+                spans += event.timestamp - started
+                started = 0.0
             mark = event.timestamp
         elif kind == DagsterEventType.ASSET_MATERIALIZATION and step == "embeddings":
             metadata = event.dagster_event.event_specific_data.materialization.metadata
-            phases["encode"] += float(metadata["encode_seconds"].value)
+            if "encode_seconds" in metadata:  # left out for a bucket that encoded nothing
+                phases["encode"] += float(metadata["encode_seconds"].value)
     phases["write + read-back"] = spans - phases["encode"]
     phases["other"] = wall - sum(phases.values())
     return phases

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance
 
-from embedding_assets.backfill import materialize_selection, register_landing_partitions
+from embedding_assets.backfill import landing_partitions, materialize_selection
 from embedding_assets.definitions import SAMPLE_CORPUS_DIR, build_definitions
 from embedding_core.corpus import read_corpus_file
 
@@ -39,7 +39,7 @@ def materialize_sample(landing: Path, store_root: Path) -> float:
     defs = build_definitions(store_root=str(store_root), landing_dir=str(landing))
     started = time.perf_counter()
     with DagsterInstance.ephemeral() as instance:
-        keys = register_landing_partitions(defs, instance)
+        keys = landing_partitions()
         results = materialize_selection(defs, instance, [AssetKey("model_snapshot")], log_level="WARNING")
         results += materialize_selection(defs, instance, [AssetKey("corpus"), AssetKey("embeddings")],
                                          keys, log_level="WARNING")

@@ -187,7 +187,8 @@ def named_job(defs: Definitions, asset_keys: Sequence[AssetKey]):
 
 def select_partitions(all_keys: Sequence[str], first: str | None, last: str | None,
                       listed: str | None, landing_keys: Sequence[str] = ()) -> list[str]:
-    """Buckets named by --partitions, or the inclusive range --from/--to (default: all).
+    """Buckets named by --partitions, or the inclusive range --from/--to (default: from the
+    first to the last bucket that holds a landing file).
 
     Each name is a bucket (``bucket-03``) or a landing file's key (``python_docs.jsonl``),
     which stands for its bucket; a --from/--to range of file keys selects the buckets of
@@ -205,6 +206,10 @@ def select_partitions(all_keys: Sequence[str], first: str | None, last: str | No
     if listed:
         names = [key.strip() for key in listed.split(",") if key.strip()]
         return sorted({bucket(name, "--partitions") for name in names}, key=list(all_keys).index)
+    if first is None and last is None and files:
+        # Every bucket that holds a landing file: one range, so they share runs.
+        held = sorted({bucket_of(key, LANDING_BUCKETS) for key in files}, key=list(all_keys).index)
+        first, last = held[0], held[-1]
     for flag, name in (("--from", first), ("--to", last)):
         if name is not None:
             bucket(name, flag)

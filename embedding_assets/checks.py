@@ -52,7 +52,7 @@ from embedding_core.store import EmbeddingParams
 __all__ = [
     "EMBEDDINGS", "ENCODES_CHECK", "SHARD_CHECKS", "MATCH_MODEL_CHECK", "ShardCheck", "StoredShard",
     "dim_problem", "embeddings_match_model", "encodes_canary", "shard_check_evaluations",
-    "non_finite_problem", "partition_check_spec", "partition_evaluation", "rows_match_corpus_problem",
+    "non_finite_problem", "partition_check_spec", "partition_evaluation", "retargeted", "rows_match_corpus_problem",
     "unit_norm_problem", "vector_agreement",
 ]
 
@@ -75,22 +75,48 @@ def partition_check_spec(name: str, asset: str, description: str) -> AssetCheckS
                               partitions_def=corpus_partitions)
 
 
+def latest_materialization_target(instance: DagsterInstance, asset_key: AssetKey, partition: str
+                                  ) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The latest materialization of `partition`, as a check evaluation's target."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1).records
+    return (AssetCheckEvaluationTargetMaterializationData(
+        storage_id=records[0].storage_id, run_id=records[0].run_id, timestamp=records[0].timestamp)
+        if records else None)
+
+
 def partition_evaluation(
-    instance: DagsterInstance, asset_key: AssetKey, check_name: str, partition: str, passed: bool,
+    instance: DagsterInstance | None, asset_key: AssetKey, check_name: str, partition: str, passed: bool,
     metadata: dict, severity: AssetCheckSeverity = AssetCheckSeverity.ERROR,
 ) -> AssetCheckEvaluation:
     """The result of `check_name` for one partition, pointing at that partition's latest
-    materialization (so the UI shows whether it judged the current data)."""
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1).records
-    target = (AssetCheckEvaluationTargetMaterializationData(
-        storage_id=records[0].storage_id, run_id=records[0].run_id, timestamp=records[0].timestamp)
-        if records else None)
+    materialization (so the UI shows whether it judged the current data). Without an
+    instance it has no target yet: `retargeted` gives it one once the step's own
+    materialization is recorded."""
     return AssetCheckEvaluation(
         asset_key=asset_key, check_name=check_name, passed=passed,
         metadata={key: value for key, value in metadata.items() if value not in (None, {}, [])},
-        target_materialization_data=target, severity=severity, partition=partition,
+        target_materialization_data=(None if instance is None
+                                     else latest_materialization_target(instance, asset_key, partition)),
+        severity=severity, partition=partition,
     )
+
+
+def retargeted(instance: DagsterInstance, evaluations: Sequence[AssetCheckEvaluation]
+               ) -> Iterator[AssetCheckEvaluation]:
+    """`evaluations` made in a step before its materializations were recorded, each pointing
+    at its partition's latest materialization as of now (one lookup per partition). Iterate
+    after the step yielded its `MaterializeResult`, so that is the one they point at."""
+    targets: dict[tuple[AssetKey, str], AssetCheckEvaluationTargetMaterializationData | None] = {}
+    for evaluation in evaluations:
+        key = (evaluation.asset_key, evaluation.partition)
+        if key not in targets:
+            targets[key] = latest_materialization_target(instance, *key)
+        yield AssetCheckEvaluation(
+            asset_key=evaluation.asset_key, check_name=evaluation.check_name, passed=evaluation.passed,
+            metadata=evaluation.metadata, target_materialization_data=targets[key],
+            severity=evaluation.severity, description=evaluation.description,
+            blocking=evaluation.blocking, partition=evaluation.partition)
 
 
 def check_output(context, check_key: AssetCheckKey) -> Output:
@@ -109,7 +135,7 @@ def encodes_canary(model, dim: int) -> AssetCheckResult:
     )
 
 
-def shard_check_evaluations(instance: DagsterInstance, bucket: str, shards: Sequence[StoredShard],
+def shard_check_evaluations(instance: DagsterInstance | None, bucket: str, shards: Sequence[StoredShard],
                             params: EmbeddingParams) -> list[AssetCheckEvaluation]:
     """The `SHARD_CHECKS` results of one bucket: each check judges every shard (one landing
     file's new version) this run wrote in it; it passes when all of them do. A check that

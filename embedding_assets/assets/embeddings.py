@@ -18,6 +18,7 @@ from embedding_assets.checks import (
     SHARD_CHECKS,
     check_output,
     partition_check_spec,
+    retargeted,
     shard_check_evaluations,
 )
 from embedding_assets.metadata import bucket_embeddings_metadata
@@ -95,7 +96,8 @@ def embeddings(
                 shards = [StoredShard(result.version, result.stored.ids, result.stored.vectors,
                                       result.stored.corpus_ids, snapshot, params)
                           for result in results if result.stored is not None]
-                evaluations += shard_check_evaluations(context.instance, bucket, shards, params)
+                # No target yet: this step's materialization of the bucket is not recorded.
+                evaluations += shard_check_evaluations(None, bucket, shards, params)
                 stored_metadata[bucket] = bucket_embeddings_metadata(results, store)
                 context.add_asset_metadata(stored_metadata[bucket], partition_key=bucket)
                 context.log.info(
@@ -108,10 +110,11 @@ def embeddings(
     if failures.errors:
         record_stored(context, "embeddings", {bucket: metadata for bucket, metadata in stored_metadata.items()
                                               if bucket not in failures.errors})
-        for evaluation in evaluations:
+        for evaluation in retargeted(context.instance, evaluations):
             context.log_event(evaluation)
         failures.raise_if_any()
     yield MaterializeResult()
     for check in SHARD_CHECKS:
         yield check_output(context, AssetCheckKey(EMBEDDINGS, check.name))
-    yield from evaluations
+    # Each pointing at the materialization just recorded for its bucket.
+    yield from retargeted(context.instance, evaluations)

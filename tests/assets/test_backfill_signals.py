@@ -25,6 +25,9 @@ from tests.assets.conftest import SHARDS, write_sample_slice
 PROJECT = Path(__file__).resolve().parents[2]
 BACKFILL = [sys.executable, "-m", "embedding_assets.backfill", "--max-partitions-per-run", "1"]
 ENDED = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+# The buckets of the three sample files (bucket-04, -07, -11), named by their files: one run
+# each, and no run of an empty bucket before the first that encodes.
+SAMPLE_FILES = ("--partitions", ",".join(SHARDS))
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +77,7 @@ def instance_runs(_env: dict) -> list:
 
 
 def test_a_killed_backfill_is_marked_failed_and_the_next_one_completes(backfill_env):
-    killed = Backfill(backfill_env)
+    killed = Backfill(backfill_env, *SAMPLE_FILES)
     killed.wait_for(r"embeddings - encoding \d+ texts")
     os.kill(killed.process.pid, signal.SIGKILL)
     assert killed.finish() == -signal.SIGKILL
@@ -82,7 +85,7 @@ def test_a_killed_backfill_is_marked_failed_and_the_next_one_completes(backfill_
     left = [run for run in instance_runs(backfill_env) if run.status == DagsterRunStatus.STARTED]
     assert len(left) == 1 and left[0].tags[RUN_PROCESS_TAG].split(":")[1] == str(killed.process.pid)
 
-    after = Backfill(backfill_env)
+    after = Backfill(backfill_env, *SAMPLE_FILES)
     assert after.finish() == 0, after.output[-4000:]
     assert f"run {left[0].run_id} was left STARTED by a process that is gone; marked FAILURE" in after.output
     runs = {run.run_id: run for run in instance_runs(backfill_env)}
@@ -91,13 +94,16 @@ def test_a_killed_backfill_is_marked_failed_and_the_next_one_completes(backfill_
         failure = instance.all_logs(left[0].run_id)[-1]
     assert f"pid {killed.process.pid} on " in failure.message and "is gone" in failure.message
     assert not [run for run in runs.values() if run.status == DagsterRunStatus.STARTED]
+    assert sorted(run.tags["dagster/asset_partition_range_start"] for run in runs.values()
+                  if run.run_id != left[0].run_id and "dagster/asset_partition_range_start" in run.tags
+                  ) == ["bucket-04", "bucket-07", "bucket-11"]
     store = EmbeddingStore(backfill_env["EMBEDDING_STORE_ROOT"])
     assert sorted(v.partition for v in store.embedding_versions() if v.rows == 400) == list(SHARDS)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_an_encoding_backfill_within_10_s_and_its_run_ends_failed(backfill_env, signum):
-    backfill = Backfill(backfill_env)
+    backfill = Backfill(backfill_env, *SAMPLE_FILES)
     backfill.wait_for(r"embeddings - encoding \d+ texts")
     sent = time.monotonic()
     os.kill(backfill.process.pid, signum)

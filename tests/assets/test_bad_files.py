@@ -2,6 +2,8 @@
 
 As reported: a landing folder of 32 files, 7 of them bad, backfilled in runs of 8
 partitions. Before, 0 of 32 partitions were stored and only the first bad file was named.
+Partitions are landing buckets now: the 32 files fall in 13 of the 16 buckets, a bad file
+fails its bucket (naming the file), and every good file is stored, bad bucket or not.
 """
 
 import json
@@ -10,9 +12,10 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, AssetRecordsFilter
 
-from embedding_assets.backfill import materialize_selection, register_landing_partitions
+from embedding_assets.backfill import landing_partitions, materialize_selection
 from embedding_assets.definitions import build_definitions
 from embedding_assets.shards import SHARD_ERROR, ShardsFailedError
+from embedding_core.landing import bucket_of
 
 ROWS = 3
 # File name -> (content, the reason its step error must give); None: a good file.
@@ -25,8 +28,12 @@ BAD_FILES = {
     "f20_no_text_column.csv": (b"id,body\na,x\n", "no row has the text field 'text'"),
     "f26_duplicate_ids.jsonl": (b'{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n',
                                 "1 duplicate id(s), each used by more than one row: 'a' (lines 1, 2)"),
-    "f30_vanished.jsonl": (b'{"id": "a", "text": "x"}\n', "has no file in"),
 }
+VANISHED = "f30_vanished.jsonl"  # listed once, gone before the run: not read, not a failure
+# The bucket of each bad file (bucket_of(name, 16)), and the buckets of a run of 8.
+BAD_BUCKETS = {"f05_header_quote.csv": "bucket-00", "f03_not_utf8.jsonl": "bucket-02",
+               "f09_broken.parquet": "bucket-03", "f17_no_text_field.jsonl": "bucket-05",
+               "f20_no_text_column.csv": "bucket-09", "f26_duplicate_ids.jsonl": "bucket-13"}
 
 
 def write_landing(landing: Path) -> dict[str, int]:
@@ -37,6 +44,9 @@ def write_landing(landing: Path) -> dict[str, int]:
         name = next((bad for bad in BAD_FILES if bad.startswith(f"f{index:02d}_")), None)
         if name:
             (landing / name).write_bytes(BAD_FILES[name][0])
+            continue
+        if index == 30:
+            (landing / VANISHED).write_text('{"id": "a", "text": "x"}\n', encoding="utf-8")
             continue
         if index == 12:
             name, rows = "f12_empty.jsonl", []
@@ -56,47 +66,60 @@ def test_seven_bad_files_of_32_fail_their_runs_naming_each_and_the_good_25_are_s
     landing = tmp_path / "landing"
     good = write_landing(landing)
     defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
-    keys = register_landing_partitions(defs, instance)
-    assert len(keys) == 32
-    (landing / "f30_vanished.jsonl").unlink()  # gone after it got its partition
+    assert {name: bucket_of(name, 16) for name in BAD_FILES} == BAD_BUCKETS
+    assert bucket_of(VANISHED, 16) == "bucket-14"  # alone in its bucket
+    keys = landing_partitions()
+    assert len(keys) == 16
+    (landing / VANISHED).unlink()  # gone after the sensor could have seen it
 
     assert materialize_selection(defs, instance, [AssetKey("model_snapshot")])[0].success
     results = materialize_selection(defs, instance, [AssetKey("corpus"), AssetKey("embeddings")], keys)
-    assert len(results) == 4 and not any(result.success for result in results)
+    assert len(results) == 2 and not any(result.success for result in results)
 
     store = defs.resources["embedding_store"].open()
-    for name in BAD_FILES:
+    for name in [*BAD_FILES, VANISHED]:
         assert store.corpus_version(name) is None
+    assert sorted(store.landing_records()) == sorted(good)
     for name, rows in good.items():
         assert store.corpus_version(name).rows == rows, name
         version = store.current_embedding_version(name, defs.resources["encoder"].model_name)
         assert version is not None and version.rows == rows, name
         assert len(store.read_embeddings(version)[1]) == rows
 
-    # Each run fails at the end with one error naming every bad file of its range and why.
+    # Each run fails at the end with one error naming every bad bucket of its range, its
+    # file and why.
     named = {}
-    for result, run_keys in zip(results, [keys[i:i + 8] for i in range(0, 32, 8)], strict=True):
+    for result, run_keys in zip(results, [keys[:8], keys[8:]], strict=True):
+        assert (result.dagster_run.tags["dagster/asset_partition_range_start"],
+                result.dagster_run.tags["dagster/asset_partition_range_end"]) == (run_keys[0], run_keys[-1])
         failures = result.get_step_failure_events()
         assert [event.step_key for event in failures] == ["embeddings"]
         error = failures[0].step_failure_data.error.cause  # Dagster wraps what the step raised
         assert error.cls_name == ShardsFailedError.__name__
-        bad_here = [name for name in BAD_FILES if name in run_keys]
+        bad_here = [name for name, bucket in BAD_BUCKETS.items() if bucket in run_keys]
+        assert len(bad_here) == (4 if run_keys[0] == "bucket-00" else 2)
         assert f"embeddings: {len(bad_here)} of 8 partition(s) failed, the other " \
                f"{8 - len(bad_here)} were stored" in error.message
         for name in bad_here:
-            line = next(line for line in error.message.splitlines() if line.startswith(f"  {name}: "))
+            line = next(line for line in error.message.splitlines()
+                        if line.startswith(f"  {BAD_BUCKETS[name]}: "))
             named[name] = line
+            assert f"corpus not stored: {name}: " in line, line
             assert BAD_FILES[name][1] in line and str(landing) in line, line
     assert sorted(named) == sorted(BAD_FILES)
 
-    # Dagster records what was stored, and only that, for embeddings.
+    # Dagster records what was stored, and only that, for embeddings: every bucket without
+    # a bad file (the empty buckets and the vanished file's included).
     materialized = {record.partition_key for record in instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey("embeddings")), limit=100).records}
-    assert materialized == set(good)
+    assert materialized == set(keys) - set(BAD_BUCKETS.values())
     bad_corpus = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("corpus"), asset_partitions=["f26_duplicate_ids.jsonl"]),
+        AssetRecordsFilter(asset_key=AssetKey("corpus"), asset_partitions=["bucket-13"]),
         limit=1).records[0].asset_materialization
     assert BAD_FILES["f26_duplicate_ids.jsonl"][1] in bad_corpus.metadata[SHARD_ERROR].value
+    # The good files of a bad bucket are stored all the same.
+    assert bad_corpus.metadata["files_read"].value == 3
+    assert bad_corpus.metadata["files_failed"].value.keys() == {"f26_duplicate_ids.jsonl"}
 
 
 def test_a_run_whose_every_file_is_bad_fails_in_corpus_naming_all(tmp_path, instance):
@@ -105,11 +128,15 @@ def test_a_run_whose_every_file_is_bad_fails_in_corpus_naming_all(tmp_path, inst
     for name in ("f03_not_utf8.jsonl", "f17_no_text_field.jsonl"):
         (landing / name).write_bytes(BAD_FILES[name][0])
     defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
-    keys = register_landing_partitions(defs, instance)
+    buckets = ["bucket-02", "bucket-05"]  # one file each, not adjacent: two runs
+    assert [BAD_BUCKETS[name] for name in ("f03_not_utf8.jsonl", "f17_no_text_field.jsonl")] == buckets
     assert materialize_selection(defs, instance, [AssetKey("model_snapshot")])[0].success
-    [result] = materialize_selection(defs, instance, [AssetKey("corpus"), AssetKey("embeddings")], keys)
-    failure = result.get_step_failure_events()
-    assert [event.step_key for event in failure] == ["corpus"]
-    message = failure[0].step_failure_data.error.cause.message
-    assert "corpus: 2 of 2 partition(s) failed" in message
-    assert all(BAD_FILES[name][1] in message for name in keys)
+    results = materialize_selection(defs, instance, [AssetKey("corpus"), AssetKey("embeddings")], buckets)
+    assert len(results) == 2
+    for result, name in zip(results, ("f03_not_utf8.jsonl", "f17_no_text_field.jsonl"), strict=True):
+        failure = result.get_step_failure_events()
+        assert [event.step_key for event in failure] == ["corpus"]
+        message = failure[0].step_failure_data.error.cause.message
+        assert "corpus: 1 of 1 partition(s) failed" in message
+        assert f"  {BAD_BUCKETS[name]}: {name}: " in message and BAD_FILES[name][1] in message
+    assert defs.resources["embedding_store"].open().landing_records() == {}

@@ -1,38 +1,44 @@
-"""The asset checks of `embeddings`: one result per partition, each passing on real
-materializations and failing on real vectors that break it; `unit_norm` is not evaluated where
-it does not apply."""
+"""The asset checks of `embeddings`: one result per partition (landing bucket), each passing
+on real materializations and failing on real vectors that break it; `unit_norm` is not
+evaluated where it does not apply. The four shard checks run in the embeddings step."""
 
 import numpy as np
-from dagster import AssetKey, AssetSelection, materialize
+from dagster import AssetKey, materialize
 
 from embedding_assets.checks import (
     MIN_COSINE,
     SHARD_CHECKS,
     StoredShard,
     dim_problem,
-    embeddings_shard_checks,
     non_finite_problem,
     rows_match_corpus_problem,
+    shard_check_evaluations,
     unit_norm_problem,
 )
 from embedding_assets.definitions import build_definitions
 from embedding_assets.resources import EncoderResource
 from embedding_core.hub import DEFAULT_MODEL_NAME
-from tests.assets.conftest import ROWS_PER_SHARD, SHARDS, materialize_everything
+from embedding_core.landing import bucket_keys, bucket_of
+from tests.assets.conftest import ROWS_PER_SHARD, materialize_everything
+
+DOCS_BUCKET = bucket_of("python_docs.jsonl", 16)  # bucket-04
+STDLIB_BUCKET = bucket_of("stdlib_docstrings.txt", 16)  # bucket-07
+BUCKETS = bucket_keys(16)
 
 EMBEDDINGS_CHECKS = {"rows_match_corpus", "dim_matches_model", "vectors_finite", "unit_norm",
                      "embeddings_match_model"}
 
 
 def embeddings_check_evaluations(results, checks=EMBEDDINGS_CHECKS) -> dict:
-    """(check name, partition) -> evaluation; every check reported once for every partition."""
+    """(check name, bucket) -> evaluation; every check reported once for every bucket (those
+    without a file too: they have nothing to judge, and pass)."""
     evaluations = {}
     for result in results:
         for e in result.get_asset_check_evaluations():
             if e.asset_key.path == ["embeddings"]:
                 assert (e.check_name, e.partition) not in evaluations
                 evaluations[e.check_name, e.partition] = e
-    assert set(evaluations) == {(name, shard) for name in checks for shard in SHARDS}
+    assert set(evaluations) == {(name, bucket) for name in checks for bucket in BUCKETS}
     return evaluations
 
 
@@ -50,19 +56,25 @@ def test_every_embeddings_check_passes_on_normalized_truncated_vectors(tmp_path,
     encoder = EncoderResource(model_name=DEFAULT_MODEL_NAME, normalize_embeddings=True, truncate_dim=64)
     defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing), encoder=encoder)
     results = materialize_everything(defs, instance)
-    # One run of the three shards (the backfill policy's chunk); each check reports each shard.
-    assert [r.dagster_run.job_name for r in results] == ["snapshot_model", "embed_corpus"]
+    # Two runs of 8 buckets (the backfill policy's chunk); each check reports each bucket.
+    assert [r.dagster_run.job_name for r in results] == ["snapshot_model", "embed_corpus", "embed_corpus"]
     evaluations = embeddings_check_evaluations(results)
     assert all(e.passed for e in evaluations.values())
     for check in SHARD_CHECKS:
-        metadata = evaluations[check.name, "python_docs.jsonl"].metadata
-        assert metadata["rows"].value == ROWS_PER_SHARD and "problem" not in metadata
-    spot = evaluations["embeddings_match_model", "stdlib_docstrings.txt"].metadata
+        metadata = evaluations[check.name, DOCS_BUCKET].metadata
+        assert (metadata["files_checked"].value, metadata["rows"].value) == (1, ROWS_PER_SHARD)
+        assert "problems" not in metadata and "note" not in metadata
+        # A bucket without a file: nothing judged, said so.
+        empty = evaluations[check.name, "bucket-00"].metadata
+        assert (empty["files_checked"].value, empty["rows"].value) == (0, 0)
+        assert empty["note"].value == "no new version in this run; the last result stands"
+    spot = evaluations["embeddings_match_model", STDLIB_BUCKET].metadata
     assert spot["threshold"].value == MIN_COSINE == 0.9999
     assert spot["min_agreement"].value >= 0.9999 and spot["texts_compared"].value == 4
-    # Each points at its own partition's materialization of this run.
-    run_id = results[1].run_id
-    assert {e.target_materialization_data.run_id for e in evaluations.values()} == {run_id}
+    # Each points at its own bucket's materialization of the run that covered it.
+    run_of = {bucket: results[1 + index // 8].run_id for index, bucket in enumerate(BUCKETS)}
+    for (_, bucket), evaluation in evaluations.items():
+        assert evaluation.target_materialization_data.run_id == run_of[bucket]
 
     store = defs.resources["embedding_store"].open()
     _, vectors = store.read_embeddings(store.current_embedding_version("python_docs.jsonl", DEFAULT_MODEL_NAME))
@@ -75,11 +87,11 @@ def test_unit_norm_and_dim_checks_fail_on_real_vectors_that_break_them(tmp_path,
     truncating = EncoderResource(model_name=DEFAULT_MODEL_NAME, truncate_dim=64)
     defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing), encoder=truncating)
     results = materialize_everything(defs, instance)
-    # normalize_embeddings is off: unit_norm applies to no partition, so it is not evaluated
-    # (the UI shows it skipped, not "Succeeded"); the other checks report every partition.
+    # normalize_embeddings is off: unit_norm applies to no bucket, so it is not evaluated
+    # (the UI shows it skipped, not "Succeeded"); the other checks report every bucket.
     embeddings_check_evaluations(results, EMBEDDINGS_CHECKS - {"unit_norm"})
     logs = [e.message for e in instance.all_logs(results[1].run_id)]
-    assert any("unit_norm does not apply to python_docs.jsonl (float32, normalize_embeddings=False)"
+    assert any("unit_norm does not apply (float32, normalize_embeddings=False); not evaluated"
                in m for m in logs)
 
     store = defs.resources["embedding_store"].open()
@@ -105,17 +117,23 @@ def test_unit_norm_and_dim_checks_fail_on_real_vectors_that_break_them(tmp_path,
 
 def test_rows_and_finite_checks_name_what_is_wrong(tmp_path, landing, defs, instance):
     materialize_everything(defs, instance)
-    # The stored-data checks re-run alone (the UI's Execute on a check): no materialization.
-    before = instance.get_latest_materialization_event(AssetKey("embeddings"))
-    rerun = materialize([*defs.assets, *defs.asset_checks], instance=instance, resources=defs.resources,
-                        selection=AssetSelection.checks(embeddings_shard_checks),
-                        tags={"dagster/asset_partition_range_start": "python_docs.jsonl",
-                              "dagster/asset_partition_range_end": "python_docs.jsonl"})
-    assert rerun.get_asset_materialization_events() == []
-    assert instance.get_latest_materialization_event(AssetKey("embeddings")) == before
-    assert sorted((e.check_name, e.partition, e.passed) for e in rerun.get_asset_check_evaluations()) == [
-        (name, "python_docs.jsonl", True) for name in ("dim_matches_model", "rows_match_corpus", "vectors_finite")]
     store = defs.resources["embedding_store"].open()
+    before = store.current_embedding_version("python_docs.jsonl", DEFAULT_MODEL_NAME)
+    # The shard checks judge what the step wrote: re-materializing an unchanged bucket writes
+    # no version, and the checks say so instead of judging again (the last result stands).
+    rerun = materialize([*defs.assets, *defs.asset_checks], instance=instance, resources=defs.resources,
+                        selection=[AssetKey("embeddings")], partition_key=DOCS_BUCKET)
+    assert store.current_embedding_version("python_docs.jsonl", DEFAULT_MODEL_NAME) == before
+    shard_results = {e.check_name: e for e in rerun.get_asset_check_evaluations()
+                     if e.check_name in {check.name for check in SHARD_CHECKS}}
+    # unit_norm does not apply (normalize_embeddings off): not evaluated.
+    assert sorted(shard_results) == ["dim_matches_model", "rows_match_corpus", "vectors_finite"]
+    for evaluation in shard_results.values():
+        assert (evaluation.partition, evaluation.passed) == (DOCS_BUCKET, True)
+        assert evaluation.metadata["files_checked"].value == 0
+        assert evaluation.metadata["note"].value == "no new version in this run; the last result stands"
+        assert evaluation.target_materialization_data.run_id == rerun.run_id
+
     shard = stored_shard(store, "python_docs.jsonl", defs.resources["encoder"])
     assert rows_match_corpus_problem(shard.ids, shard.corpus_ids) is None
     assert rows_match_corpus_problem(shard.ids, [*shard.corpus_ids, "extra"]) == (
@@ -130,6 +148,21 @@ def test_rows_and_finite_checks_name_what_is_wrong(tmp_path, landing, defs, inst
     assert non_finite_problem(broken, shard.ids) == (
         f"2 of {ROWS_PER_SHARD} vectors hold NaN or inf, ids {[shard.ids[3], shard.ids[5]]}")
 
+    # In the step: a bucket's check fails when one of its files breaks it, naming the file.
+    bad = StoredShard(shard.version, shard.ids, broken, [*shard.corpus_ids, "extra"], shard.snapshot,
+                      shard.params)
+    evaluations = {e.check_name: e for e in shard_check_evaluations(
+        instance, DOCS_BUCKET, [shard, bad], shard.params)}
+    assert {name: e.passed for name, e in evaluations.items()} == {
+        "rows_match_corpus": False, "dim_matches_model": True, "vectors_finite": False}  # unit_norm: n/a
+    assert evaluations["vectors_finite"].metadata["problems"].value == {
+        "python_docs.jsonl": non_finite_problem(broken, shard.ids)}
+    assert evaluations["rows_match_corpus"].metadata["problems"].value == {
+        "python_docs.jsonl": f"{ROWS_PER_SHARD} stored rows for {ROWS_PER_SHARD + 1} corpus rows"}
+    assert evaluations["rows_match_corpus"].metadata["files_checked"].value == 2
+    # Each points at the bucket's latest materialization (the re-run's).
+    assert {e.target_materialization_data.run_id for e in evaluations.values()} == {rerun.run_id}
+
 
 def test_binary_vectors_of_a_dim_not_divisible_by_8_take_ceil_dim_over_8_bytes(tmp_path, landing, instance):
     precision = "binary"
@@ -138,7 +171,7 @@ def test_binary_vectors_of_a_dim_not_divisible_by_8_take_ceil_dim_over_8_bytes(t
     evaluations = embeddings_check_evaluations(materialize_everything(defs, instance),
                                                EMBEDDINGS_CHECKS - {"unit_norm"})
     assert all(e.passed for e in evaluations.values())
-    assert evaluations["embeddings_match_model", "python_docs.jsonl"].metadata["threshold"].value == 0.98
+    assert evaluations["embeddings_match_model", DOCS_BUCKET].metadata["threshold"].value == 0.98
 
     store = defs.resources["embedding_store"].open()
     version = store.current_embedding_version("python_docs.jsonl", DEFAULT_MODEL_NAME, dtype="int8")

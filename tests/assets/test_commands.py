@@ -30,10 +30,12 @@ def run(args: list[str], env: dict) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_backfill_command_embeds_the_range_and_search_command_finds_a_stored_text(tmp_path, command_env):
+    # A range of landing file keys selects the buckets of the files in it: package_summaries.csv
+    # (bucket-11) and python_docs.jsonl (bucket-04), not stdlib_docstrings.txt (bucket-07).
     backfill = run([sys.executable, "-m", "embedding_assets.backfill",
                     "--from", "package_summaries.csv", "--to", "python_docs.jsonl"], command_env)
     assert backfill.returncode == 0, backfill.stderr[-3000:]
-    assert "package_summaries.csv...python_docs.jsonl: ok" in backfill.stdout
+    assert "bucket-04...bucket-04: ok" in backfill.stdout and "bucket-11...bucket-11: ok" in backfill.stdout
     assert f"2 partition(s); catalog: {tmp_path / 'store' / 'catalog.ducklake'}" in backfill.stdout
 
     store = EmbeddingStore(tmp_path / "store")
@@ -55,7 +57,8 @@ def test_backfill_command_embeds_the_range_and_search_command_finds_a_stored_tex
 def test_backfill_command_names_an_unknown_partition(command_env):
     result = run([sys.executable, "-m", "embedding_assets.backfill", "--from", "missing.jsonl"], command_env)
     assert result.returncode == 2
-    assert "--from 'missing.jsonl' is not a partition" in result.stderr
+    assert ("--from 'missing.jsonl' is neither a partition (bucket-00 ... bucket-15) nor a landing file "
+            "of the landing folder") in result.stderr
 
 
 def test_search_command_without_a_catalog_says_what_to_do(tmp_path, command_env):
@@ -101,7 +104,8 @@ def test_dg_check_and_list_defs_load_the_project(command_env):
 @pytest.mark.slow
 def test_two_concurrent_backfill_processes_of_different_partitions_are_both_recorded(tmp_path, command_env,
                                                                                     monkeypatch):
-    partitions = ("package_summaries.csv", "python_docs.jsonl")
+    partitions = ("package_summaries.csv", "python_docs.jsonl")  # bucket-11, bucket-04
+    buckets = {"package_summaries.csv": "bucket-11", "python_docs.jsonl": "bucket-04"}
     # Dagster creates its SQLite tables on first use, which two processes must not race for.
     initialized = run([str(Path(sys.executable).with_name("dagster")), "instance", "info"], command_env)
     assert initialized.returncode == 0, initialized.stderr[-3000:]
@@ -114,7 +118,8 @@ def test_two_concurrent_backfill_processes_of_different_partitions_are_both_reco
     outputs = [process.communicate(timeout=600) for process in processes]
     for partition, process, (stdout, stderr) in zip(partitions, processes, outputs, strict=True):
         assert process.returncode == 0, stderr[-3000:]
-        assert f"{partition}...{partition}: ok" in stdout and "FAILED" not in stdout
+        bucket = buckets[partition]
+        assert f"{bucket}...{bucket}: ok" in stdout and "FAILED" not in stdout
 
     store = EmbeddingStore(tmp_path / "store")
     versions = store.embedding_versions()
@@ -134,4 +139,4 @@ def test_two_concurrent_backfill_processes_of_different_partitions_are_both_reco
         assert len(runs) == 4 and {run.status for run in runs} == {DagsterRunStatus.SUCCESS}
         materialized = instance.fetch_materializations(
             AssetRecordsFilter(asset_key=AssetKey("embeddings")), limit=10).records
-        assert sorted(r.partition_key for r in materialized) == list(partitions)
+        assert sorted(r.partition_key for r in materialized) == ["bucket-04", "bucket-11"]

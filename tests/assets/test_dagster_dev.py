@@ -157,45 +157,39 @@ def test_dagster_dev_serves_the_graph_and_runs_queued_materializations(dagster_d
                      "store_maintenance": ("maintenance", [])}
 
     # This test launches every run itself: the automation sensor (running by default, every
-    # 30 s) would otherwise embed messy.jsonl once its corpus lands, racing the checks below.
+    # 30 s) would otherwise embed messy_rows.jsonl's bucket once its corpus lands, racing the
+    # checks below.
     stop_sensor(graphql, "embeddings_automation")
 
-    # A second landing file with rejected rows: its rows_valid check fails, the other's passes.
+    # The partitions are the 16 landing buckets, whatever the folder holds.
+    partitions = graphql("""query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
+        ... on AssetNode { partitionKeys } } }""", key={"path": ["corpus"]})["assetNodeOrError"]
+    assert partitions["partitionKeys"] == [f"bucket-{i:02d}" for i in range(16)]
+
+    # A second landing file with rejected rows, in another bucket: its bucket's rows_valid
+    # check fails, python_docs.jsonl's bucket's passes.
     landing = tmp_path / "landing"
-    (landing / "messy.jsonl").write_text('{"id": "m1", "text": "Fine."}\n{"text": "no id"}\n')
-    for key in ("python_docs.jsonl", "messy.jsonl"):
-        added = graphql(
-            """mutation($repo: RepositorySelector!, $key: String!) {
-                 addDynamicPartition(repositorySelector: $repo, partitionsDefName: "corpus_shards",
-                                     partitionKey: $key) { __typename } }""",
-            repo=REPOSITORY, key=key)["addDynamicPartition"]
-        assert added["__typename"] == "AddDynamicPartitionSuccess"
+    (landing / "messy_rows.jsonl").write_text('{"id": "m1", "text": "Fine."}\n{"text": "no id"}\n')
+    docs, messy = "bucket-04", "bucket-05"  # bucket_of(python_docs.jsonl), bucket_of(messy_rows.jsonl)
 
     assert graphql.wait_for_run(graphql.launch("model_snapshot"), timeout_s=300) == "SUCCESS"
-    assert graphql.wait_for_run(graphql.launch("corpus", "python_docs.jsonl"), timeout_s=300) == "SUCCESS"
-    assert graphql.wait_for_run(graphql.launch("embeddings", "python_docs.jsonl"), timeout_s=300) == "SUCCESS"
-    assert graphql.wait_for_run(graphql.launch("corpus", "messy.jsonl"), timeout_s=300) == "SUCCESS"
+    assert graphql.wait_for_run(graphql.launch("corpus", docs), timeout_s=300) == "SUCCESS"
+    assert graphql.wait_for_run(graphql.launch("embeddings", docs), timeout_s=300) == "SUCCESS"
+    assert graphql.wait_for_run(graphql.launch("corpus", messy), timeout_s=300) == "SUCCESS"
     runs = graphql("{ runsOrError { ... on Runs { results { jobName } } } }")["runsOrError"]["results"]
     assert sorted(run["jobName"] for run in runs) == ["embed_corpus"] * 3 + ["snapshot_model"]
 
-    assert check_statuses(graphql, "corpus") == {"rows_valid": (["python_docs.jsonl"], ["messy.jsonl"])}
+    assert check_statuses(graphql, "corpus") == {"rows_valid": ([docs], [messy])}
     embeddings_checks = check_statuses(graphql, "embeddings")
-    assert embeddings_checks["rows_match_corpus"] == (["python_docs.jsonl"], [])
-    assert embeddings_checks["embeddings_match_model"] == (["python_docs.jsonl"], [])
+    assert embeddings_checks["rows_match_corpus"] == ([docs], [])
+    assert embeddings_checks["embeddings_match_model"] == ([docs], [])
     # MiniLM's vectors are not normalized by this pipeline (EMBEDDING_NORMALIZE unset): not green.
     assert embeddings_checks["unit_norm"] == ([], [])
-
-    # The bad partition deleted: it no longer colours the asset's checks.
-    deleted = graphql(
-        """mutation($repo: RepositorySelector!) {
-             deleteDynamicPartitions(repositorySelector: $repo, partitionsDefName: "corpus_shards",
-                                     partitionKeys: ["messy.jsonl"]) { __typename } }""",
-        repo=REPOSITORY)["deleteDynamicPartitions"]
-    assert deleted["__typename"] == "DeleteDynamicPartitionsSuccess"
-    assert check_statuses(graphql, "corpus") == {"rows_valid": (["python_docs.jsonl"], [])}
 
     from embedding_core.store import EmbeddingStore
 
     store = EmbeddingStore(tmp_path / "store")
     with store.connect() as con:
         assert con.execute("SELECT count(*), min(partition) FROM embeddings").fetchone() == (4, "python_docs.jsonl")
+        assert con.execute("SELECT partition, count(*) FROM documents GROUP BY 1 ORDER BY 1").fetchall() == [
+            ("messy_rows.jsonl", 1), ("python_docs.jsonl", 4)]

@@ -8,7 +8,7 @@ from dagster import AssetKey
 from dagster._core.definitions.backfill_policy import BackfillPolicyType
 
 from embedding_assets.definitions import definitions_from_env
-from embedding_assets.partitions import MAX_PARTITIONS_PER_RUN
+from embedding_assets.partitions import MAX_PARTITIONS_PER_RUN, corpus_partitions
 from tests.assets.test_dagster_dev import PROJECT
 
 
@@ -30,7 +30,7 @@ def test_definitions_hold_the_lineage_graph_checks_jobs_automation_and_policies(
     assert partitioned == set(checks) - {"encodes_canary"}
     for key in ("corpus", "embeddings"):
         node = graph.get(AssetKey(key))
-        assert node.partitions_def.name == "corpus_shards"
+        assert node.partitions_def == corpus_partitions
         assert node.backfill_policy.policy_type == BackfillPolicyType.MULTI_RUN
         assert node.backfill_policy.max_partitions_per_run == MAX_PARTITIONS_PER_RUN
         assert node.owners == ["team:search-platform"] and node.tags["domain"] == "semantic-search"
@@ -41,7 +41,9 @@ def test_definitions_hold_the_lineage_graph_checks_jobs_automation_and_policies(
     jobs = {job.name: job for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
     assert sorted(jobs) == ["embed_corpus", "snapshot_model", "store_maintenance_job", "verify_embeddings"]
     assert jobs["embed_corpus"].asset_layer.executable_asset_keys == {AssetKey("corpus"), AssetKey("embeddings")}
-    assert jobs["embed_corpus"].partitions_def.name == "corpus_shards"
+    assert jobs["embed_corpus"].partitions_def == corpus_partitions
+    # The partitions are the 16 landing buckets (EMBEDDING_LANDING_BUCKETS), not the files.
+    assert corpus_partitions.get_partition_keys() == [f"bucket-{i:02d}" for i in range(16)]
     assert {key.name for key in jobs["embed_corpus"].asset_layer.asset_graph.asset_check_keys} >= {
         "rows_valid", "rows_match_corpus", "embeddings_match_model"}
     assert jobs["snapshot_model"].asset_layer.executable_asset_keys == {AssetKey("model_snapshot")}
@@ -61,7 +63,7 @@ def test_encoder_settings_that_change_the_vectors_change_the_code_version():
         return defs.resolve_asset_graph().get(AssetKey("embeddings")).code_version
 
     base = code_version()
-    assert base.startswith("1-")
+    assert base.startswith("2-")  # the embeddings asset's own code_version, then the encoder's
     assert code_version(EMBEDDING_BATCH_SIZE="64") == base  # how, not what, is encoded
     assert len({base, code_version(EMBEDDING_PRECISION="binary"), code_version(EMBEDDING_NORMALIZE="1")}) == 3
 

@@ -3,7 +3,7 @@
 from dagster import AssetKey, materialize
 
 from embedding_assets.assets import store_maintenance
-from embedding_assets.backfill import materialize_selection, register_landing_partitions
+from embedding_assets.backfill import landing_partitions, materialize_selection
 from embedding_assets.definitions import build_definitions
 from embedding_assets.resources import EncoderResource
 from tests.assets.conftest import ROWS_PER_SHARD, SHARDS, materialize_everything
@@ -16,7 +16,7 @@ def test_maintenance_expires_replaced_versions_and_keeps_current_ones(tmp_path, 
                              encoder=EncoderResource(model_name=str(model_dir)))
     materialize_everything(defs, instance)
     (model_dir / "NOTES.md").write_text("a new file: a new content revision\n")
-    keys = register_landing_partitions(defs, instance)
+    keys = landing_partitions()
     results = materialize_selection(defs, instance, [AssetKey("model_snapshot")])
     results += materialize_selection(defs, instance, [AssetKey("embeddings")], keys)
     assert all(result.success for result in results)

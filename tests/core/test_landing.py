@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import os
 import re
 
 import pyarrow.fs as pafs
@@ -12,6 +13,9 @@ from embedding_core.landing import (
     LandingFolder,
     OutsideLinkError,
     PartitionKeyCollisionError,
+    bucket_digests,
+    bucket_keys,
+    bucket_of,
     partition_key_for_file,
 )
 
@@ -125,3 +129,25 @@ def test_links_to_outside_the_landing_folder_are_refused_and_reported(tmp_path, 
     assert list(allowing.files()) == ["alias.jsonl", "linked_dir__more.jsonl", "ok.jsonl", "secret.jsonl"]
     assert allowing.read(allowing.files()["secret.jsonl"]).table.column("id").to_pylist() == ["s1"]
     assert allowing.refused == {}
+
+
+def test_files_fall_in_stable_buckets_whose_digests_move_with_names_and_fingerprints(tmp_path):
+    assert bucket_keys(16)[:2] == ("bucket-00", "bucket-01") and len(bucket_keys(16)) == 16
+    assert bucket_keys(1000)[-1] == "bucket-999"
+    with pytest.raises(ValueError, match="landing buckets: 0 is not between 1 and 1000"):
+        bucket_keys(0)
+    assert [bucket_of(key, 16) for key in ("python_docs.jsonl", "stdlib_docstrings.txt",
+                                           "package_summaries.csv")] == ["bucket-04", "bucket-07", "bucket-11"]
+    assert bucket_of("python_docs.jsonl", 1) == "bucket-00"
+
+    for name in ("python_docs.jsonl", "stdlib_docstrings.txt"):
+        (tmp_path / name).write_text(json.dumps({"id": "a", "text": name}) + "\n")
+    landing = LandingFolder(str(tmp_path))
+    first = bucket_digests(landing.listing(), 16)
+    assert sorted(first) == ["bucket-04", "bucket-07"]  # only buckets that hold files
+    assert bucket_digests(landing.listing(), 16) == first
+    os.utime(tmp_path / "python_docs.jsonl", (1e9, 1e9))  # a new fingerprint: its bucket moves
+    touched = bucket_digests(landing.listing(), 16)
+    assert touched["bucket-04"] != first["bucket-04"] and touched["bucket-07"] == first["bucket-07"]
+    (tmp_path / "stdlib_docstrings.txt").unlink()  # a deleted file: its bucket is gone
+    assert sorted(bucket_digests(landing.listing(), 16)) == ["bucket-04"]

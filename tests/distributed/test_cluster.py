@@ -38,6 +38,9 @@ pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[2]
 SHARDS = ["shard_a.jsonl", "shard_b.jsonl", "shard_c.jsonl", "shard_d.jsonl"]
+# Their landing buckets (embedding_core.landing.bucket_of(name, 16)): the Dagster partitions.
+BUCKETS = {"shard_a.jsonl": "bucket-03", "shard_b.jsonl": "bucket-10", "shard_c.jsonl": "bucket-11",
+           "shard_d.jsonl": "bucket-13"}
 ROWS_PER_SHARD = 12
 # The shard re-landed bigger for the kill test: long enough to encode that the kill lands
 # mid-step on a 2-core machine.
@@ -186,7 +189,10 @@ def backfilled(cluster):
     result = _backfill(cluster, "--partitions", ",".join(SHARDS), "--max-partitions-per-run", "2")
     run_ids = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("run ")]
     assert result.returncode == 0, _failure_report(cluster, result, run_ids)
-    assert len(run_ids) == 3, result.stdout  # model_snapshot, then 2 runs of 2 shards
+    # model_snapshot, then the contiguous bucket ranges of at most 2: 03, 10...11, 13
+    assert len(run_ids) == 4, result.stdout
+    for first, last in (("bucket-03", "bucket-03"), ("bucket-10", "bucket-11"), ("bucket-13", "bucket-13")):
+        assert f"{first}...{last}: ok" in result.stdout, result.stdout
     print(f"backfill of {len(SHARDS)} shards through the cluster: {time.monotonic() - started:.0f} s")
     return run_ids
 
@@ -266,7 +272,7 @@ def test_killed_worker_fails_the_run_clearly_keeps_the_store_and_a_rerun_complet
     known = set(_runs(cluster))
     server = DagsterWebserver(cluster.webserver_url)
     run = server.launch(["corpus", "embeddings"], {
-        ASSET_PARTITION_RANGE_START_TAG: target, ASSET_PARTITION_RANGE_END_TAG: target})
+        ASSET_PARTITION_RANGE_START_TAG: BUCKETS[target], ASSET_PARTITION_RANGE_END_TAG: BUCKETS[target]})
     run_id, pid = _wait_for_encoding_step(cluster, known)
     assert run_id == run.run_id
     owners = _worker_pids(cluster)
