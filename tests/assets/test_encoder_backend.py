@@ -7,8 +7,10 @@ from dagster import AssetKey
 
 from embedding_assets.backfill import materialize_selection
 from embedding_assets.definitions import build_definitions, definitions_from_env
+from embedding_assets.partitions import LANDING_BUCKETS
 from embedding_assets.resources import EncoderResource
 from embedding_core.hub import DEFAULT_MODEL_NAME
+from embedding_core.landing import bucket_of
 from embedding_core.store import EmbeddingStore
 from tests.assets.conftest import materialize_everything
 
@@ -48,7 +50,8 @@ def test_a_lossy_backend_materializes_its_own_version_beside_the_exact_one(tmp_p
         assert store.current_embedding_version(partition, version.model).version_id == version.version_id
 
     # Back to the default: the exact version is current again, nothing re-encoded.
-    again = materialize_selection(exact, instance, [AssetKey("embeddings")], list(exact_versions))
+    buckets = sorted({bucket_of(partition, LANDING_BUCKETS) for partition in exact_versions})
+    again = materialize_selection(exact, instance, [AssetKey("embeddings")], buckets)
     assert all(result.success for result in again)
     encoded = [m.metadata["encoded_rows"].value for r in again for m in r.asset_materializations_for_node("embeddings")]
     assert len(encoded) == len(exact_versions) and set(encoded) == {0}
