@@ -38,7 +38,9 @@ def test_an_interruption_swallowed_by_a_finalizer_is_delivered_again():
     done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=PROJECT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    last = done.stdout.splitlines()[-1]  # "finalized" may be cut short by the redelivery
-    assert last.startswith("interrupted at tick ") and last.endswith("stopped by SIGINT"), done.stdout
+    # The redelivery may cut "finalized" short before its newline, so the last line can read
+    # "finalizedinterrupted at tick ..." (CI saw it): what counts is that the interruption came.
+    last = done.stdout.splitlines()[-1]
+    assert "interrupted at tick " in last and last.endswith("stopped by SIGINT"), done.stdout
     assert "landed in a finalizer; delivering it again" in done.stderr
     assert "Exception ignored" not in done.stderr  # one line instead of a traceback
