@@ -33,18 +33,18 @@ browser:
 	  else echo "chromium not found: install Chromium and set CHROMIUM=/path/to/chromium for the browser test"; fi; }
 
 demo: setup
-	mkdir -p $(DAGSTER_HOME) && cp instance/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(PY) scripts/demo.py
 
 test: setup browser
-	mkdir -p $(DAGSTER_HOME) && cp instance/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m ruff check embedding_core embedding_assets deploy tests benchmarks scripts
 	$(DG) check defs
 	$(PY) -m pytest -q
 
 # The UI on http://127.0.0.1:3000 (`dg dev`; plain `dagster dev -w workspace.yaml` works too).
 dev: setup
-	mkdir -p $(DAGSTER_HOME) && cp instance/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(DG) dev
 
 # The distributed profile on loopback (deploy/): Postgres, Redis, S3 (moto), webserver, daemon,

@@ -65,7 +65,7 @@ def dagster_dev(work: Path, landing: Path, interval_s: int):
     """`dagster dev` over `landing` with a fresh instance and store under `work`."""
     home = work / "dagster_home"
     home.mkdir(parents=True)
-    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
            "EMBEDDING_STORE_ROOT": str(work / "store"), "EMBEDDING_LANDING_DIR": str(landing),

@@ -24,7 +24,7 @@ def main(queries: list[str]) -> int:
     instance_settings = Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml"
     if not instance_settings.exists():
         instance_settings.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(PROJECT / "instance" / "dagster.yaml", instance_settings)
+        shutil.copy(PROJECT / "dagster.yaml", instance_settings)
 
     from embedding_assets.backfill import main as backfill
     from embedding_core.snapshot import load_snapshot_model

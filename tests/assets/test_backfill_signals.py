@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 def backfill_env(tmp_path, monkeypatch) -> dict:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT / "instance" / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))  # dagster.yaml reads it
     # Enough rows that the embeddings step of one shard encodes for a few seconds.
     return {**os.environ, "DAGSTER_HOME": str(home), "EMBEDDING_STORE_ROOT": str(tmp_path / "store"),

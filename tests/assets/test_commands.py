@@ -19,7 +19,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 def command_env(tmp_path) -> dict:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT / "instance" / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
     return {**os.environ, "DAGSTER_HOME": str(home), "EMBEDDING_STORE_ROOT": str(tmp_path / "store"),
             "EMBEDDING_LANDING_DIR": str(write_sample_slice(tmp_path / "landing", rows=6))}
 
@@ -79,14 +79,15 @@ def test_definitions_validate_loads_the_workspace(command_env):
 
 def test_dg_check_and_list_defs_load_the_project(command_env):
     """`dg` finds the project through [tool.dg] in pyproject.toml (what `make test` and
-    `make dev` use); no instance file in the project root is needed or picked up."""
+    `make dev` use); the instance comes from DAGSTER_HOME, the top-level dagster.yaml is only read."""
     env = {**command_env, "PATH": f"{Path(sys.executable).parent}:{command_env.get('PATH', '')}",
            "PYTHONPATH": str(PROJECT)}
     dg = str(Path(sys.executable).with_name("dg"))
+    instance_settings = (PROJECT / "dagster.yaml").read_text()
     check = run([dg, "check", "defs"], env)
     assert check.returncode == 0, (check.stdout + check.stderr)[-3000:]
     assert "All definitions loaded successfully." in check.stdout + check.stderr
-    assert not (PROJECT / "dagster.yaml").exists()
+    assert (PROJECT / "dagster.yaml").read_text() == instance_settings  # read, never rewritten
 
     listed = run([dg, "list", "defs", "--json"], env)
     assert listed.returncode == 0, listed.stderr[-3000:]

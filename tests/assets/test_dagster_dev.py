@@ -72,12 +72,12 @@ class GraphQL:
 def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None,
                instance_config: Callable[[str], str] = lambda text: text):
     """`command` (dagster dev / dg dev, given `-h 127.0.0.1 -p PORT` at the end) with a fresh
-    DAGSTER_HOME (instance/dagster.yaml, passed through `instance_config`), store and landing
+    DAGSTER_HOME (dagster.yaml, passed through `instance_config`), store and landing
     folder under `tmp_path`, in its own process group, killed (the whole group) whatever
     happens. Yields (GraphQL client, port, the server's environment)."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(instance_config((PROJECT / "instance" / "dagster.yaml").read_text()))
+    (home / "dagster.yaml").write_text(instance_config((PROJECT / "dagster.yaml").read_text()))
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",

@@ -43,7 +43,7 @@ def test_demo_runs_named_jobs_prints_no_warning_and_loads_the_model_once_for_the
     assert demo.stdout.count("\nQuery: ") == 3
     assert "(18 vectors in 3 partitions" in demo.stdout
 
-    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])  # instance/dagster.yaml reads it
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])  # dagster.yaml reads it
     with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         jobs = sorted(r.job_name for r in instance.get_runs(RunsFilter()))
     assert jobs == ["embed_corpus", "snapshot_model"]
