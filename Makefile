@@ -42,10 +42,13 @@ test: setup browser
 	$(DG) check defs
 	$(PY) -m pytest -q
 
-# The UI on http://127.0.0.1:3000 (`dg dev`; plain `dagster dev -w workspace.yaml` works too).
+# The UI on http://127.0.0.1:3000 (`dg dev`; plain `dagster dev -w workspace.yaml` works too),
+# started in DAGSTER_HOME: started here, Dagster would warn that ./dagster.yaml is not the
+# instance's (it is its source, copied there).
 dev: setup
 	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(DG) dev
+	cd $(DAGSTER_HOME) && VIRTUAL_ENV="$(CURDIR)/$(VENV)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	  $(CURDIR)/$(VENV)/bin/dg dev -w $(CURDIR)/workspace.yaml
 
 # The distributed profile on loopback (deploy/): Postgres, Redis, S3 (moto), webserver, daemon,
 # 2 Celery workers; state, logs and the environment to source under .cluster/.

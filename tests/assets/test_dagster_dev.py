@@ -19,6 +19,7 @@ import pytest
 from tests.assets.conftest import write_sample_slice
 
 PROJECT = Path(__file__).resolve().parents[2]
+WORKSPACE = str(PROJECT / "workspace.yaml")  # dev_server runs in DAGSTER_HOME
 REPOSITORY = {"repositoryLocationName": "embedding_pipeline", "repositoryName": "__repository__"}
 
 
@@ -74,7 +75,11 @@ def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None,
     """`command` (dagster dev / dg dev, given `-h 127.0.0.1 -p PORT` at the end) with a fresh
     DAGSTER_HOME (dagster.yaml, passed through `instance_config`), store and landing
     folder under `tmp_path`, in its own process group, killed (the whole group) whatever
-    happens. Yields (GraphQL client, port, the server's environment)."""
+    happens. Yields (GraphQL client, port, the server's environment).
+
+    It runs in DAGSTER_HOME, as `make dev` does: `dagster dev` started in the project folder
+    warns that the top-level dagster.yaml is not DAGSTER_HOME's; `command` names the workspace
+    by its full path (WORKSPACE)."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(instance_config((PROJECT / "dagster.yaml").read_text()))
@@ -86,7 +91,7 @@ def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None,
     log = open(tmp_path / "dev_server.log", "wb")
     process = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         graphql = GraphQL(port)
@@ -119,7 +124,7 @@ def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None,
 def dagster_dev(tmp_path):
     """Plain `dagster dev -w workspace.yaml` (what works without dg)."""
     with dev_server(tmp_path, [str(Path(sys.executable).with_name("dagster")), "dev",
-                               "-w", "workspace.yaml"]) as (graphql, _, _):
+                               "-w", WORKSPACE]) as (graphql, _, _):
         yield graphql, tmp_path
 
 

@@ -19,7 +19,7 @@ import pytest
 from embedding_core.store import EmbeddingStore
 from tests.assets.conftest import write_sample_slice
 from tests.assets.test_backfill_signals import Backfill
-from tests.assets.test_dagster_dev import GraphQL, dev_server
+from tests.assets.test_dagster_dev import WORKSPACE, GraphQL, dev_server
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def one_slot_deployment(tmp_path):
         assert "max_concurrent_runs: 2" in config
         return config.replace("max_concurrent_runs: 2", "max_concurrent_runs: 1")
 
-    command = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", "workspace.yaml"]
+    command = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", WORKSPACE]
     with dev_server(tmp_path, command, write_sample_slice(tmp_path / "landing", rows=4),
                     instance_config=one_slot) as (graphql, port, env):
         yield graphql, f"http://127.0.0.1:{port}", env
