@@ -71,7 +71,7 @@ class GraphQL:
 
 @contextlib.contextmanager
 def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None,
-               instance_config: Callable[[str], str] = lambda text: text):
+               instance_config: Callable[[str], str] = lambda text: text, in_project: bool = False):
     """`command` (dagster dev / dg dev, given `-h 127.0.0.1 -p PORT` at the end) with a fresh
     DAGSTER_HOME (dagster.yaml, passed through `instance_config`), store and landing
     folder under `tmp_path`, in its own process group, killed (the whole group) whatever
@@ -79,19 +79,24 @@ def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None,
 
     It runs in DAGSTER_HOME, as `make dev` does: `dagster dev` started in the project folder
     warns that the top-level dagster.yaml is not DAGSTER_HOME's; `command` names the workspace
-    by its full path (WORKSPACE)."""
+    by its full path (WORKSPACE).
+
+    `in_project`: run in the project folder with DAGSTER_HOME unset, as a user's plain
+    `dagster dev` there: Dagster reads the top-level dagster.yaml itself and keeps the runs in a
+    temporary .tmp_dagster_home_* folder it removes on exit."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(instance_config((PROJECT / "dagster.yaml").read_text()))
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+    env = {key: value for key, value in os.environ.items() if not (in_project and key == "DAGSTER_HOME")}
+    env = {**env, **({} if in_project else {"DAGSTER_HOME": str(home)}), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
            "EMBEDDING_STORE_ROOT": str(tmp_path / "store"),
            "EMBEDDING_LANDING_DIR": str(landing or write_sample_slice(tmp_path / "landing", rows=4))}
     log = open(tmp_path / "dev_server.log", "wb")
     process = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=PROJECT if in_project else home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         graphql = GraphQL(port)
@@ -122,9 +127,10 @@ def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None,
 
 @pytest.fixture
 def dagster_dev(tmp_path):
-    """Plain `dagster dev -w workspace.yaml` (what works without dg)."""
-    with dev_server(tmp_path, [str(Path(sys.executable).with_name("dagster")), "dev",
-                               "-w", WORKSPACE]) as (graphql, _, _):
+    """Plain `dagster dev` in the project folder, DAGSTER_HOME unset (what works without dg):
+    the instance is the top-level dagster.yaml's, in a temporary folder."""
+    with dev_server(tmp_path, [str(Path(sys.executable).with_name("dagster")), "dev"],
+                    in_project=True) as (graphql, _, _):
         yield graphql, tmp_path
 
 
@@ -154,6 +160,10 @@ def stop_sensor(graphql: GraphQL, name: str) -> None:
 @pytest.mark.slow
 def test_dagster_dev_serves_the_graph_and_runs_queued_materializations(dagster_dev):
     graphql, tmp_path = dagster_dev
+    # The instance is the project's dagster.yaml, not a bare default one.
+    info = graphql("{ instance { info runQueuingSupported } }")["instance"]
+    assert info["runQueuingSupported"] and "max_concurrent_runs: 2" in info["info"], info
+    assert f"{PROJECT}/.tmp_dagster_home_" in info["info"], info["info"][:2000]
     nodes = graphql("{ assetNodes { assetKey { path } dependencyKeys { path } groupName } }")["assetNodes"]
     graph = {node["assetKey"]["path"][0]: (node["groupName"], sorted(dep["path"][0] for dep in node["dependencyKeys"]))
              for node in nodes}
