@@ -52,6 +52,7 @@ from embedding_assets.partitions import (
     partition_range_tags,
 )
 from embedding_assets.signals import BackfillInterrupted, StopOnSignal, signal_name
+from embedding_assets.submit import DEFAULT_RETRY_FOR_S
 from embedding_core.landing import bucket_of
 from embedding_core.store import CATALOG_FILE_NAME
 
@@ -229,11 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--from", dest="first", help="first partition of the range")
     parser.add_argument("--to", dest="last", help="last partition of the range (inclusive)")
     parser.add_argument("--partitions", help="comma-separated partitions instead of a range")
-    parser.add_argument("--max-partitions-per-run", type=int, default=MAX_PARTITIONS_PER_RUN,
-                        help=f"shards per run (default {MAX_PARTITIONS_PER_RUN})")
-    parser.add_argument("--submit", metavar="URL", help="submit the runs to the deployment whose "
-                        "webserver is at URL (e.g. http://127.0.0.1:3000) instead of executing "
-                        "them in this process")
+    parser.add_argument("--max-partitions-per-run", type=int,
+                        help=f"partitions per run, in process (default {MAX_PARTITIONS_PER_RUN}); "
+                        "a --submit backfill follows the assets' backfill policy")
+    parser.add_argument("--submit", metavar="URL", help="launch one Dagster backfill on the "
+                        "deployment whose webserver is at URL (e.g. http://127.0.0.1:3000) and "
+                        "wait for it, instead of executing the runs in this process")
+    parser.add_argument("--retry-for", type=float, metavar="SECONDS",
+                        default=float(os.environ.get("EMBEDDING_SUBMIT_RETRY_S", DEFAULT_RETRY_FOR_S)),
+                        help="with --submit: how long to retry while the deployment is unreachable "
+                        f"or failing (default EMBEDDING_SUBMIT_RETRY_S or {DEFAULT_RETRY_FOR_S:.0f})")
     args = parser.parse_args(argv)
     if args.submit:
         return submit_main(args, parser)
@@ -304,7 +310,7 @@ def backfill_in_process(args: argparse.Namespace, parser: argparse.ArgumentParse
                 if runs.results[0].success and stop.signum is None:
                     runs.results += materialize_selection(
                         defs, instance, SHARD_ASSETS, selected, tags=tags,
-                        max_partitions_per_run=args.max_partitions_per_run,
+                        max_partitions_per_run=args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN,
                         stopped=lambda: stop.signum is not None)
             if stop.signum is not None or was_interrupted(runs.results[-1]):
                 raise BackfillInterrupted(stop.signum)
@@ -336,44 +342,62 @@ def report_runs(results: Sequence) -> None:
 
 
 def submit_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """`--submit`: the same runs, launched through the deployment's webserver."""
+    """`--submit`: one Dagster asset backfill on the deployment at the URL, followed to its end
+    (`embedding_assets.submit`). Exit status: 0 when every partition materialized, 1 naming
+    the failed partitions (or a canceled backfill), 75 when the deployment stayed unreachable,
+    128 + the signal number when stopped (the backfill is canceled)."""
     from embedding_assets.definitions import definitions_from_env
-    from embedding_assets.submit import SubmitError, submit_backfill, terminate_unfinished
+    from embedding_assets.submit import Deployment, DeploymentError, follow, launch_or_follow
 
     if args.model_revision:
         parser.error("--model-revision cannot be combined with --submit: the deployment's "
                      "EMBEDDING_MODEL_REVISION decides; set it where the code location runs")
+    if args.max_partitions_per_run is not None:
+        parser.error("--max-partitions-per-run applies to in-process backfills; a deployment's "
+                     "backfill follows the assets' backfill policy")
+    deployment = Deployment(args.submit, retry_for_s=args.retry_for)
+    launched: list[str] = []
 
-    def select(all_keys: Sequence[str]) -> list[str]:
+    def cancel() -> str:
         try:
-            return select_partitions(all_keys, args.first, args.last, args.partitions, landing_keys)
-        except ValueError as error:
-            parser.error(str(error))
+            return f"backfill {launched[0]} {deployment.cancel(launched[0])}" if launched else "no backfill launched"
+        except Exception as error:  # noqa: BLE001 - the deployment is gone; say so in the one line
+            return f"backfill {launched[0]} not canceled ({type(error).__name__})"
 
-    runs: list = []
-    stop = StopOnSignal(on_deadline=lambda _signum: terminate_unfinished(args.submit, runs))
+    stop = StopOnSignal(on_deadline=lambda _signum: cancel())
     try:
         with stop:
             landing_keys = list(definitions_from_env().resources["corpus_source"].open().listing())
-            selected, _ = submit_backfill(
-                args.submit, select,
-                lambda all_keys, keys: contiguous_chunks(all_keys, keys, args.max_partitions_per_run),
-                tags={"embedding/trigger": "backfill-cli"}, runs=runs,
-            )
-    except SubmitError as error:
+            all_keys = deployment.partition_keys()
+            try:
+                selected = select_partitions(all_keys, args.first, args.last, args.partitions, landing_keys)
+            except ValueError as error:
+                parser.error(str(error))
+            backfill_id, new = launch_or_follow(deployment, all_keys, selected,
+                                                tags={"embedding/trigger": "backfill-cli"})
+            launched.append(backfill_id)
+            print(f"backfill {backfill_id} {'launched' if new else 'already in progress: following it'} "
+                  f"on {deployment.url}: model_snapshot, then {len(selected)} partition(s) of corpus "
+                  f"and embeddings", flush=True)
+            progress = follow(deployment, backfill_id)
+    except DeploymentError as error:
         print(f"backfill: {error}", file=sys.stderr)
-        return 1
+        return 75  # EX_TEMPFAIL: run the same command again once the deployment is back
     except BackfillInterrupted as interruption:
-        ended = terminate_unfinished(args.submit, runs)
-        print(f"backfill: {interruption}; terminated on {args.submit}: {', '.join(ended) or 'none'}; "
-              "no further run launched", file=sys.stderr)
+        print(f"backfill: {interruption}; {cancel()} on {deployment.url}", file=sys.stderr)
         return 128 + (interruption.signum or stop.signum or signal.SIGINT)
-    for run in runs:
-        print(f"run {run.run_id} {run.tags.get(PARTITION_RANGE_START_TAG, '')}"
-              f"...{run.tags.get(PARTITION_RANGE_END_TAG, '')}: "
-              f"{'ok' if run.success else run.status}")
-    print(f"{len(selected)} partition(s); submitted to {args.submit}")
-    return 0 if all(run.success for run in runs) else 1
+    if progress.status == "COMPLETED_SUCCESS":
+        print(f"backfill {backfill_id}: {progress.done} partition(s) materialized; {len(selected)} "
+              f"partition(s) on {deployment.url}")
+        return 0
+    try:
+        failed = deployment.failed_partitions(selected)
+    except DeploymentError as error:
+        failed = [f"unknown ({error})"]
+    print(f"backfill {backfill_id} {progress.status}: failed partition(s): {', '.join(failed) or 'none'}"
+          f"{'; ' + progress.error if progress.error else ''} (re-execute them from the Backfills "
+          "tab, or run this command again)", file=sys.stderr)
+    return 1
 
 
 def exit_now(code: int) -> NoReturn:

@@ -1,190 +1,276 @@
-"""Submit backfill runs to a running deployment through its webserver's GraphQL API.
+"""`python -m embedding_assets.backfill --submit URL`: one Dagster asset backfill on a deployment.
 
-`python -m embedding_assets.backfill --submit URL` uses this instead of executing in process:
-the runs go to the deployment's queue, the daemon launches them, and their steps run wherever
-the deployment's executor sends them (the Celery workers of `deploy/`). Only the webserver URL
-is needed: partitions are added, runs launched and followed over GraphQL.
+The backfill targets `model_snapshot` and the selected landing buckets of `corpus` and
+`embeddings`. The deployment's daemon runs it like a backfill launched from the UI: it is
+listed under *Backfills* with each partition's status, it can be canceled there, and its failed
+partitions can be re-executed there. Its runs follow the assets' backfill policy. Their steps
+run wherever the deployment's executor sends them (the Celery workers of `deploy/`).
+
+What stays here, and why (Dagster has no command that does it): a CI job only has the
+webserver's URL, must wait for the outcome, and must survive a deployment that is briefly
+unreachable. So this module launches the backfill through Dagster's GraphQL API (with the `gql`
+client that `dagster-graphql` uses). It prints progress every `REPORT_EVERY_S` seconds and
+retries with backoff while the webserver is unreachable or answers 5xx, for at most
+`retry_for_s` seconds. It exits with one line naming the failed partitions, or the URL and
+the cause.
+
+A rerun of the same command resumes rather than duplicates. While a backfill of the same
+selection is in progress, the rerun follows that backfill. Otherwise it launches a new one,
+and the store skips every text it already holds.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import re
 import sys
 import time
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from embedding_assets.jobs import EMBED_CORPUS, SNAPSHOT_MODEL
-from embedding_assets.partitions import (
-    PARTITION_RANGE_END_TAG,
-    PARTITION_RANGE_START_TAG,
-    partition_range_tags,
+import requests
+from gql import Client, GraphQLRequest
+from gql.transport.exceptions import (
+    TransportConnectionFailed,
+    TransportProtocolError,
+    TransportQueryError,
+    TransportServerError,
 )
+from gql.transport.requests import RequestsHTTPTransport
 
-TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
-# How often a backfill waiting on the deployment says what it waits on.
+# How often a backfill that waits on the deployment says where it stands.
 REPORT_EVERY_S = 30.0
+# How long the command retries an unreachable deployment by default (EMBEDDING_SUBMIT_RETRY_S).
+DEFAULT_RETRY_FOR_S = 600.0
+# The backfill's selection, so a rerun finds the backfill it launched.
+SELECTION_TAG = "embedding/backfill-selection"
+SHARD_ASSETS = ("corpus", "embeddings")
+FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
-class SubmitError(RuntimeError):
-    """The webserver refused a request, or a launch failed."""
+class DeploymentError(RuntimeError):
+    """The deployment refused a request, or stayed unreachable: a one-line message."""
 
 
-@dataclass
-class SubmittedRun:
-    run_id: str
-    tags: dict[str, str]
-    status: str = "QUEUED"
+class Unreachable(Exception):
+    """One request found the deployment unreachable or failing (5xx): worth retrying."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a backfill stands: its status and the partitions of its shard assets."""
+
+    status: str
+    total: int
+    done: int
+    failed: int
+    in_progress: int
+    error: str | None = None
 
     @property
-    def success(self) -> bool:
-        return self.status == "SUCCESS"
+    def finished(self) -> bool:
+        return self.status in FINISHED
 
-    @property
-    def label(self) -> str:
-        first = self.tags.get(PARTITION_RANGE_START_TAG)
-        return f"{first}...{self.tags[PARTITION_RANGE_END_TAG]}" if first else "model_snapshot"
+    def line(self, backfill_id: str, waited_s: float) -> str:
+        return (f"backfill {backfill_id} {self.status} after {waited_s:.0f} s: {self.done}/{self.total} "
+                f"partitions done, {self.failed} failed, {self.in_progress} in progress")
 
 
-class DagsterWebserver:
-    """The few GraphQL calls a backfill needs."""
+class Deployment:
+    """The few GraphQL calls of a CI backfill, against the webserver at `url`."""
 
-    def __init__(self, url: str, timeout: float = 30.0):
+    def __init__(self, url: str, retry_for_s: float = DEFAULT_RETRY_FOR_S, request_timeout_s: float = 30.0,
+                 say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)):
         self.url = url.rstrip("/")
-        self.timeout = timeout
-        self._repo: dict | None = None
+        self.retry_for_s = retry_for_s
+        self.say = say
+        transport = RequestsHTTPTransport(url=f"{self.url}/graphql", timeout=request_timeout_s, retries=0)
+        self.client = Client(transport=transport, fetch_schema_from_transport=False)
 
-    def query(self, query: str, **variables) -> dict:
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        request = urllib.request.Request(f"{self.url}/graphql", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-            payload = json.loads(resp.read())
-        if payload.get("errors"):
-            raise SubmitError(f"{self.url}: {payload['errors']}")
-        return payload["data"]
+    def query(self, document: str, **variables) -> dict:
+        """One request; `Unreachable` when worth retrying, `DeploymentError` when not."""
+        try:
+            data = self.client.execute(GraphQLRequest(document, variable_values=variables))
+        except TransportConnectionFailed as error:  # refused, reset, timed out
+            raise Unreachable(_cause(error.__cause__ or error)) from None
+        except TransportServerError as error:
+            if error.code is None or error.code >= 500:
+                raise Unreachable(f"HTTP {error.code}") from None
+            raise DeploymentError(f"{self.url} refused the request: HTTP {error.code}") from None
+        except TransportQueryError as error:
+            if storage_down(str(error)):
+                raise Unreachable(f"its instance storage failed: {_first_line(error)}") from None
+            raise DeploymentError(f"{self.url} answered with an error: {_first_line(error)}") from None
+        except TransportProtocolError as error:
+            raise DeploymentError(f"{self.url} is not a Dagster webserver: {_first_line(error)}") from None
+        for value in data.values():  # a resolver's PythonError: retried when the storage failed
+            if isinstance(value, dict) and value.get("__typename") == "PythonError":
+                message = value.get("message") or ""
+                if storage_down(message):
+                    raise Unreachable(f"its instance storage failed: {_first_line(message)}")
+                raise DeploymentError(f"{self.url} answered with an error: {_first_line(message)}")
+        return data
 
-    def repository(self) -> dict:
-        """The repository selector of the code location that has the embed_corpus job."""
-        if self._repo is None:
-            data = self.query("""{ repositoriesOrError { __typename
-                ... on RepositoryConnection { nodes { name location { name } jobs { name } } }
-                ... on PythonError { message } } }""")["repositoriesOrError"]
-            for node in data.get("nodes") or []:
-                if any(job["name"] == EMBED_CORPUS for job in node["jobs"]):
-                    self._repo = {"repositoryName": node["name"],
-                                  "repositoryLocationName": node["location"]["name"]}
-                    break
-            else:
-                raise SubmitError(f"no code location at {self.url} has the {EMBED_CORPUS} job: {data}")
-        return self._repo
+    def retrying(self, attempt: Callable[[], object]):
+        """`attempt()` until it succeeds; while the deployment is unreachable, again after a
+        backoff (1 s doubling to 15 s), for at most `retry_for_s` seconds in a row."""
+        deadline = None
+        delay = 1.0
+        next_report = 0.0
+        while True:
+            try:
+                return attempt()
+            except Unreachable as error:
+                now = time.monotonic()
+                deadline = deadline or now + self.retry_for_s
+                if now >= deadline:
+                    raise DeploymentError(f"{self.url} unreachable for {self.retry_for_s:.0f} s: {error}") from None
+                if now >= next_report:
+                    self.say(f"backfill: {self.url} unreachable ({error}); retrying for "
+                             f"{deadline - now:.0f} s more")
+                    next_report = now + REPORT_EVERY_S
+                time.sleep(min(delay, max(deadline - now, 0.1)))
+                delay = min(delay * 2, 15.0)
+
+    def __call__(self, document: str, **variables) -> dict:
+        return self.retrying(lambda: self.query(document, **variables))
 
     def partition_keys(self) -> list[str]:
-        data = self.query("""query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
+        data = self("""query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
             __typename ... on AssetNode { partitionKeys } } }""", key={"path": ["corpus"]})
-        return list(data["assetNodeOrError"].get("partitionKeys") or [])
+        keys = data["assetNodeOrError"].get("partitionKeys")
+        if not keys:
+            raise DeploymentError(f"{self.url} has no partitioned `corpus` asset: {data['assetNodeOrError']}")
+        return list(keys)
 
-    def launch(self, asset_keys: Sequence[str], tags: dict[str, str]) -> SubmittedRun:
+    def backfill_in_progress(self, selection: str) -> str | None:
+        """The id of an unfinished backfill of `selection` (a rerun follows it)."""
+        data = self("""query { partitionBackfillsOrError(limit: 100,
+                filters: {statuses: [REQUESTED, CANCELING, FAILING]}) {
+            __typename ... on PartitionBackfills { results { id tags { key value } } } } }""")
+        for backfill in data["partitionBackfillsOrError"].get("results") or []:
+            if {"key": SELECTION_TAG, "value": selection} in backfill["tags"]:
+                return backfill["id"]
+        return None
+
+    def launch(self, ranges: Sequence[tuple[str, str]], tags: dict[str, str], title: str) -> str:
+        """One asset backfill: model_snapshot, then corpus and embeddings over `ranges`."""
+        partitions = {"ranges": [{"start": first, "end": last} for first, last in ranges]}
         params = {
-            "selector": {**self.repository(),
-                         "jobName": SNAPSHOT_MODEL if list(asset_keys) == ["model_snapshot"] else EMBED_CORPUS,
-                         "assetSelection": [{"path": [key]} for key in asset_keys]},
-            "runConfigData": {},
-            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+            "partitionsByAssets": [{"assetKey": {"path": ["model_snapshot"]}, "partitions": None}]
+            + [{"assetKey": {"path": [key]}, "partitions": partitions} for key in SHARD_ASSETS],
+            "tags": [{"key": key, "value": value} for key, value in tags.items()],
+            "title": title,
         }
-        data = self.query("""mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
-            __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message }
-            ... on RunConfigValidationInvalid { errors { message } } } }""", params=params)
-        result = data["launchRun"]
-        if result["__typename"] != "LaunchRunSuccess":
-            raise SubmitError(f"launching {list(asset_keys)} with {tags}: {result}")
-        return SubmittedRun(result["run"]["runId"], dict(tags))
+        data = self.query("""mutation($params: LaunchBackfillParams!) {
+            launchPartitionBackfill(backfillParams: $params) { __typename
+              ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }""", params=params)
+        result = data["launchPartitionBackfill"]
+        if result["__typename"] != "LaunchBackfillSuccess":
+            raise DeploymentError(f"{self.url} refused the backfill: {result.get('message', result)}")
+        return result["backfillId"]
 
-    def status(self, run_id: str) -> str:
-        data = self.query("""query($id: ID!) { runOrError(runId: $id) {
-            __typename ... on Run { status } } }""", id=run_id)
-        return data["runOrError"].get("status", "UNKNOWN")
+    def progress(self, backfill_id: str) -> Progress:
+        data = self("""query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename
+            ... on PartitionBackfill { status error { message }
+              assetBackfillData { assetBackfillStatuses {
+                ... on AssetPartitionsStatusCounts { assetKey { path } numPartitionsTargeted
+                      numPartitionsInProgress numPartitionsMaterialized numPartitionsFailed }
+                ... on UnpartitionedAssetStatus { assetKey { path } inProgress materialized failed } } } }
+            ... on Error { message } } }""", id=backfill_id)["partitionBackfillOrError"]
+        if data["__typename"] != "PartitionBackfill":
+            raise DeploymentError(f"{self.url} has no backfill {backfill_id}: {data.get('message')}")
+        counts = [status for status in data["assetBackfillData"]["assetBackfillStatuses"]
+                  if status["assetKey"]["path"] == ["embeddings"]]
+        if not counts:
+            return Progress(data["status"], 0, 0, 0, 0, (data.get("error") or {}).get("message"))
+        [embeddings] = counts
+        return Progress(data["status"], embeddings["numPartitionsTargeted"],
+                        embeddings["numPartitionsMaterialized"], embeddings["numPartitionsFailed"],
+                        embeddings["numPartitionsInProgress"], (data.get("error") or {}).get("message"))
 
-    def runs_in_progress(self) -> list[tuple[str, str]]:
-        """(run id, status) of every run the deployment has started and not finished: the
-        holders of its run queue's slots."""
-        data = self.query("""{ runsOrError(filter: {statuses: [STARTING, STARTED, CANCELING]}) {
-            __typename ... on Runs { results { runId status } } } }""")["runsOrError"]
-        return [(run["runId"], run["status"]) for run in data.get("results") or []]
+    def failed_partitions(self, selected: Sequence[str]) -> list[str]:
+        """The selected partitions whose latest corpus or embeddings attempt failed."""
+        failed: set[str] = set()
+        for key in SHARD_ASSETS:
+            data = self("""query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
+                ... on AssetNode { assetPartitionStatuses {
+                  ... on DefaultPartitionStatuses { failedPartitions } } } } }""", key={"path": [key]})
+            failed |= set(data["assetNodeOrError"]["assetPartitionStatuses"].get("failedPartitions") or ())
+        return [key for key in selected if key in failed]
 
-    def terminate(self, run_id: str) -> str:
-        """Ask the deployment to end a run (a queued one is canceled at once); the result type."""
-        data = self.query("""mutation($id: String!) { terminateRun(runId: $id) { __typename
-            ... on TerminateRunFailure { message } ... on PythonError { message } } }""", id=run_id)
-        return data["terminateRun"]["__typename"]
-
-    def waiting_report(self, runs: Sequence[SubmittedRun], waited_s: float) -> str:
-        """What the unfinished runs wait on: a QUEUED run waits for a slot of the deployment's
-        run queue (max_concurrent_runs), held by the runs in progress, named here."""
-        pending = [run for run in runs if run.status not in TERMINAL]
-        queued = [run for run in pending if run.status == "QUEUED"]
-        line = f"backfill: waited {waited_s:.0f} s: " + ", ".join(
-            f"run {run.run_id} ({run.label}) {run.status}" for run in pending)
-        if queued:
-            ours = {run.run_id for run in runs}
-            holders = [f"run {run_id} ({status}{', ours' if run_id in ours else ''})"
-                       for run_id, status in self.runs_in_progress()]
-            line += ("; the deployment's run slots are held by " + ", ".join(holders) if holders
-                     else "; no run is in progress: is the deployment's daemon running?")
-        return line
-
-    def wait(self, runs: Sequence[SubmittedRun], timeout: float, poll: float = 2.0,
-             report_every: float = REPORT_EVERY_S) -> None:
-        """Follow the runs until each has ended (or `timeout` seconds have passed), saying
-        every `report_every` seconds what the unfinished ones wait on."""
-        started = time.monotonic()
-        next_report = started + report_every
-        while True:
-            for run in runs:
-                if run.status not in TERMINAL:
-                    run.status = self.status(run.run_id)
-            if all(run.status in TERMINAL for run in runs):
-                return
-            now = time.monotonic()
-            if now - started > timeout:
-                pending = [r.run_id for r in runs if r.status not in TERMINAL]
-                raise SubmitError(f"runs still not finished after {timeout:.0f} s: {pending}")
-            if now >= next_report:
-                print(self.waiting_report(runs, now - started), file=sys.stderr, flush=True)
-                next_report = now + report_every
-            time.sleep(poll)
+    def cancel(self, backfill_id: str) -> str:
+        data = self.query("""mutation($id: String!) { cancelPartitionBackfill(backfillId: $id) {
+            __typename ... on Error { message } } }""", id=backfill_id)
+        return data["cancelPartitionBackfill"]["__typename"]
 
 
-def submit_backfill(
-    url: str, select, chunk, tags: dict[str, str],
-    timeout: float = 3600.0, runs: list[SubmittedRun] | None = None,
-) -> tuple[list[str], list[SubmittedRun]]:
-    """Run `model_snapshot`, then `corpus` + `embeddings` for
-    the partitions `select(all_keys)` picks, one run per `chunk(all_keys, selected)` range.
-    Returns the selected partitions and the runs, each with its final status; each run is
-    appended to `runs` as soon as it is launched (so an interrupted caller can end them)."""
-    server = DagsterWebserver(url)
-    runs = [] if runs is None else runs
-    all_keys = server.partition_keys()
-    selected = select(all_keys)
-    runs.append(server.launch(["model_snapshot"], tags))
-    server.wait(runs, timeout)
-    if runs[0].success:
-        for keys in chunk(all_keys, selected):
-            runs.append(server.launch(["corpus", "embeddings"], {**tags, **partition_range_tags(keys[0], keys[-1])}))
-        server.wait(runs[1:], timeout)
-    return selected, runs
+def storage_down(message: str) -> bool:
+    """Whether an error the webserver reports is its instance storage (Postgres) being down."""
+    return any(sign in message for sign in ("OperationalError", "could not connect to server",
+                                            "server closed the connection", "Connection refused"))
 
 
-def terminate_unfinished(url: str, runs: Sequence[SubmittedRun]) -> list[str]:
-    """End every run of `runs` not known to be finished; "<run id> <result>" of each."""
-    server = DagsterWebserver(url, timeout=5.0)
-    ended = []
-    for run in runs:
-        if run.status not in TERMINAL:
-            try:
-                ended.append(f"{run.run_id} {server.terminate(run.run_id)}")
-            except (OSError, SubmitError) as error:
-                ended.append(f"{run.run_id} not terminated ({error})")
-    return ended
+def _first_line(error: object) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:300]
+
+
+def _cause(error: BaseException) -> str:
+    """The root of a requests error in a few words: "connection refused", "read timed out"."""
+    text = str(error)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno:
+        return errno.group(1).strip().lower()
+    if isinstance(error, requests.exceptions.Timeout):
+        return "timed out"
+    return f"{type(error).__name__}: {text[:160]}"
+
+
+def contiguous_ranges(all_keys: Sequence[str], selected: Sequence[str]) -> list[tuple[str, str]]:
+    """`selected` as (first, last) ranges of keys adjacent in `all_keys`."""
+    position = {key: index for index, key in enumerate(all_keys)}
+    ranges: list[list[str]] = []
+    for key in sorted(set(selected), key=position.__getitem__):
+        if ranges and position[key] == position[ranges[-1][1]] + 1:
+            ranges[-1][1] = key
+        else:
+            ranges.append([key, key])
+    return [(first, last) for first, last in ranges]
+
+
+def selection_digest(url: str, selected: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join([url.rstrip("/"), *SHARD_ASSETS, *sorted(selected)]).encode()).hexdigest()[:16]
+
+
+def launch_or_follow(deployment: Deployment, all_keys: Sequence[str], selected: Sequence[str],
+                     tags: dict[str, str]) -> tuple[str, bool]:
+    """(backfill id, whether it is new): the unfinished backfill of this selection, else a new
+    one. A launch whose answer was lost is found by its tag on the retry, never doubled."""
+    selection = selection_digest(deployment.url, selected)
+
+    def attempt() -> tuple[str, bool]:
+        found = deployment.backfill_in_progress(selection)
+        if found:
+            return found, False
+        ranges = contiguous_ranges(all_keys, selected)
+        title = "embeddings " + ", ".join(first if first == last else f"{first}...{last}" for first, last in ranges)
+        return deployment.launch(ranges, {**tags, SELECTION_TAG: selection}, title[:200]), True
+
+    return deployment.retrying(attempt)
+
+
+def follow(deployment: Deployment, backfill_id: str, poll_s: float = 2.0,
+           report_every_s: float = REPORT_EVERY_S) -> Progress:
+    """Wait until the backfill has finished, printing where it stands every `report_every_s`."""
+    started = time.monotonic()
+    next_report = started
+    while True:
+        progress = deployment.progress(backfill_id)
+        now = time.monotonic()
+        if progress.finished:
+            deployment.say(progress.line(backfill_id, now - started))
+            return progress
+        if now >= next_report:
+            deployment.say(progress.line(backfill_id, now - started))
+            next_report = now + report_every_s
+        time.sleep(poll_s)

@@ -47,8 +47,8 @@ def backfill_env(tmp_path, monkeypatch) -> dict:
 class Backfill:
     """The backfill command in a subprocess; its output (stdout and stderr) read as it comes."""
 
-    def __init__(self, env: dict, *args: str) -> None:
-        self.process = subprocess.Popen([*BACKFILL, *args], env=env, cwd=PROJECT, text=True,
+    def __init__(self, env: dict, *args: str, command: tuple[str, ...] = tuple(BACKFILL)) -> None:
+        self.process = subprocess.Popen([*command, *args], env=env, cwd=PROJECT, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)

@@ -71,7 +71,8 @@ class GraphQL:
 
 @contextlib.contextmanager
 def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None,
-               instance_config: Callable[[str], str] = lambda text: text, in_project: bool = False):
+               instance_config: Callable[[str], str] = lambda text: text, in_project: bool = False,
+               port: int | None = None):
     """`command` (dagster dev / dg dev, given `-h 127.0.0.1 -p PORT` at the end) with a fresh
     DAGSTER_HOME (dagster.yaml, passed through `instance_config`), store and landing
     folder under `tmp_path`, in its own process group, killed (the whole group) whatever
@@ -87,7 +88,7 @@ def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None,
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(instance_config((PROJECT / "dagster.yaml").read_text()))
-    port = free_port()
+    port = port or free_port()
     env = {key: value for key, value in os.environ.items() if not (in_project and key == "DAGSTER_HOME")}
     env = {**env, **({} if in_project else {"DAGSTER_HOME": str(home)}), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",

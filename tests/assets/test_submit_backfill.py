@@ -1,0 +1,140 @@
+"""`backfill --submit URL` against a running `dagster dev`: one Dagster asset backfill.
+
+1. Started while nothing listens at the URL yet, the command retries (saying so), then,
+   once the deployment is up, launches one backfill. The *Backfills* list shows it
+   COMPLETED_SUCCESS with the selected partitions, and the store holds every landing row.
+2. Two backfills that cannot finish (a foreign process holds the store's DuckDB catalog, so
+   their runs wait): one is canceled through GraphQL, as the UI's button does; the other's
+   command gets SIGTERM and cancels it itself. Both end CANCELED. The commands exit non-zero
+   with one line saying so, and no traceback.
+3. Nothing ever listens: the command gives up after --retry-for, with one line naming the URL
+   and the cause.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from embedding_core.landing import bucket_of
+from embedding_core.store import EmbeddingStore
+from tests.assets.conftest import SHARDS, write_sample_slice
+from tests.assets.test_backfill_signals import Backfill
+from tests.assets.test_dagster_dev import WORKSPACE, GraphQL, dev_server, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def Submit(env: dict, *args: str) -> Backfill:  # noqa: N802 - a Backfill of the plain command
+    return Backfill(env, *args, command=(sys.executable, "-m", "embedding_assets.backfill"))
+
+BACKFILLS = """{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status
+    tags { key value } assetBackfillData { assetBackfillStatuses {
+      ... on AssetPartitionsStatusCounts { assetKey { path } numPartitionsTargeted numPartitionsMaterialized
+            numPartitionsFailed }
+      ... on UnpartitionedAssetStatus { assetKey { path } materialized failed } } } } } } }"""
+
+
+def backfills(graphql: GraphQL) -> dict[str, dict]:
+    return {b["id"]: b for b in graphql(BACKFILLS)["partitionBackfillsOrError"]["results"]}
+
+
+def statuses(backfill: dict) -> dict[str, tuple]:
+    """asset -> (targeted, materialized, failed), or (materialized, failed) if unpartitioned."""
+    return {s["assetKey"]["path"][0]: (s["numPartitionsTargeted"], s["numPartitionsMaterialized"],
+                                       s["numPartitionsFailed"]) if "numPartitionsTargeted" in s
+            else (s["materialized"], s["failed"])
+            for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
+
+
+def wait_for_backfill(graphql: GraphQL, backfill_id: str, statuses_: set[str], timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while (status := backfills(graphql)[backfill_id]["status"]) not in statuses_:
+        assert time.monotonic() < deadline, f"backfill {backfill_id} still {status}"
+        time.sleep(1)
+    return status
+
+
+def test_a_submitted_backfill_is_one_dagster_backfill_retried_canceled_and_bounded(tmp_path):
+    landing = write_sample_slice(tmp_path / "landing", rows=4)
+    assert len({bucket_of(name, 16) for name in SHARDS}) == 3  # three partitions
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command_env = {**os.environ, "EMBEDDING_LANDING_DIR": str(landing),
+                   "EMBEDDING_STORE_ROOT": str(tmp_path / "store"), "HF_HUB_OFFLINE": "1"}
+
+    # 1. The command starts first: nothing listens yet, so it retries until dagster dev is up.
+    first = Submit(command_env, "--submit", url, "--partitions", ",".join(SHARDS), "--retry-for", "400")
+    first.wait_for(rf"backfill: {re.escape(url)} unreachable \(connection refused\); retrying for \d+ s more",
+                   timeout_s=120)
+    dagster = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", WORKSPACE]
+    with dev_server(tmp_path, dagster, landing=landing, port=port) as (graphql, _, env):
+        assert first.finish(timeout_s=900) == 0, first.output[-4000:]
+        [(backfill_id, backfill)] = backfills(graphql).items()
+        assert backfill["status"] == "COMPLETED_SUCCESS"
+        assert statuses(backfill) == {"model_snapshot": (True, False), "corpus": (3, 3, 0),
+                                      "embeddings": (3, 3, 0)}
+        assert {"key": "embedding/trigger", "value": "backfill-cli"} in backfill["tags"]
+        assert f"backfill {backfill_id} launched on {url}: model_snapshot, then 3 partition(s)" in first.output
+        assert re.search(rf"backfill {backfill_id} COMPLETED_SUCCESS after \d+ s: 3/3 partitions done, "
+                         r"0 failed", first.output), first.output[-3000:]
+        assert "Traceback" not in first.output
+        # the daemon launched the runs, each tagged with the backfill's id
+        runs = graphql("""{ runsOrError { ... on Runs { results { status tags { key value } } } } }""")
+        runs = [(run["status"], {t["key"]: t["value"] for t in run["tags"]})
+                for run in runs["runsOrError"]["results"]]
+        assert len(runs) >= 2 and all(status == "SUCCESS" and tags.get("dagster/backfill") == backfill_id
+                                      for status, tags in runs), runs
+        store = EmbeddingStore(env["EMBEDDING_STORE_ROOT"])
+        with store.connect() as con:
+            documents = con.execute("SELECT count(*) FROM documents").fetchone()[0]
+            embedded = con.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+        assert documents == embedded == 4 * len(SHARDS)
+
+        # 2. Runs that cannot finish: a foreign process holds the store's catalog file.
+        catalog = str(Path(env["EMBEDDING_STORE_ROOT"]) / "catalog.ducklake")
+        holder = subprocess.Popen([sys.executable, "-c", "import duckdb, time; "
+                                   f"con = duckdb.connect({catalog!r}); print('held', flush=True); "
+                                   "time.sleep(900)"], stdout=subprocess.PIPE, text=True)
+        stopped = canceled = None
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            canceled = Submit(command_env, "--submit", url, "--partitions", SHARDS[0])
+            canceled.wait_for(r"backfill (\S+) launched", timeout_s=120)
+            canceled_id = re.search(r"backfill (\S+) launched", canceled.output).group(1)
+            result = graphql("""mutation($id: String!) { cancelPartitionBackfill(backfillId: $id) {
+                __typename } }""", id=canceled_id)
+            assert result["cancelPartitionBackfill"]["__typename"] == "CancelBackfillSuccess"
+            assert canceled.finish(timeout_s=300) == 1, canceled.output[-4000:]
+            assert f"backfill {canceled_id} CANCELED" in canceled.output, canceled.output[-3000:]
+            assert "Traceback" not in canceled.output
+
+            stopped = Submit(command_env, "--submit", url, "--partitions", SHARDS[1])
+            stopped.wait_for(r"backfill (\S+) launched", timeout_s=120)
+            stopped_id = re.search(r"backfill (\S+) launched", stopped.output).group(1)
+            stopped.process.send_signal(signal.SIGTERM)
+            assert stopped.finish(timeout_s=30) == 128 + signal.SIGTERM, stopped.output[-4000:]
+            assert (f"backfill: stopped by SIGTERM; backfill {stopped_id} CancelBackfillSuccess on {url}"
+                    in stopped.output), stopped.output[-3000:]
+            for backfill_id_ in (canceled_id, stopped_id):
+                assert wait_for_backfill(graphql, backfill_id_, {"CANCELED", "COMPLETED_SUCCESS", "FAILED"},
+                                         300) == "CANCELED"
+        finally:
+            for command in (canceled, stopped):
+                if command is not None and command.process.poll() is None:
+                    command.process.kill()
+                    command.process.wait()
+            holder.kill()
+            holder.wait()
+
+    # 3. The deployment is gone: one line naming the URL and the cause, after --retry-for.
+    gone = subprocess.run([sys.executable, "-m", "embedding_assets.backfill", "--submit", url,
+                           "--retry-for", "5"], env=command_env, capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 75, gone.stderr[-3000:]
+    errors = [line for line in gone.stderr.splitlines() if not line.startswith(f"backfill: {url} unreachable (")]
+    assert errors == [f"backfill: {url} unreachable for 5 s: connection refused"], gone.stderr[-3000:]
