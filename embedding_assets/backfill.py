@@ -52,7 +52,7 @@ from embedding_assets.partitions import (
     partition_range_tags,
 )
 from embedding_assets.signals import BackfillInterrupted, StopOnSignal, signal_name
-from embedding_assets.submit import DEFAULT_RETRY_FOR_S
+from embedding_assets.submit import DEFAULT_RETRY_FOR_S, submit_backfill
 from embedding_core.landing import bucket_of
 from embedding_core.store import CATALOG_FILE_NAME
 
@@ -342,62 +342,17 @@ def report_runs(results: Sequence) -> None:
 
 
 def submit_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """`--submit`: one Dagster asset backfill on the deployment at the URL, followed to its end
-    (`embedding_assets.submit`). Exit status: 0 when every partition materialized, 1 naming
-    the failed partitions (or a canceled backfill), 75 when the deployment stayed unreachable,
-    128 + the signal number when stopped (the backfill is canceled)."""
+    """`--submit`: one Dagster backfill on the deployment (`embedding_assets.submit`)."""
     from embedding_assets.definitions import definitions_from_env
-    from embedding_assets.submit import Deployment, DeploymentError, follow, launch_or_follow
 
-    if args.model_revision:
-        parser.error("--model-revision cannot be combined with --submit: the deployment's "
-                     "EMBEDDING_MODEL_REVISION decides; set it where the code location runs")
-    if args.max_partitions_per_run is not None:
-        parser.error("--max-partitions-per-run applies to in-process backfills; a deployment's "
-                     "backfill follows the assets' backfill policy")
-    deployment = Deployment(args.submit, retry_for_s=args.retry_for)
-    launched: list[str] = []
-
-    def cancel() -> str:
+    def select(all_keys: Sequence[str]) -> list[str]:
+        landing_keys = list(definitions_from_env().resources["corpus_source"].open().listing())
         try:
-            return f"backfill {launched[0]} {deployment.cancel(launched[0])}" if launched else "no backfill launched"
-        except Exception as error:  # noqa: BLE001 - the deployment is gone; say so in the one line
-            return f"backfill {launched[0]} not canceled ({type(error).__name__})"
+            return select_partitions(all_keys, args.first, args.last, args.partitions, landing_keys)
+        except ValueError as error:
+            parser.error(str(error))
 
-    stop = StopOnSignal(on_deadline=lambda _signum: cancel())
-    try:
-        with stop:
-            landing_keys = list(definitions_from_env().resources["corpus_source"].open().listing())
-            all_keys = deployment.partition_keys()
-            try:
-                selected = select_partitions(all_keys, args.first, args.last, args.partitions, landing_keys)
-            except ValueError as error:
-                parser.error(str(error))
-            backfill_id, new = launch_or_follow(deployment, all_keys, selected,
-                                                tags={"embedding/trigger": "backfill-cli"})
-            launched.append(backfill_id)
-            print(f"backfill {backfill_id} {'launched' if new else 'already in progress: following it'} "
-                  f"on {deployment.url}: model_snapshot, then {len(selected)} partition(s) of corpus "
-                  f"and embeddings", flush=True)
-            progress = follow(deployment, backfill_id)
-    except DeploymentError as error:
-        print(f"backfill: {error}", file=sys.stderr)
-        return 75  # EX_TEMPFAIL: run the same command again once the deployment is back
-    except BackfillInterrupted as interruption:
-        print(f"backfill: {interruption}; {cancel()} on {deployment.url}", file=sys.stderr)
-        return 128 + (interruption.signum or stop.signum or signal.SIGINT)
-    if progress.status == "COMPLETED_SUCCESS":
-        print(f"backfill {backfill_id}: {progress.done} partition(s) materialized; {len(selected)} "
-              f"partition(s) on {deployment.url}")
-        return 0
-    try:
-        failed = deployment.failed_partitions(selected)
-    except DeploymentError as error:
-        failed = [f"unknown ({error})"]
-    print(f"backfill {backfill_id} {progress.status}: failed partition(s): {', '.join(failed) or 'none'}"
-          f"{'; ' + progress.error if progress.error else ''} (re-execute them from the Backfills "
-          "tab, or run this command again)", file=sys.stderr)
-    return 1
+    return submit_backfill(args, parser, select)
 
 
 def exit_now(code: int) -> NoReturn:

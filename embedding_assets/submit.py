@@ -21,8 +21,10 @@ and the store skips every text it already holds.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +39,8 @@ from gql.transport.exceptions import (
     TransportServerError,
 )
 from gql.transport.requests import RequestsHTTPTransport
+
+from embedding_assets.signals import BackfillInterrupted, StopOnSignal
 
 # How often a backfill that waits on the deployment says where it stands.
 REPORT_EVERY_S = 30.0
@@ -274,3 +278,57 @@ def follow(deployment: Deployment, backfill_id: str, poll_s: float = 2.0,
             deployment.say(progress.line(backfill_id, now - started))
             next_report = now + report_every_s
         time.sleep(poll_s)
+
+
+def submit_backfill(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                    select: Callable[[Sequence[str]], list[str]]) -> int:
+    """`--submit`: one Dagster asset backfill on the deployment at the URL, followed to its end
+    (`embedding_assets.submit`). Exit status: 0 when every partition materialized, 1 naming
+    the failed partitions (or a canceled backfill), 75 when the deployment stayed unreachable,
+    128 + the signal number when stopped (the backfill is canceled). `select(all partition keys)`
+    picks the partitions."""
+    if args.model_revision:
+        parser.error("--model-revision cannot be combined with --submit: the deployment's "
+                     "EMBEDDING_MODEL_REVISION decides; set it where the code location runs")
+    if args.max_partitions_per_run is not None:
+        parser.error("--max-partitions-per-run applies to in-process backfills; a deployment's "
+                     "backfill follows the assets' backfill policy")
+    deployment = Deployment(args.submit, retry_for_s=args.retry_for)
+    launched: list[str] = []
+
+    def cancel() -> str:
+        try:
+            return f"backfill {launched[0]} {deployment.cancel(launched[0])}" if launched else "no backfill launched"
+        except Exception as error:  # noqa: BLE001 - the deployment is gone; say so in the one line
+            return f"backfill {launched[0]} not canceled ({type(error).__name__})"
+
+    stop = StopOnSignal(on_deadline=lambda _signum: cancel())
+    try:
+        with stop:
+            all_keys = deployment.partition_keys()
+            selected = select(all_keys)
+            backfill_id, new = launch_or_follow(deployment, all_keys, selected,
+                                                tags={"embedding/trigger": "backfill-cli"})
+            launched.append(backfill_id)
+            print(f"backfill {backfill_id} {'launched' if new else 'already in progress: following it'} "
+                  f"on {deployment.url}: model_snapshot, then {len(selected)} partition(s) of corpus "
+                  f"and embeddings", flush=True)
+            progress = follow(deployment, backfill_id)
+    except DeploymentError as error:
+        print(f"backfill: {error}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: run the same command again once the deployment is back
+    except BackfillInterrupted as interruption:
+        print(f"backfill: {interruption}; {cancel()} on {deployment.url}", file=sys.stderr)
+        return 128 + (interruption.signum or stop.signum or signal.SIGINT)
+    if progress.status == "COMPLETED_SUCCESS":
+        print(f"backfill {backfill_id}: {progress.done} partition(s) materialized; {len(selected)} "
+              f"partition(s) on {deployment.url}")
+        return 0
+    try:
+        failed = deployment.failed_partitions(selected)
+    except DeploymentError as error:
+        failed = [f"unknown ({error})"]
+    print(f"backfill {backfill_id} {progress.status}: failed partition(s): {', '.join(failed) or 'none'}"
+          f"{'; ' + progress.error if progress.error else ''} (re-execute them from the Backfills "
+          "tab, or run this command again)", file=sys.stderr)
+    return 1

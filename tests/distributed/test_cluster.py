@@ -3,8 +3,9 @@ S3 (moto) store data, webserver, daemon, code server and 2 Celery workers, start
 `deploy.cluster` and stopped by PID at the end, pass or fail.
 
 A backfill submitted through the webserver (`python -m embedding_assets.backfill --submit`)
-runs every step in a Celery worker process, on both workers; the vectors in the store equal a
-direct sentence-transformers encode; the runs are rows of Postgres. Then a worker process is
+is one Dagster asset backfill (a row of Postgres' `bulk_actions`, COMPLETED_SUCCESS, over the
+selected buckets); it runs every step in a Celery worker process, on both workers; the vectors
+in the store equal a direct sentence-transformers encode; the runs are rows of Postgres. Then a worker process is
 SIGKILLed while it encodes a shard: the run fails naming the lost worker, the shard's previous
 version stays current and readable, and a rerun completes.
 """
@@ -24,14 +25,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
+from dagster_graphql import DagsterGraphQLClient
 
 from deploy import cluster as cluster_mod
 from deploy import processes
-from embedding_assets.submit import DagsterWebserver
+from embedding_assets.partitions import partition_range_tags
+from embedding_assets.submit import Deployment
 from tests.conftest import DATA_DIR
 
 pytestmark = pytest.mark.slow
@@ -183,16 +182,26 @@ def reference_model(bundled_model_path):
     return SentenceTransformer(bundled_model_path, device="cpu")
 
 
+def _backfills(cluster) -> dict[str, tuple[str, list[str]]]:
+    """backfill id -> (status, partitions of `embeddings` it targets), as the Backfills tab."""
+    data = Deployment(cluster.webserver_url)("""{ partitionBackfillsOrError { ... on PartitionBackfills {
+        results { id status partitionsTargetedForAssetKey(assetKey: {path: ["embeddings"]}) {
+          partitionKeys ranges { start end } } } } } }""")["partitionBackfillsOrError"]["results"]
+    return {b["id"]: (b["status"], b["partitionsTargetedForAssetKey"]["partitionKeys"]
+                      or [r["start"] + "..." + r["end"] for r in b["partitionsTargetedForAssetKey"]["ranges"]])
+            for b in data}
+
+
 @pytest.fixture(scope="module")
 def backfilled(cluster):
     started = time.monotonic()
-    result = _backfill(cluster, "--partitions", ",".join(SHARDS), "--max-partitions-per-run", "2")
-    run_ids = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("run ")]
+    result = _backfill(cluster, "--partitions", ",".join(SHARDS))
+    run_ids = [run_id for run_id, _ in _runs(cluster).items()]
     assert result.returncode == 0, _failure_report(cluster, result, run_ids)
-    # model_snapshot, then the contiguous bucket ranges of at most 2: 03, 10...11, 13
-    assert len(run_ids) == 4, result.stdout
-    for first, last in (("bucket-03", "bucket-03"), ("bucket-10", "bucket-11"), ("bucket-13", "bucket-13")):
-        assert f"{first}...{last}: ok" in result.stdout, result.stdout
+    # one Dagster backfill: model_snapshot, then the 4 buckets, every partition done
+    [(backfill_id, (status, partitions))] = _backfills(cluster).items()
+    assert status == "COMPLETED_SUCCESS" and sorted(partitions) == sorted(BUCKETS.values()), (status, partitions)
+    assert f"backfill {backfill_id} COMPLETED_SUCCESS" in result.stderr and "4/4 partitions done" in result.stderr
     print(f"backfill of {len(SHARDS)} shards through the cluster: {time.monotonic() - started:.0f} s")
     return run_ids
 
@@ -270,16 +279,20 @@ def test_killed_worker_fails_the_run_clearly_keeps_the_store_and_a_rerun_complet
 
     # (the model snapshot is current: launch the shard's run itself, as the backfill does)
     known = set(_runs(cluster))
-    server = DagsterWebserver(cluster.webserver_url)
-    run = server.launch(["corpus", "embeddings"], {
-        ASSET_PARTITION_RANGE_START_TAG: BUCKETS[target], ASSET_PARTITION_RANGE_END_TAG: BUCKETS[target]})
+    host, port = cluster.webserver_url.removeprefix("http://").rstrip("/").split(":")
+    client = DagsterGraphQLClient(host, port_number=int(port))
+    launched = client.submit_job_execution("embed_corpus", asset_selection=["corpus", "embeddings"],
+                                           tags=partition_range_tags(BUCKETS[target], BUCKETS[target]))
     run_id, pid = _wait_for_encoding_step(cluster, known)
-    assert run_id == run.run_id
+    assert run_id == launched
     owners = _worker_pids(cluster)
     assert pid in owners and pid not in {w.pid for w in cluster.workers()}
     os.kill(pid, signal.SIGKILL)  # the worker's pool process, mid-encode
     killed = time.monotonic()
-    server.wait([run], timeout=240)
+    deadline = time.monotonic() + 240
+    while client.get_run_status(run_id).value not in {"SUCCESS", "FAILURE", "CANCELED"}:
+        assert time.monotonic() < deadline, f"run {run_id} not finished 240 s after the kill"
+        time.sleep(1)
     print(f"run failed {time.monotonic() - killed:.0f} s after the kill")
 
     # the run failed, naming the lost worker, or (run retries) a retry of it succeeded
@@ -307,8 +320,7 @@ def test_killed_worker_fails_the_run_clearly_keeps_the_store_and_a_rerun_complet
     started = time.monotonic()
     rerun = _backfill(cluster, "--partitions", target)
     print(f"rerun of {len(rows)} rows: {time.monotonic() - started:.0f} s")
-    rerun_ids = [line.split()[1] for line in rerun.stdout.splitlines() if line.startswith("run ")]
-    assert rerun.returncode == 0, _failure_report(cluster, rerun, rerun_ids)
+    assert rerun.returncode == 0, _failure_report(cluster, rerun, set(_runs(cluster)) - known)
     versions, ids, vectors = _stored(cluster, target)
     assert len(versions) == 1 and versions != before_versions
     texts_by_id = {r["id"]: r["text"] for r in rows}
@@ -317,3 +329,63 @@ def test_killed_worker_fails_the_run_clearly_keeps_the_store_and_a_rerun_complet
     _assert_equal_to_direct_encode(
         reference_model, [ids[i] for i in sample], vectors[sample], texts_by_id
     )
+
+
+def test_postgres_killed_mid_backfill_then_restarted_a_rerun_stores_every_text_once(
+    cluster, backfilled, landing, monkeypatch
+):
+    """Postgres (the instance's runs and events, and the store's DuckLake catalog) is
+    SIGKILLed while a `--submit` backfill encodes, and started again on its data. The command
+    ends (done, failed partitions, or the deployment unreachable past --retry-for) with one line
+    and no traceback; the same command again completes; the store holds each landing row once,
+    with its vector, and verifies clean."""
+    _store_env(cluster, monkeypatch)
+    targets = SHARDS[1:3]
+    texts = _rows("mixed_texts.jsonl")
+    for index, name in enumerate(targets):  # new content: a long encode, so the kill lands mid-way
+        rows = _rows_of(landing / name)[:ROWS_PER_SHARD]
+        rows += [{"id": f"pg-{index}-{i}", "text": r["text"]} for i, r in enumerate(texts[index::2][:600])]
+        _write_jsonl(landing / name, rows)
+    known = set(_runs(cluster))
+    env = {**os.environ, **cluster.env}
+    command = [sys.executable, "-m", "embedding_assets.backfill", "--submit", cluster.webserver_url,
+               "--partitions", ",".join(targets), "--retry-for", "60"]
+    first = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_encoding_step(cluster, known, timeout=300)
+
+    postgres = processes.load(cluster.state_dir, "postgres")
+    os.killpg(postgres.pid, signal.SIGKILL)  # the postmaster and every backend
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(postgres.pid):  # reaped (our child): its pid file then names no process
+        processes.reap_children()
+        assert time.monotonic() < deadline, "postgres survived SIGKILL"
+        time.sleep(0.2)
+    time.sleep(5)  # the deployment and the command see it gone
+    from deploy import servers
+
+    servers.start_postgres(cluster.state_dir, port=postgres.port)
+
+    out, err = first.communicate(timeout=900)
+    assert first.returncode in (0, 1, 75), (first.returncode, out[-2000:], err[-4000:])
+    assert "Traceback" not in out + err, err[-4000:]
+    if first.returncode:
+        print(f"first backfill ended {first.returncode}: {err.strip().splitlines()[-1]}")
+
+    rerun = _backfill(cluster, "--partitions", ",".join(targets), timeout=900)
+    assert rerun.returncode == 0, _failure_report(cluster, rerun, set(_runs(cluster)) - known)
+    from embedding_core.store import EmbeddingStore
+
+    store = EmbeddingStore(cluster.env["EMBEDDING_STORE_ROOT"], cluster.env.get("EMBEDDING_CATALOG"))
+    with store.connect() as con:
+        for name in targets:
+            expected = sorted(r["id"] for r in _rows_of(landing / name))
+            ids = [row[0] for row in con.execute(
+                "SELECT id FROM embeddings WHERE partition = ? ORDER BY id", [name]).fetchall()]
+            documents = [row[0] for row in con.execute(
+                "SELECT id FROM documents WHERE partition = ? ORDER BY id", [name]).fetchall()]
+            assert ids == documents == expected, name  # each row once, each with its vector
+    verify = subprocess.run([str(Path(sys.executable).with_name("embedding-store")), "verify",
+                             "--store", cluster.env["EMBEDDING_STORE_ROOT"],
+                             *(["--catalog", cluster.env["EMBEDDING_CATALOG"]] if cluster.env.get("EMBEDDING_CATALOG") else [])],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert verify.returncode == 0 and " 0 damaged" in verify.stdout, verify.stdout + verify.stderr
