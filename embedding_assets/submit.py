@@ -150,7 +150,7 @@ class Deployment:
     def backfill_in_progress(self, selection: str) -> str | None:
         """The id of an unfinished backfill of `selection` (a rerun follows it)."""
         data = self("""query { partitionBackfillsOrError(limit: 100,
-                filters: {statuses: [REQUESTED, CANCELING, FAILING]}) {
+                filters: {statuses: [REQUESTED]}) {
             __typename ... on PartitionBackfills { results { id tags { key value } } } } }""")
         for backfill in data["partitionBackfillsOrError"].get("results") or []:
             if {"key": SELECTION_TAG, "value": selection} in backfill["tags"]:
