@@ -3,6 +3,7 @@
 1. Started while nothing listens at the URL yet, the command retries (saying so), then,
    once the deployment is up, launches one backfill. The *Backfills* list shows it
    COMPLETED_SUCCESS with the selected partitions, and the store holds every landing row.
+   The CI workflow's steps, given the deployment's URL, launch one more.
 2. Two backfills that cannot finish (a foreign process holds the store's DuckDB catalog, so
    their runs wait): one is canceled through GraphQL, as the UI's button does; the other's
    command gets SIGTERM and cancels it itself. Both end CANCELED. The commands exit non-zero
@@ -26,6 +27,7 @@ from embedding_core.store import EmbeddingStore
 from tests.assets.conftest import SHARDS, write_sample_slice
 from tests.assets.test_backfill_signals import Backfill
 from tests.assets.test_dagster_dev import WORKSPACE, GraphQL, dev_server, free_port
+from tests.assets.test_workflow import run_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -95,6 +97,15 @@ def test_a_submitted_backfill_is_one_dagster_backfill_retried_canceled_and_bound
             documents = con.execute("SELECT count(*) FROM documents").fetchone()[0]
             embedded = con.execute("SELECT count(*) FROM embeddings").fetchone()[0]
         assert documents == embedded == 4 * len(SHARDS)
+
+        # The CI workflow's own steps with DAGSTER_WEBSERVER_URL set: a second Dagster backfill.
+        _, ran = run_workflow(tmp_path / "workflow", {
+            "vars": {"DAGSTER_HOME": str(tmp_path / "workflow" / "dagster_home"),
+                     "DAGSTER_WEBSERVER_URL": url, "EMBEDDING_STORE_ROOT": env["EMBEDDING_STORE_ROOT"],
+                     "EMBEDDING_LANDING_DIR": str(landing)},
+            "secrets": {}, "inputs": {"model_revision": "", "from": "", "to": ""}})
+        by_workflow = set(backfills(graphql)) - {backfill_id}
+        assert len(by_workflow) == 1 and f"backfill {by_workflow.pop()} COMPLETED_SUCCESS" in ran[-1][1].stderr
 
         # 2. Runs that cannot finish: a foreign process holds the store's catalog file.
         catalog = str(Path(env["EMBEDDING_STORE_ROOT"]) / "catalog.ducklake")

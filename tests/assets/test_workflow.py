@@ -35,24 +35,17 @@ def render(text: str, contexts: dict[str, dict[str, str]]) -> str:
     return rendered
 
 
-def test_the_backfill_workflow_steps_run_here_and_store_every_row(tmp_path, monkeypatch):
+def run_workflow(tmp_path: Path, contexts: dict[str, dict[str, str]]) -> tuple[dict[str, str], list]:
+    """Run the workflow's steps here with these vars/secrets/inputs: (the job's env, [(step
+    name, completed process)]); asserts each step exits 0."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     workflow = yaml.safe_load(WORKFLOW.read_text())
     job = workflow["jobs"]["backfill"]
     inputs = workflow[True]["workflow_dispatch"]["inputs"]  # YAML 1.1 reads the key `on` as True
-    assert set(inputs) == {"model_revision", "from", "to"}
-
-    landing = write_sample_slice(tmp_path / "landing", rows=4)
-    first, last = sorted(SHARDS)[0], sorted(SHARDS)[-1]
-    contexts = {
-        "vars": {"DAGSTER_HOME": str(tmp_path / "dagster_home"), "EMBEDDING_STORE_ROOT": str(tmp_path / "store"),
-                 "EMBEDDING_LANDING_DIR": str(landing)},
-        "secrets": {},  # EMBEDDING_CATALOG unset: the store's own DuckDB catalog
-        "inputs": {"model_revision": "", "from": first, "to": last},
-    }
+    assert set(contexts["inputs"]) <= set(inputs) == {"model_revision", "from", "to"}
     env = {key: render(str(value), contexts) for key, value in job["env"].items()}
     base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
     base.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-
     ran = []
     for step in job["steps"]:
         if "uses" in step:
@@ -66,6 +59,20 @@ def test_the_backfill_workflow_steps_run_here_and_store_every_row(tmp_path, monk
             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         ran.append((step.get("name"), result))
     assert [name for name, _ in ran] == ["Set up the environment", "Backfill"]
+    return env, ran
+
+
+def test_the_backfill_workflow_steps_run_here_and_store_every_row(tmp_path, monkeypatch):
+    """No DAGSTER_WEBSERVER_URL: the runner executes the runs (test_submit_backfill.py runs the
+    workflow against a deployment)."""
+    landing = write_sample_slice(tmp_path / "landing", rows=4)
+    first, last = sorted(SHARDS)[0], sorted(SHARDS)[-1]
+    env, _ = run_workflow(tmp_path, {
+        "vars": {"DAGSTER_HOME": str(tmp_path / "dagster_home"), "EMBEDDING_STORE_ROOT": str(tmp_path / "store"),
+                 "EMBEDDING_LANDING_DIR": str(landing)},
+        "secrets": {},  # EMBEDDING_CATALOG unset: the store's own DuckDB catalog
+        "inputs": {"model_revision": "", "from": first, "to": last},
+    })
 
     # Every landing row is stored once, with its vector; the runs are in the job's instance.
     store = EmbeddingStore(env["EMBEDDING_STORE_ROOT"])
