@@ -7,9 +7,10 @@ Steps: materialize `model_snapshot` (pinning the requested revision); then `corp
 bucket) in runs of at most `MAX_PARTITIONS_PER_RUN` contiguous buckets (the assets'
 backfill policy). Runs execute in this process and are recorded in the
 instance under `$DAGSTER_HOME` (an in-memory instance when it is unset). With
-`--submit <webserver URL>` the same runs go instead to a running deployment's queue (e.g.
-`make cluster`) and execute on its executor; the deployment's own EMBEDDING_* settings apply
-there. The exit status is non-zero when any run fails. Settings come from the EMBEDDING_* variables
+`--submit <webserver URL>` nothing executes here: one Dagster backfill of the same assets and
+partitions is launched on a running deployment (e.g. `make cluster`) and followed to its end
+(`embedding_assets.submit`); the deployment's own EMBEDDING_* settings apply there. The exit
+status is non-zero when any run fails. Settings come from the EMBEDDING_* variables
 (`embedding_assets.definitions`).
 
 A killed backfill never blocks the next: each run executed here carries the host, pid and
@@ -48,6 +49,7 @@ from embedding_assets.partitions import (
     MAX_PARTITIONS_PER_RUN,
     PARTITION_RANGE_END_TAG,
     PARTITION_RANGE_START_TAG,
+    contiguous_chunks,
     corpus_partitions,
     partition_range_tags,
 )
@@ -129,23 +131,6 @@ def was_interrupted(result) -> bool:
 def landing_partitions() -> list[str]:
     """Every partition (landing bucket), in order."""
     return list(corpus_partitions.get_partition_keys())
-
-
-def contiguous_chunks(all_keys: Sequence[str], selected: Sequence[str], size: int) -> list[list[str]]:
-    """Group `selected` into runs of at most `size` keys that are adjacent in `all_keys`,
-    so each chunk is one partition range."""
-    position = {key: index for index, key in enumerate(all_keys)}
-    unknown = [key for key in selected if key not in position]
-    if unknown:
-        raise ValueError(f"unknown partition(s) {unknown}; known: {list(all_keys)}")
-    chunks: list[list[str]] = []
-    for key in sorted(set(selected), key=position.__getitem__):
-        last = chunks[-1] if chunks else None
-        if last and len(last) < size and position[key] == position[last[-1]] + 1:
-            last.append(key)
-        else:
-            chunks.append([key])
-    return chunks
 
 
 def materialize_selection(

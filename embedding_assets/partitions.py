@@ -12,6 +12,7 @@ files; the store, keyed by file, is untouched).
 
 import os
 import warnings
+from collections.abc import Sequence
 
 from dagster import BackfillPolicy, BetaWarning, StaticPartitionsDefinition, asset
 
@@ -32,6 +33,23 @@ PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 # Shown on every asset in the UI (Catalog filters, asset pages).
 ASSET_OWNERS = ["team:search-platform"]
 ASSET_TAGS = {"domain": "semantic-search", "pipeline": "embeddings"}
+
+
+def contiguous_chunks(all_keys: Sequence[str], selected: Sequence[str], size: int) -> list[list[str]]:
+    """Group `selected` into runs of at most `size` keys that are adjacent in `all_keys`,
+    so each chunk is one partition range."""
+    position = {key: index for index, key in enumerate(all_keys)}
+    unknown = [key for key in selected if key not in position]
+    if unknown:
+        raise ValueError(f"unknown partition(s) {unknown}; known: {list(all_keys)}")
+    chunks: list[list[str]] = []
+    for key in sorted(set(selected), key=position.__getitem__):
+        last = chunks[-1] if chunks else None
+        if last and len(last) < size and position[key] == position[last[-1]] + 1:
+            last.append(key)
+        else:
+            chunks.append([key])
+    return chunks
 
 
 def partition_range_tags(first: str, last: str) -> dict[str, str]:

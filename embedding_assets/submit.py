@@ -40,6 +40,7 @@ from gql.transport.exceptions import (
 )
 from gql.transport.requests import RequestsHTTPTransport
 
+from embedding_assets.partitions import contiguous_chunks
 from embedding_assets.signals import BackfillInterrupted, StopOnSignal
 
 # How often a backfill that waits on the deployment says where it stands.
@@ -230,18 +231,6 @@ def _cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:160]}"
 
 
-def contiguous_ranges(all_keys: Sequence[str], selected: Sequence[str]) -> list[tuple[str, str]]:
-    """`selected` as (first, last) ranges of keys adjacent in `all_keys`."""
-    position = {key: index for index, key in enumerate(all_keys)}
-    ranges: list[list[str]] = []
-    for key in sorted(set(selected), key=position.__getitem__):
-        if ranges and position[key] == position[ranges[-1][1]] + 1:
-            ranges[-1][1] = key
-        else:
-            ranges.append([key, key])
-    return [(first, last) for first, last in ranges]
-
-
 def selection_digest(url: str, selected: Sequence[str]) -> str:
     return hashlib.sha256("\n".join([url.rstrip("/"), *SHARD_ASSETS, *sorted(selected)]).encode()).hexdigest()[:16]
 
@@ -256,7 +245,7 @@ def launch_or_follow(deployment: Deployment, all_keys: Sequence[str], selected: 
         found = deployment.backfill_in_progress(selection)
         if found:
             return found, False
-        ranges = contiguous_ranges(all_keys, selected)
+        ranges = [(chunk[0], chunk[-1]) for chunk in contiguous_chunks(all_keys, selected, len(all_keys))]
         title = "embeddings " + ", ".join(first if first == last else f"{first}...{last}" for first, last in ranges)
         return deployment.launch(ranges, {**tags, SELECTION_TAG: selection}, title[:200]), True
 
