@@ -198,21 +198,22 @@ def pipeline_phases(home: Path, launched: float, wall: float) -> dict[str, float
             seconds = event.timestamp - step_start.pop(step)
             if step == "model_snapshot":
                 phases["model load"] += seconds
-            elif step == "corpus":
-                phases["corpus"] += seconds
-            elif step == "embeddings":
+            elif step == "landing_buckets":
                 phases["checks"] += event.timestamp - mark  # shard checks after the last write
             else:
                 phases["checks"] += seconds  # embeddings_match_model
-        elif step == "embeddings" and kind is None and message.startswith("encoding "):
+        elif step == "landing_buckets" and kind is None and " read and stored, " in message:
+            phases["corpus"] += event.timestamp - mark  # the landing sync, before any encode
+            mark = event.timestamp
+        elif step == "landing_buckets" and kind is None and message.startswith("encoding "):
             phases["reuse lookup"] += event.timestamp - mark
             started = event.timestamp
-        elif step == "embeddings" and kind is None and " texts encoded, " in message:
+        elif step == "landing_buckets" and kind is None and " texts encoded, " in message:
             if started:  # a bucket that encoded (an empty or fully reused one logs no "encoding")
                 spans += event.timestamp - started
                 started = 0.0
             mark = event.timestamp
-        elif kind == DagsterEventType.ASSET_MATERIALIZATION and step == "embeddings":
+        elif kind == DagsterEventType.ASSET_MATERIALIZATION and step == "landing_buckets":
             metadata = event.dagster_event.event_specific_data.materialization.metadata
             if "encode_seconds" in metadata:  # left out for a bucket that encoded nothing
                 phases["encode"] += float(metadata["encode_seconds"].value)

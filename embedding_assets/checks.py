@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from dagster import (
     AssetCheckEvaluation,
-    AssetCheckExecutionContext,
     AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
@@ -28,7 +27,6 @@ from dagster import (
     DagsterInstance,
     Output,
     PreviewWarning,
-    multi_asset_check,
 )
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
@@ -154,23 +152,22 @@ def shard_check_evaluations(instance: DagsterInstance | None, bucket: str, shard
     return evaluations
 
 
-@multi_asset_check(
-    specs=[partition_check_spec(
-        MATCH_MODEL_CHECK, "embeddings",
-        f"Spot check: re-encodes {SAMPLE_ROWS_PER_PARTITION} random stored texts of each checked "
-        f"bucket with the current model snapshot and compares them with the stored vectors "
-        f"(cosine >= {MIN_COSINE} for float32, >= {MIN_BIT_AGREEMENT:.0%} equal bits for "
-        "binary): catches a model, revision or parameter mix-up. Runs for the buckets of "
-        "each embeddings run; the weekly verify_embeddings_sweep covers all of them.")],
-    name=MATCH_MODEL_CHECK,
-)
-def embeddings_match_model(
-    context: AssetCheckExecutionContext, encoder: EncoderResource,
-    embedding_store: EmbeddingStoreResource,
-) -> Iterator:
-    yield check_output(context.op_execution_context, AssetCheckKey(EMBEDDINGS, MATCH_MODEL_CHECK))
+MATCH_MODEL_SPEC = partition_check_spec(
+    MATCH_MODEL_CHECK, "embeddings",
+    f"Spot check: re-encodes {SAMPLE_ROWS_PER_PARTITION} random stored texts of each checked "
+    f"bucket with the current model snapshot and compares them with the stored vectors "
+    f"(cosine >= {MIN_COSINE} for float32, >= {MIN_BIT_AGREEMENT:.0%} equal bits for "
+    "binary): catches a model, revision or parameter mix-up. Runs for the buckets of "
+    "each embeddings run; the weekly verify_embeddings_sweep covers all of them.")
+# Select it (e.g. `AssetSelection.checks(embeddings_match_model)`) to run it alone.
+embeddings_match_model = AssetCheckKey(EMBEDDINGS, MATCH_MODEL_CHECK)
+
+
+def match_model_evaluations(context, encoder: EncoderResource, embedding_store: EmbeddingStoreResource,
+                            buckets: Sequence[str]) -> Iterator[AssetCheckEvaluation]:
+    """The spot check of `buckets`, one evaluation each (run by `landing_buckets`, after its
+    materializations are recorded, or alone when only this check is selected)."""
     config, store = encoder.open(), embedding_store.open()
-    buckets = context.partition_keys
     try:
         snapshot = require_current_snapshot(store, config.model_name, match_revision=False)
     except SnapshotNotCurrentError as error:

@@ -38,14 +38,12 @@ from pathlib import Path
 from dagster import BetaWarning, Definitions, ExecutorDefinition, with_source_code_references
 
 from embedding_assets.assets import (
-    corpus,
-    embeddings,
+    landing_buckets,
     model_snapshot,
     store_maintenance,
     weekly_store_maintenance,
 )
 from embedding_assets.assets.store_maintenance import store_maintenance_job
-from embedding_assets.checks import embeddings_match_model
 from embedding_assets.jobs import embed_corpus, snapshot_model, verify_embeddings
 from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource, EncoderResource
 from embedding_assets.schedules import embeddings_automation, verify_embeddings_sweep
@@ -64,12 +62,12 @@ def build_definitions(
 ) -> Definitions:
     """Definitions over a given store and landing folder (tests and scripts build their own)."""
     encoder = encoder or EncoderResource(model_name=DEFAULT_MODEL_NAME)
-    configured_embeddings = embeddings.map_asset_specs(
-        lambda spec: spec.replace_attributes(code_version=encoder_code_version(spec.code_version, encoder)))
+    configured_buckets = landing_buckets.map_asset_specs(
+        lambda spec: spec.replace_attributes(code_version=encoder_code_version(spec.code_version, encoder))
+        if spec.key.to_user_string() == "embeddings" else spec)
     return Definitions(
         executor=executor,
-        assets=code_references([corpus, model_snapshot, configured_embeddings, store_maintenance]),
-        asset_checks=[embeddings_match_model],
+        assets=code_references([configured_buckets, model_snapshot, store_maintenance]),
         jobs=[embed_corpus, snapshot_model, verify_embeddings, store_maintenance_job],
         sensors=[corpus_landing_sensor, model_revision_sensor, embeddings_automation],
         schedules=[verify_embeddings_sweep, weekly_store_maintenance],

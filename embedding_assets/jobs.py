@@ -10,7 +10,7 @@ command run (each run shows its job name in the UI's Runs and Overview pages).
 
 from dagster import AssetSelection, define_asset_job
 
-from embedding_assets.assets import corpus, embeddings, model_snapshot
+from embedding_assets.assets import model_snapshot
 from embedding_assets.checks import embeddings_match_model
 
 EMBED_CORPUS = "embed_corpus"
@@ -18,7 +18,7 @@ SNAPSHOT_MODEL = "snapshot_model"
 VERIFY_EMBEDDINGS = "verify_embeddings"
 
 embed_corpus = define_asset_job(
-    EMBED_CORPUS, selection=AssetSelection.assets(corpus, embeddings),
+    EMBED_CORPUS, selection=AssetSelection.assets("corpus", "embeddings"),
     description="Ingest the new and changed landing files of the selected buckets and embed "
     "them; the checks of both assets run for each bucket of the run.",
 )

@@ -10,11 +10,12 @@ and a run of a few buckets carries every new or changed file in them (docs/pipel
 files; the store, keyed by file, is untouched).
 """
 
+import contextlib
 import os
 import warnings
 from collections.abc import Sequence
 
-from dagster import BackfillPolicy, BetaWarning, StaticPartitionsDefinition, asset
+from dagster import BackfillPolicy, BetaWarning, StaticPartitionsDefinition
 
 from embedding_core.landing import bucket_keys
 
@@ -57,10 +58,11 @@ def partition_range_tags(first: str, last: str) -> dict[str, str]:
     return {PARTITION_RANGE_START_TAG: first, PARTITION_RANGE_END_TAG: last}
 
 
-def shard_asset(**kwargs):
-    """`@asset(partitions_def=corpus_partitions, backfill_policy=backfill_policy, **kwargs)`.
-    Dagster marks `backfill_policy` as beta and warns at every load of the code location; the
-    warning is about Dagster's API and gives a user nothing to act on, so it is not shown."""
+@contextlib.contextmanager
+def quiet_beta():
+    """Define assets with `backfill_policy`: Dagster marks it as beta and warns at every load
+    of the code location; the warning is about Dagster's API and gives a user nothing to act
+    on, so it is not shown."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BetaWarning)
-        return asset(partitions_def=corpus_partitions, backfill_policy=backfill_policy, **kwargs)
+        yield

@@ -20,13 +20,12 @@ from dagster import (
     schedule,
 )
 
-from embedding_assets.assets import embeddings
 from embedding_assets.jobs import verify_embeddings
 from embedding_assets.partitions import corpus_partitions, partition_range_tags
 
 embeddings_automation = AutomationConditionSensorDefinition(
     "embeddings_automation",
-    target=AssetSelection.assets(embeddings),
+    target=AssetSelection.assets("embeddings"),
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Evaluates the automation condition of embeddings: re-embeds partitions that "

@@ -1,17 +1,14 @@
-"""One bad shard does not fail the other shards of its run.
+"""One bad bucket does not fail the other buckets of its run, and each bucket is recorded
+on its own.
 
-A run materializes a range of partitions (the assets' backfill policy), and each step loops
-over them. `ShardFailures` runs each partition's work on its own: a partition that raises is
-recorded with its file and reason, the loop goes on, and `raise_if_any` ends the step with
-one error naming every bad partition. So the good shards of the range are stored.
-
-Dagster records a step's output for every partition of its range or for none, and a failed
-step skips the steps after it. A `corpus` step with only some bad files therefore does not
-fail when the same run also materializes `embeddings`: it marks each bad partition's metadata
-with `SHARD_ERROR` (nothing is stored for it), and the `embeddings` step, which finds those
-marks in the run's event log (`corpus_failures_in_run`), embeds the good shards, records
-them, and fails naming every bad file and its reason. Without `embeddings` in the run, or
-when every partition is bad, `corpus` fails itself.
+A run materializes a range of partitions (the assets' backfill policy). An asset's output
+would record every partition of the range or none, so `landing_buckets` yields no asset
+output: it logs one `AssetMaterialization` per bucket it stored (`record`), with the bucket's
+own data version and, for `embeddings`, the input versions it was made from, so the UI's
+staleness is per bucket. `ShardFailures` runs each bucket's work on its own: a bucket that
+raises is recorded with its file and reason, the loop goes on, and `raise_if_any` ends the
+step with one error naming every bad bucket. The run then fails, so Dagster shows the bad
+buckets failed and the others materialized.
 
 Example::
 
@@ -24,13 +21,47 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
-from dagster import AssetKey, AssetMaterialization, DagsterEventType
+from dagster import AssetCheckEvaluation, AssetKey, AssetMaterialization
 
-# Metadata key of a partition whose corpus file could not be stored in this run.
-SHARD_ERROR = "error"
+# Dagster's documented provenance tags of a materialization (what its staleness reads).
+DATA_VERSION_TAG = "dagster/data_version"
+CODE_VERSION_TAG = "dagster/code_version"
+USER_PROVIDED_TAG = "dagster/data_version_is_user_provided"
+INPUT_DATA_VERSION_TAG = "dagster/input_data_version/{}"
+INPUT_EVENT_POINTER_TAG = "dagster/input_event_pointer/{}"
+
+
+@dataclass
+class BucketResult:
+    """What one bucket's half of the step produced: the materialization's metadata, the
+    bucket's data version, check evaluations (no target yet), and input data versions."""
+
+    metadata: dict
+    data_version: str
+    evaluations: list[AssetCheckEvaluation]
+    inputs: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # key -> (version, storage id)
+
+
+def bucket_data_version(versions: Mapping[str, str]) -> str:
+    """A bucket's data version: a digest of each file's current version id."""
+    return hashlib.sha256(json.dumps(sorted(versions.items())).encode()).hexdigest()[:24]
+
+
+def record(context, asset: AssetKey, bucket: str, result: BucketResult, code_version: str | None) -> None:
+    """Log the bucket's materialization, with its provenance."""
+    tags = {DATA_VERSION_TAG: result.data_version, USER_PROVIDED_TAG: "true"}
+    for key, (version, storage_id) in result.inputs.items():
+        tags[INPUT_DATA_VERSION_TAG.format(key)] = version
+        tags[INPUT_EVENT_POINTER_TAG.format(key)] = "NULL" if storage_id is None else str(storage_id)
+    if code_version:
+        tags[CODE_VERSION_TAG] = code_version
+    context.log_event(AssetMaterialization(asset_key=asset, partition=bucket, metadata=result.metadata, tags=tags))
 
 
 class ShardsFailedError(RuntimeError):
@@ -66,12 +97,13 @@ class ShardFailures:
             reason = message if source is None or source in message else f"{source}: {message}"
             self.add(partition_key, f"{type(error).__name__}: {reason}")
 
-    def add(self, partition_key: str, reason: str, append: bool = False) -> None:
+    def add(self, partition_key: str, reason: str, append: bool = False, log: bool = True) -> None:
         """Record why `partition_key` failed; with `append`, besides the reasons it has."""
+        if log:
+            self.log.error(f"{partition_key}: not stored: {reason}")
         if append and partition_key in self.errors:
             reason = f"{self.errors[partition_key]}; {reason}"
         self.errors[partition_key] = reason
-        self.log.error(f"{partition_key}: not stored: {reason}")
 
     def error(self) -> ShardsFailedError | None:
         if not self.errors:
@@ -82,57 +114,3 @@ class ShardFailures:
     def raise_if_any(self) -> None:
         if (error := self.error()) is not None:
             raise error
-
-
-def resolve_files(landing, failures: ShardFailures) -> dict:
-    """The landing file of each of the step's partitions; a key with no usable file (gone, a
-    link to outside the folder, a name collision) is recorded in `failures` instead."""
-    try:
-        return landing.files(failures.partition_keys)
-    except (OSError, ValueError):
-        files = {}
-        for key in failures.partition_keys:
-            with failures.attempt(key):
-                files.update(landing.files([key]))
-        return files
-
-
-def embeddings_in_run(context) -> bool:
-    """Whether this run also executes the `embeddings` step."""
-    selection = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
-    steps = context.run.step_keys_to_execute
-    return AssetKey("embeddings") in selection and (steps is None or "embeddings" in steps)
-
-
-def corpus_failures_in_run(context, partition_keys: Iterable[str]) -> dict[str, str]:
-    """Partition -> reason of each `corpus` partition this run could not store."""
-    wanted = set(partition_keys)
-    records = context.instance.get_records_for_run(
-        context.run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
-    failures = {}
-    for record in records:
-        event = record.event_log_entry.asset_materialization
-        if (event and event.asset_key == AssetKey("corpus") and event.partition in wanted
-                and SHARD_ERROR in event.metadata):
-            failures[event.partition] = f"corpus not stored: {event.metadata[SHARD_ERROR].value}"
-    return failures
-
-
-def record_stored(context, asset: str, metadata_by_partition: Mapping[str, dict]) -> None:
-    """Record the partitions a failing step did store (Dagster records none of a failed step)."""
-    for partition_key, metadata in metadata_by_partition.items():
-        context.log_event(AssetMaterialization(asset_key=asset, partition=partition_key,
-                                               metadata=metadata))
-
-
-def end_corpus_step(context, failures: ShardFailures) -> None:
-    """Fail the `corpus` step naming every bad file, unless `embeddings` follows in this run
-    and some partitions were stored: then mark the bad ones (`SHARD_ERROR`) for it to fail."""
-    error = failures.error()
-    if error is None:
-        return
-    if failures.all_failed or not embeddings_in_run(context):
-        raise error
-    for partition_key, reason in failures.errors.items():
-        context.add_asset_metadata({SHARD_ERROR: reason}, partition_key=partition_key)
-    context.log.error(f"{error}\nThe embeddings step embeds the others, then fails naming these.")

@@ -1,31 +1,22 @@
 """`embeddings`: every landing file of a bucket encoded with the current model snapshot,
-stored as new immutable versions (one per changed file) in one commit per bucket."""
+stored as new immutable versions (one per changed file) in one commit per bucket.
 
-from collections.abc import Iterator
+The asset is one of the two specs of `landing_buckets` (`embedding_assets.assets.buckets`);
+`embed` is its half of that step."""
 
-from dagster import (
-    AssetCheckKey,
-    AssetExecutionContext,
-    AssetSelection,
-    AutomationCondition,
-    MaterializeResult,
-)
+from dagster import AssetKey, AssetSelection, AssetSpec, AutomationCondition
 
-from embedding_assets.assets.corpus import corpus
-from embedding_assets.assets.model_snapshot import model_snapshot
+from embedding_assets.assets.corpus import CORPUS
 from embedding_assets.checks import (
     EMBEDDINGS,
     SHARD_CHECKS,
-    check_output,
     partition_check_spec,
-    retargeted,
     shard_check_evaluations,
 )
 from embedding_assets.metadata import bucket_embeddings_metadata
-from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS, LANDING_BUCKETS, shard_asset
+from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS, LANDING_BUCKETS
 from embedding_assets.problems import StoredShard
-from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
-from embedding_assets.shards import ShardFailures, corpus_failures_in_run, record_stored
+from embedding_assets.shards import BucketResult, ShardFailures, bucket_data_version
 from embedding_core.landing_sync import bucket_state
 from embedding_core.memory import release_free_heap
 from embedding_core.snapshot import require_current_snapshot
@@ -39,7 +30,7 @@ EMBEDDINGS_AUTOMATION = (
         AutomationCondition.missing().newly_true()
         | AutomationCondition.code_version_changed()
         | AutomationCondition.any_deps_match(AutomationCondition.data_version_changed())
-        .allow(AssetSelection.assets(model_snapshot))
+        .allow(AssetSelection.assets("model_snapshot"))
     ).since_last_handled()
     & ~AutomationCondition.any_deps_missing()
     & ~AutomationCondition.any_deps_in_progress()
@@ -47,43 +38,37 @@ EMBEDDINGS_AUTOMATION = (
 ).with_label("missing, new model revision or new code_version")
 
 
-@shard_asset(
-    deps=[corpus, model_snapshot],
-    group_name="vectors",
-    kinds={"parquet", "duckdb"},
-    owners=ASSET_OWNERS,
-    tags=ASSET_TAGS,
-    code_version="2",
+EMBEDDINGS_SPEC = AssetSpec(
+    EMBEDDINGS, deps=[CORPUS, AssetKey("model_snapshot")], group_name="vectors",
+    kinds={"parquet", "duckdb"}, owners=ASSET_OWNERS, tags=ASSET_TAGS, code_version="2",
     automation_condition=EMBEDDINGS_AUTOMATION,
-    check_specs=[partition_check_spec(check.name, "embeddings", check.description)
-                 for check in SHARD_CHECKS],
-)
-def embeddings(
-    context: AssetExecutionContext,
-    encoder: EncoderResource,
-    embedding_store: EmbeddingStoreResource,
-) -> Iterator:
-    """Sentence embeddings of the landing files of each bucket, versioned by model revision,
-    encoding parameters and each file's corpus version.
+    skippable=True,  # each bucket is recorded on its own (`landing_buckets`)
+    description="""Sentence embeddings of the landing files of each bucket, versioned by model
+    revision, encoding parameters and each file's corpus version.
 
     Texts already embedded with the same revision and parameters (in any file) are reused;
     a file whose version is stored already is not re-encoded at all. Each bucket is one
     encode call and one commit, whose connection reads the versions written back once: what
-    the metadata and the four shard checks (one result per bucket) judge. A bucket that fails (or holds a file
-    this run could not read) does not stop the others: they are stored and recorded, then
-    the step fails naming every failed bucket and file (`embedding_assets.shards`).
-    """
-    store, config = embedding_store.open(), encoder.open()
+    the metadata and the four shard checks (one result per bucket) judge. A bucket that fails
+    (or whose corpus failed in this run) does not stop the others: they are stored and
+    recorded, then the step fails naming every failed bucket and file.""",
+)
+
+SHARD_CHECK_SPECS = [partition_check_spec(check.name, "embeddings", check.description) for check in SHARD_CHECKS]
+
+
+def embed(context, encoder, store, buckets, failures: ShardFailures) -> dict[str, BucketResult]:
+    """Encode and store the landing files of `buckets` with the current model snapshot;
+    bucket -> its result for each bucket that did not fail (a failed one is in `failures`)."""
+    config = encoder.open()
     snapshot = require_current_snapshot(store, config.model_name, config.revision)
     params = config.params(snapshot)
-    buckets = context.partition_keys
-    failures = ShardFailures("embeddings", buckets, context.log)
     files, corpora = bucket_state(store, buckets, LANDING_BUCKETS)
-    stored_metadata, evaluations = {}, []
     for check in SHARD_CHECKS:
         if not check.applies(params):
             context.log.info(f"{check.name} does not apply ({params.precision}, normalize_embeddings="
                              f"{params.normalize_embeddings}); not evaluated")
+    done = {}
     with config.session(snapshot, params, log=context.log.info) as session:
         for bucket in buckets:
             # The previous bucket's temporaries are freed: give their pages back first, so
@@ -97,24 +82,13 @@ def embeddings(
                                       result.stored.corpus_ids, snapshot, params)
                           for result in results if result.stored is not None]
                 # No target yet: this step's materialization of the bucket is not recorded.
-                evaluations += shard_check_evaluations(None, bucket, shards, params)
-                stored_metadata[bucket] = bucket_embeddings_metadata(results, store)
-                context.add_asset_metadata(stored_metadata[bucket], partition_key=bucket)
+                evaluations = shard_check_evaluations(None, bucket, shards, params)
+                versions = {result.version.partition: result.version.version_id for result in results}
+                done[bucket] = BucketResult(bucket_embeddings_metadata(results, store),
+                                            bucket_data_version(versions), evaluations)
                 context.log.info(
                     f"{bucket}: {len(results)} file(s), {len(shards)} new version(s), "
                     f"{sum(r.encoded_rows for r in results)} texts encoded, "
                     f"{sum(r.reused_rows for r in results)} rows reused")
                 del results, shards  # this bucket's vectors, before the next one
-    for bucket, reason in corpus_failures_in_run(context, buckets).items():
-        failures.add(bucket, reason, append=True)
-    if failures.errors:
-        record_stored(context, "embeddings", {bucket: metadata for bucket, metadata in stored_metadata.items()
-                                              if bucket not in failures.errors})
-        for evaluation in retargeted(context.instance, evaluations):
-            context.log_event(evaluation)
-        failures.raise_if_any()
-    yield MaterializeResult()
-    for check in SHARD_CHECKS:
-        yield check_output(context, AssetCheckKey(EMBEDDINGS, check.name))
-    # Each pointing at the materialization just recorded for its bucket.
-    yield from retargeted(context.instance, evaluations)
+    return done

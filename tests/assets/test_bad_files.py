@@ -10,11 +10,12 @@ import json
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetRecordsFilter
+from dagster import AssetKey, AssetPartitionStatus
 
 from embedding_assets.backfill import landing_partitions, materialize_selection
 from embedding_assets.definitions import build_definitions
-from embedding_assets.shards import SHARD_ERROR, ShardsFailedError
+from embedding_assets.partitions import corpus_partitions
+from embedding_assets.shards import ShardsFailedError
 from embedding_core.landing import bucket_of
 
 ROWS = 3
@@ -93,33 +94,30 @@ def test_seven_bad_files_of_32_fail_their_runs_naming_each_and_the_good_25_are_s
         assert (result.dagster_run.tags["dagster/asset_partition_range_start"],
                 result.dagster_run.tags["dagster/asset_partition_range_end"]) == (run_keys[0], run_keys[-1])
         failures = result.get_step_failure_events()
-        assert [event.step_key for event in failures] == ["embeddings"]
+        assert [event.step_key for event in failures] == ["landing_buckets"]
         error = failures[0].step_failure_data.error.cause  # Dagster wraps what the step raised
         assert error.cls_name == ShardsFailedError.__name__
         bad_here = [name for name, bucket in BAD_BUCKETS.items() if bucket in run_keys]
         assert len(bad_here) == (4 if run_keys[0] == "bucket-00" else 2)
-        assert f"embeddings: {len(bad_here)} of 8 partition(s) failed, the other " \
+        assert f"corpus + embeddings: {len(bad_here)} of 8 partition(s) failed, the other " \
                f"{8 - len(bad_here)} were stored" in error.message
         for name in bad_here:
             line = next(line for line in error.message.splitlines()
                         if line.startswith(f"  {BAD_BUCKETS[name]}: "))
             named[name] = line
-            assert f"corpus not stored: {name}: " in line, line
+            assert f"  {BAD_BUCKETS[name]}: {name}: " in line, line
             assert BAD_FILES[name][1] in line and str(landing) in line, line
     assert sorted(named) == sorted(BAD_FILES)
 
-    # Dagster records what was stored, and only that, for embeddings: every bucket without
-    # a bad file (the empty buckets and the vanished file's included).
-    materialized = {record.partition_key for record in instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("embeddings")), limit=100).records}
-    assert materialized == set(keys) - set(BAD_BUCKETS.values())
-    bad_corpus = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("corpus"), asset_partitions=["bucket-13"]),
-        limit=1).records[0].asset_materialization
-    assert BAD_FILES["f26_duplicate_ids.jsonl"][1] in bad_corpus.metadata[SHARD_ERROR].value
-    # The good files of a bad bucket are stored all the same.
-    assert bad_corpus.metadata["files_read"].value == 3
-    assert bad_corpus.metadata["files_failed"].value.keys() == {"f26_duplicate_ids.jsonl"}
+    # Dagster records what was stored, and only that, for both assets: every bucket without
+    # a bad file (the empty buckets and the vanished file's included) is materialized, each
+    # bucket with a bad file failed (the good files of a bad bucket are stored all the same).
+    for asset in ("corpus", "embeddings"):
+        status = instance.get_status_by_partition(AssetKey(asset), keys, corpus_partitions)
+        assert {key for key, value in status.items() if value == AssetPartitionStatus.MATERIALIZED} \
+            == set(keys) - set(BAD_BUCKETS.values()), asset
+        assert {key for key, value in status.items() if value == AssetPartitionStatus.FAILED} \
+            == set(BAD_BUCKETS.values()), asset
 
 
 def test_a_run_whose_every_file_is_bad_fails_in_corpus_naming_all(tmp_path, instance):
@@ -135,8 +133,8 @@ def test_a_run_whose_every_file_is_bad_fails_in_corpus_naming_all(tmp_path, inst
     assert len(results) == 2
     for result, name in zip(results, ("f03_not_utf8.jsonl", "f17_no_text_field.jsonl"), strict=True):
         failure = result.get_step_failure_events()
-        assert [event.step_key for event in failure] == ["corpus"]
+        assert [event.step_key for event in failure] == ["landing_buckets"]
         message = failure[0].step_failure_data.error.cause.message
-        assert "corpus: 1 of 1 partition(s) failed" in message
+        assert "corpus + embeddings: 1 of 1 partition(s) failed" in message
         assert f"  {BAD_BUCKETS[name]}: {name}: " in message and BAD_FILES[name][1] in message
     assert defs.resources["embedding_store"].open().landing_records() == {}

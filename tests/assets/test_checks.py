@@ -121,7 +121,7 @@ def test_rows_and_finite_checks_name_what_is_wrong(tmp_path, landing, defs, inst
     before = store.current_embedding_version("python_docs.jsonl", DEFAULT_MODEL_NAME)
     # The shard checks judge what the step wrote: re-materializing an unchanged bucket writes
     # no version, and the checks say so instead of judging again (the last result stands).
-    rerun = materialize([*defs.assets, *defs.asset_checks], instance=instance, resources=defs.resources,
+    rerun = materialize(list(defs.assets), instance=instance, resources=defs.resources,
                         selection=[AssetKey("embeddings")], partition_key=DOCS_BUCKET)
     assert store.current_embedding_version("python_docs.jsonl", DEFAULT_MODEL_NAME) == before
     shard_results = {e.check_name: e for e in rerun.get_asset_check_evaluations()

@@ -134,7 +134,7 @@ def test_rematerializing_unchanged_inputs_encodes_nothing(defs, instance):
 
 
 def test_single_bucket_run_stores_only_the_files_of_that_bucket(defs, instance):
-    assets = [*defs.assets, *defs.asset_checks]
+    assets = list(defs.assets)
     materialize(assets, instance=instance, resources=defs.resources, selection=[AssetKey("model_snapshot")])
     result = materialize(assets, instance=instance, resources=defs.resources,
                          selection=[AssetKey("corpus"), AssetKey("embeddings")],
@@ -264,7 +264,7 @@ def test_duplicate_ids_fail_the_corpus_run_naming_them_and_keep_the_stored_versi
                          partition_key=DOCS_BUCKET, raise_on_error=False)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert failure.step_key == "corpus"
+    assert failure.step_key == "landing_buckets"
     message = failure.step_failure_data.error.to_string()
     assert (f"{DOCS_BUCKET}: python_docs.jsonl: {landing / 'python_docs.jsonl'}: 2 duplicate id(s), each used by more "
             f"than one row: {records[0]['id']!r} (lines 1, {ROWS_PER_SHARD + 1}), "
@@ -318,7 +318,7 @@ def test_model_check_fails_when_stored_vectors_are_not_the_models(defs, instance
         lambda texts: np.random.default_rng(0).standard_normal((len(texts), 384), dtype=np.float32),
     )
     # The spot check alone (as the UI's "Execute" on the check does), for a range of buckets.
-    result = materialize([*defs.assets, *defs.asset_checks], instance=instance, resources=defs.resources,
+    result = materialize(list(defs.assets), instance=instance, resources=defs.resources,
                          selection=AssetSelection.checks(embeddings_match_model),
                          tags={"dagster/asset_partition_range_start": DOCS_BUCKET,
                                "dagster/asset_partition_range_end": PACKAGES_BUCKET})

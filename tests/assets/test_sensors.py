@@ -188,7 +188,7 @@ def test_landing_sensor_gives_odd_file_names_safe_keys_that_materialize_from_the
     buckets = [bucket_of(key, 16) for key in ("My_Notes_v2_.jsonl", "sub_dir__unicode.csv")]
     assert request.tags["embedding/buckets"] == ",".join(buckets) == "bucket-07,bucket-11"
 
-    assets = [*defs.assets, *defs.asset_checks]
+    assets = list(defs.assets)
     for bucket in buckets:
         assert materialize(assets, instance=instance, resources=defs.resources,
                            selection=[AssetKey("corpus"), AssetKey("embeddings")], partition_key=bucket).success

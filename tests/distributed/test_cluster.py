@@ -216,7 +216,7 @@ def test_backfill_runs_every_step_on_both_celery_workers(cluster, backfilled, la
     pids, nodes = _step_evidence(_events(cluster, backfilled))
     owners = _worker_pids(cluster)
     assert pids and set(pids) == set(nodes), (pids, nodes)
-    assert any(key.endswith(":embeddings") for key in pids)
+    assert any(key.endswith(":landing_buckets") for key in pids)
     not_on_workers = {step: pid for step, pid in pids.items() if pid not in owners}
     assert not not_on_workers, f"steps outside the Celery workers: {not_on_workers}"
     assert all(owners[pids[step]] == nodes[step] for step in pids), (pids, nodes, owners)
@@ -253,7 +253,7 @@ def _wait_for_encoding_step(cluster, known_runs: set[str], timeout: float = 180)
         new_runs = set(_runs(cluster)) - known_runs
         pid = None
         for entry in _events(cluster, new_runs):
-            if entry.step_key != "embeddings":
+            if entry.step_key != "landing_buckets":
                 continue
             event = entry.dagster_event
             if event is not None and event.event_type_value == "STEP_START":
