@@ -138,3 +138,59 @@ def test_a_run_whose_every_file_is_bad_fails_in_corpus_naming_all(tmp_path, inst
         assert "corpus + embeddings: 1 of 1 partition(s) failed" in message
         assert f"  {BAD_BUCKETS[name]}: {name}: " in message and BAD_FILES[name][1] in message
     assert defs.resources["embedding_store"].open().landing_records() == {}
+
+
+def test_a_four_bucket_run_with_one_bad_file_records_three_materialized_one_failed_and_staleness(
+        tmp_path, instance):
+    """Issue 18: one run of 4 buckets, one bad file. Both assets: 3 buckets materialized and 1
+    failed; each materialization carries its bucket's data version, so staleness is per bucket
+    (the bad bucket MISSING, the others FRESH), and moves per bucket after."""
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    files = {"bucket-00": "shard_17.jsonl", "bucket-01": "shard_08.jsonl", "bucket-02": "shard_00.jsonl",
+             "bucket-03": "shard_25.jsonl"}
+    assert {bucket: bucket_of(name, 16) for bucket, name in files.items()} == {b: b for b in files}
+    for index, name in enumerate(files.values()):
+        (landing / name).write_text("".join(json.dumps({"id": f"{index}-{row}", "text": f"Text {row} of file {index}."})
+                                            + "\n" for row in range(ROWS)))
+    bad = files["bucket-02"]
+    (landing / bad).write_bytes(BAD_FILES["f26_duplicate_ids.jsonl"][0])
+    defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
+    buckets = list(files)
+    assert materialize_selection(defs, instance, [AssetKey("model_snapshot")])[0].success
+    [result] = materialize_selection(defs, instance, [AssetKey("corpus"), AssetKey("embeddings")], buckets)
+    assert not result.success  # one run, failed naming the bad file
+    assert f"  bucket-02: {bad}: " in result.get_step_failure_events()[0].step_failure_data.error.cause.message
+
+    def statuses(asset: str) -> dict:
+        return {key: value.value for key, value in instance.get_status_by_partition(
+            AssetKey(asset), buckets, corpus_partitions).items()}
+
+    expected = {"bucket-00": "MATERIALIZED", "bucket-01": "MATERIALIZED", "bucket-02": "FAILED",
+                "bucket-03": "MATERIALIZED"}
+    assert statuses("corpus") == expected and statuses("embeddings") == expected
+
+    def staleness() -> dict:
+        resolver = get_stale_status_resolver(instance, [*defs.assets])
+        return {bucket: resolver.get_status(AssetKey("embeddings"), bucket) for bucket in buckets}
+
+    assert staleness() == {"bucket-00": StaleStatus.FRESH, "bucket-01": StaleStatus.FRESH,
+                           "bucket-02": StaleStatus.MISSING, "bucket-03": StaleStatus.FRESH}
+
+    # The file fixed and its bucket re-run: every bucket materialized and fresh.
+    (landing / bad).write_text(json.dumps({"id": "fixed", "text": "A fixed file."}) + "\n")
+    assert materialize_selection(defs, instance, [AssetKey("corpus"), AssetKey("embeddings")], ["bucket-02"])[0].success
+    assert statuses("embeddings") == dict.fromkeys(buckets, "MATERIALIZED")
+    assert set(staleness().values()) == {StaleStatus.FRESH}
+
+    # One file changes and only its corpus is re-run: its bucket's embeddings are stale, no other.
+    (landing / files["bucket-01"]).write_text(json.dumps({"id": "new", "text": "New content."}) + "\n")
+    assert materialize_selection(defs, instance, [AssetKey("corpus")], ["bucket-01"])[0].success
+    assert staleness() == {"bucket-00": StaleStatus.FRESH, "bucket-01": StaleStatus.STALE,
+                           "bucket-02": StaleStatus.FRESH, "bucket-03": StaleStatus.FRESH}
+    # A corpus re-run that finds nothing new keeps the same data version: nothing goes stale.
+    assert materialize_selection(defs, instance, [AssetKey("corpus")], ["bucket-03"])[0].success
+    assert staleness()["bucket-03"] == StaleStatus.FRESH
