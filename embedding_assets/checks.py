@@ -1,17 +1,19 @@
 """Asset checks, one result per partition (a landing bucket).
 
 - `encodes_canary` runs inside the `model_snapshot` step on the model it pins.
-- `corpus.rows_valid` runs inside the `corpus` step (only it sees the rejected rows).
-- The four `SHARD_CHECKS` of `embeddings` run inside the `embeddings` step, on the one read
-  back of the versions it wrote (`shard_check_evaluations`): a shard's vectors are read back
+- `corpus.rows_valid` runs inside the `landing_buckets` step after `corpus` (only it sees the
+  rejected rows).
+- The four `SHARD_CHECKS` of `embeddings` run inside the same step after `embeddings`, on the
+  one read back of the versions it wrote (`shard_check_evaluations`): a shard's vectors are read back
   once, not once per check step.
 - The spot check `embeddings_match_model` re-encodes a few sampled texts of each bucket and
   compares them with their stored vectors, reading only the sampled rows. It runs after
-  `embeddings` in the same run, can be launched alone from the UI (the asset's Checks tab)
+  `embeddings` in the same step, can be launched alone from the UI (the asset's Checks tab)
   without re-materializing, and the weekly `verify_embeddings_sweep` runs it over every
   bucket.
 """
 
+import typing
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -27,9 +29,6 @@ from dagster import (
     DagsterInstance,
     Output,
     PreviewWarning,
-)
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationTargetMaterializationData,
 )
 
 from embedding_assets.partitions import LANDING_BUCKETS, corpus_partitions
@@ -73,12 +72,19 @@ def partition_check_spec(name: str, asset: str, description: str) -> AssetCheckS
                               partitions_def=corpus_partitions)
 
 
+# What an `AssetCheckEvaluation` points at (the materialization it judged). Dagster exports no
+# name for it, and a step that checks several partitions must set it itself: taken from the
+# public class's own field, so no private module is imported.
+TargetMaterialization = next(arg for arg in typing.get_args(
+    typing.get_type_hints(AssetCheckEvaluation)["target_materialization_data"]) if arg is not type(None))
+
+
 def latest_materialization_target(instance: DagsterInstance, asset_key: AssetKey, partition: str
-                                  ) -> AssetCheckEvaluationTargetMaterializationData | None:
+                                  ) -> TargetMaterialization | None:
     """The latest materialization of `partition`, as a check evaluation's target."""
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1).records
-    return (AssetCheckEvaluationTargetMaterializationData(
+    return (TargetMaterialization(
         storage_id=records[0].storage_id, run_id=records[0].run_id, timestamp=records[0].timestamp)
         if records else None)
 
@@ -105,7 +111,7 @@ def retargeted(instance: DagsterInstance, evaluations: Sequence[AssetCheckEvalua
     """`evaluations` made in a step before its materializations were recorded, each pointing
     at its partition's latest materialization as of now (one lookup per partition). Iterate
     after the step yielded its `MaterializeResult`, so that is the one they point at."""
-    targets: dict[tuple[AssetKey, str], AssetCheckEvaluationTargetMaterializationData | None] = {}
+    targets: dict[tuple[AssetKey, str], TargetMaterialization | None] = {}
     for evaluation in evaluations:
         key = (evaluation.asset_key, evaluation.partition)
         if key not in targets:

@@ -78,7 +78,7 @@ def instance_runs(_env: dict) -> list:
 
 def test_a_killed_backfill_is_marked_failed_and_the_next_one_completes(backfill_env):
     killed = Backfill(backfill_env, *SAMPLE_FILES)
-    killed.wait_for(r"embeddings - encoding \d+ texts")
+    killed.wait_for(r"landing_buckets - encoding \d+ texts")
     os.kill(killed.process.pid, signal.SIGKILL)
     assert killed.finish() == -signal.SIGKILL
     # As reported: the killed run stays STARTED, its process gone.
@@ -104,7 +104,7 @@ def test_a_killed_backfill_is_marked_failed_and_the_next_one_completes(backfill_
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_an_encoding_backfill_within_10_s_and_its_run_ends_failed(backfill_env, signum):
     backfill = Backfill(backfill_env, *SAMPLE_FILES)
-    backfill.wait_for(r"embeddings - encoding \d+ texts")
+    backfill.wait_for(r"landing_buckets - encoding \d+ texts")
     sent = time.monotonic()
     os.kill(backfill.process.pid, signum)
     code = backfill.finish(timeout_s=10)

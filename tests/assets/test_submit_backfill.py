@@ -107,6 +107,35 @@ def test_a_submitted_backfill_is_one_dagster_backfill_retried_canceled_and_bound
         by_workflow = set(backfills(graphql)) - {backfill_id}
         assert len(by_workflow) == 1 and f"backfill {by_workflow.pop()} COMPLETED_SUCCESS" in ran[-1][1].stderr
 
+        # A bad file fails its partition only: the command names it and exits 1. Once the file
+        # is fixed, the backfill's failed partitions are re-executed as the Backfills tab's
+        # "Re-execute from failure" does: a new backfill of that one partition.
+        broken = landing / SHARDS[1]
+        fixed = broken.read_bytes()
+        broken.write_bytes(b'{"id": "a", "text": "caf\xe9"}\n')
+        bucket = bucket_of(SHARDS[1], 16)
+        failing = Submit(command_env, "--submit", url, "--partitions", ",".join(SHARDS))
+        assert failing.finish(timeout_s=600) == 1, failing.output[-4000:]
+        failed_id = re.search(r"backfill (\S+) launched", failing.output).group(1)
+        assert f"backfill {failed_id} COMPLETED_FAILED: failed partition(s): {bucket} " in failing.output, \
+            failing.output[-3000:]
+        assert "Traceback" not in failing.output
+        assert statuses(backfills(graphql)[failed_id]) == {"model_snapshot": (True, False), "corpus": (3, 2, 1),
+                                                          "embeddings": (3, 2, 1)}
+        broken.write_bytes(fixed)
+        retried = graphql("""mutation($id: String!) { reexecutePartitionBackfill(reexecutionParams:
+            { parentRunId: $id, strategy: FROM_FAILURE }) { __typename ... on LaunchBackfillSuccess {
+            backfillId } } }""", id=failed_id)["reexecutePartitionBackfill"]
+        assert retried["__typename"] == "LaunchBackfillSuccess", retried
+        assert wait_for_backfill(graphql, retried["backfillId"], {"COMPLETED_SUCCESS", "COMPLETED_FAILED",
+                                                                  "FAILED", "CANCELED"}, 600) == "COMPLETED_SUCCESS"
+        retry = backfills(graphql)[retried["backfillId"]]
+        assert statuses(retry) == {"corpus": (1, 1, 0), "embeddings": (1, 1, 0)}
+        assert {"key": "dagster/parent_backfill_id", "value": failed_id} in retry["tags"]
+        with store.connect() as con:  # the file's earlier rows were kept throughout, and not doubled
+            assert con.execute("SELECT count(*), count(DISTINCT id) FROM documents").fetchone() == (12, 12)
+            assert con.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 12
+
         # 2. Runs that cannot finish: a foreign process holds the store's catalog file.
         catalog = str(Path(env["EMBEDDING_STORE_ROOT"]) / "catalog.ducklake")
         holder = subprocess.Popen([sys.executable, "-c", "import duckdb, time; "
