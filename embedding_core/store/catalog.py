@@ -63,10 +63,15 @@ _TABLES = {
     "landing_files": """partition VARCHAR, relative_path VARCHAR, fingerprint VARCHAR,
         corpus_version VARCHAR, state VARCHAR, detail VARCHAR, run_id VARCHAR,
         created_at TIMESTAMPTZ""",
+    # One record per vector index built (`vector_index`): its files and what it covers.
+    "vector_indexes": """index_id VARCHAR, model VARCHAR, revision VARCHAR, params_hash VARCHAR,
+        dim INTEGER, metric VARCHAR, dtype VARCHAR, lake_snapshot BIGINT, versions VARCHAR,
+        rows BIGINT, path VARCHAR, rows_path VARCHAR, bytes BIGINT, mode VARCHAR,
+        build_seconds DOUBLE, run_id VARCHAR, created_at TIMESTAMPTZ""",
 }
 # One record per commit: kept in the catalog database (DuckLake "inlining"), not as one
 # tiny Parquet file per commit that every later query would have to open.
-_RECORD_TABLES = ("model_snapshots", "corpus_versions", "embedding_versions", "landing_files")
+_RECORD_TABLES = ("model_snapshots", "corpus_versions", "embedding_versions", "landing_files", "vector_indexes")
 # Postgres advisory lock held while a brand-new catalog gets DuckLake's metadata and our
 # tables: two processes attaching it at once would both try to create them.
 _SCHEMA_LOCK_KEY = 0x656D6264_73746F72  # "embdstor"

@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 
 import duckdb
@@ -27,6 +28,7 @@ import embedding_core.store.damage as damage
 import embedding_core.store.ingest as ingest
 import embedding_core.store.maintenance as maintenance
 import embedding_core.store.queries as queries
+import embedding_core.store.vector_index as vector_index
 import embedding_core.store.writer as writer
 from embedding_core.store.catalog import CATALOG_FILE_NAME, Catalog
 from embedding_core.store.damage import VerifyReport
@@ -48,6 +50,7 @@ from embedding_core.store.records import (
 from embedding_core.store.rows import (
     vectors_to_numpy,
 )
+from embedding_core.store.search import VectorSearcher
 from embedding_core.store.views import VECTOR_TABLES
 
 __all__ = ["EmbeddingStore"]
@@ -83,6 +86,7 @@ class EmbeddingStore:
         self._data = data
         self._catalog = Catalog(catalog, data, busy_timeout_s=busy_timeout_s)
         self._store_id: str | None = None
+        self._index_files = vector_index.IndexFiles(data.root)
         data.prepare()
         self._catalog.ensure_schema()
 
@@ -261,34 +265,41 @@ class EmbeddingStore:
             return damage.verify(con, read_rows=read_rows)
 
     def search(self, query_embedding: np.ndarray, model: str, top_k: int = 5,
-               similarity_fn: str = "cosine") -> list[SearchHit]:
+               similarity_fn: str = "cosine", exact: bool = False) -> list[SearchHit]:
         """The `top_k` current rows of `model` most similar to `query_embedding`.
 
-        `similarity_fn` is ``"cosine"`` or ``"dot"`` (the model's similarity function).
+        `similarity_fn` is ``"cosine"`` or ``"dot"`` (the model's similarity function). The
+        model's vector index answers when one exists (`build_vector_indexes`), rows newer
+        than it searched exactly; with none, or `exact`, every current row is scanned. Each
+        call reads the catalog: for many queries use `search_batch` or `searcher`.
         """
-        functions = {"cosine": "array_cosine_similarity", "dot": "array_inner_product"}
-        if similarity_fn not in functions:
-            raise ValueError(f"similarity_fn must be one of {sorted(functions)}, not {similarity_fn!r}")
-        query = np.asarray(query_embedding, dtype=np.float32).reshape(-1)
-        dim = query.shape[0]
-        sql = f"""SELECT {functions[similarity_fn]}(e.embedding::FLOAT[{dim}], ?::FLOAT[{dim}])
-                         AS score, e.id, e.partition, d.text
-                  FROM (SELECT * FROM embeddings WHERE model = ? AND len(embedding) = {dim}
-                        AND NOT list_contains(?::VARCHAR[], partition)) e
-                  LEFT JOIN (SELECT * FROM documents WHERE NOT list_contains(?::VARCHAR[], partition)) d
-                    ON d.partition = e.partition AND d.id = e.id AND d.text_sha256 = e.text_sha256
-                  ORDER BY score DESC, e.id LIMIT ?"""
+        return self.searcher(model, similarity_fn, exact).search(query_embedding, top_k)
+
+    def search_batch(self, query_embeddings: np.ndarray, model: str, top_k: int = 5,
+                     similarity_fn: str = "cosine", exact: bool = False) -> list[list[SearchHit]]:
+        """`search` for each row of an (n, dim) array, answered together."""
+        return self.searcher(model, similarity_fn, exact).search_batch(query_embeddings, top_k)
+
+    def searcher(self, model: str, similarity_fn: str = "cosine", exact: bool = False) -> VectorSearcher:
+        """A searcher of `model`'s current vectors as of now, for many queries (see `search`)."""
+        return VectorSearcher(self._catalog, self._index_files, model, similarity_fn, exact)
+
+    def build_vector_indexes(self, model: str | None = None, metric: str | None = None,
+                             run_id: str | None = None, rebuild: bool = False) -> list[vector_index.IndexBuild]:
+        """Bring the vector index of each model version (of `model`) up to its current
+        vectors: an update of the previous index where cheaper, else a full build (always
+        with `rebuild`). `metric` defaults to the model snapshot's similarity function."""
         with self.connect() as con:
-            try:
-                rows = con.execute(sql, [query.tolist(), model, [""], [""], top_k]).fetchall()
-            except duckdb.Error as error:  # a damaged partition: search the others
-                if not damage.is_damage_error(error):
-                    raise
-                skip = damage.verify(con).damaged_partitions
-                logger.warning("search leaves out partitions %s: their data files are damaged (run "
-                               "`embedding-store verify`, then materialize them again)", skip)
-                rows = con.execute(sql, [query.tolist(), model, skip, skip, top_k]).fetchall()
-        return [SearchHit(float(score), id_, partition, text) for score, id_, partition, text in rows]
+            groups = vector_index.index_groups(con, model)
+            functions = dict(con.execute("SELECT model, similarity_fn FROM current_model_snapshots").fetchall())
+        return [vector_index.build_index(self._catalog, self._index_files, group,
+                                         metric or functions.get(group[0]) or "cosine", run_id, rebuild)
+                for group in groups]
+
+    def vector_indexes(self, model: str | None = None) -> list[vector_index.IndexRecord]:
+        """The current index of each model version (of `model`), newest first."""
+        with self.connect() as con:
+            return vector_index.current_indexes(con, model)
 
     # ------------------------------------------------------------------ writing
 
@@ -378,5 +389,8 @@ class EmbeddingStore:
         """Drop what is no longer current and older than `older_than`: versions of a
         partition that something newer replaced that long ago, lake snapshots (time
         travel) older than that, and files nothing references any more (including those
-        of writers that died mid-commit). Current versions are never touched."""
-        return maintenance.maintain(self._catalog, older_than)
+        of writers that died mid-commit), and vector index files superseded that long ago.
+        Current versions and current indexes are never touched."""
+        report = maintenance.maintain(self._catalog, older_than)
+        return replace(report, deleted_index_files=vector_index.expire_indexes(
+            self._catalog, self._index_files, older_than))

@@ -258,3 +258,4 @@ class MaintenanceReport:
     expired_corpus_versions: list[str]
     expired_snapshots: int
     deleted_files: int
+    deleted_index_files: int = 0  # vector index files superseded before the cutoff

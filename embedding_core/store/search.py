@@ -1,0 +1,192 @@
+"""Searching the current vectors of a model: through its vector index (`vector_index`) when
+one covers them, by an exact scan in DuckDB otherwise.
+
+A `VectorSearcher` is opened once (one catalog read) and answers many queries from memory:
+the index's hits, minus rows of versions that are no longer current, merged with an exact
+search of the rows written after the index was built (held in memory). `EmbeddingStore.search`
+opens one per call; keep one open for many queries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+import embedding_core.store.damage as damage
+import embedding_core.store.vector_index as vector_index
+from embedding_core.store.catalog import Catalog
+from embedding_core.store.records import SearchHit
+
+__all__ = ["SIMILARITY_FUNCTIONS", "VectorSearcher", "exact_search"]
+
+logger = logging.getLogger(__name__)
+
+SIMILARITY_FUNCTIONS = {"cosine": "array_cosine_similarity", "dot": "array_inner_product"}
+
+
+def check_similarity_fn(similarity_fn: str) -> None:
+    if similarity_fn not in SIMILARITY_FUNCTIONS:
+        raise ValueError(f"similarity_fn must be one of {sorted(SIMILARITY_FUNCTIONS)}, not {similarity_fn!r}")
+
+
+def exact_search(con: duckdb.DuckDBPyConnection, query: np.ndarray, model: str, top_k: int,
+                 similarity_fn: str) -> list[SearchHit]:
+    """The `top_k` current rows of `model` nearest `query`, by a scan of every one of them; a
+    partition whose data files are damaged is left out, with a warning."""
+    dim = query.shape[0]
+    sql = f"""SELECT {SIMILARITY_FUNCTIONS[similarity_fn]}(e.embedding::FLOAT[{dim}], ?::FLOAT[{dim}])
+                     AS score, e.id, e.partition, d.text
+              FROM (SELECT * FROM embeddings WHERE model = ? AND len(embedding) = {dim}
+                    AND NOT list_contains(?::VARCHAR[], partition)) e
+              LEFT JOIN (SELECT * FROM documents WHERE NOT list_contains(?::VARCHAR[], partition)) d
+                ON d.partition = e.partition AND d.id = e.id AND d.text_sha256 = e.text_sha256
+              ORDER BY score DESC, e.id LIMIT ?"""
+    try:
+        rows = con.execute(sql, [query.tolist(), model, [""], [""], top_k]).fetchall()
+    except duckdb.Error as error:  # a damaged partition: search the others
+        if not damage.is_damage_error(error):
+            raise
+        skip = damage.verify(con).damaged_partitions
+        logger.warning("search leaves out partitions %s: their data files are damaged (run "
+                       "`embedding-store verify`, then materialize them again)", skip)
+        rows = con.execute(sql, [query.tolist(), model, skip, skip, top_k]).fetchall()
+    return [SearchHit(float(score), id_, partition, text) for score, id_, partition, text in rows]
+
+
+class VectorSearcher:
+    """Search of `model`'s current float32 vectors as of when it was opened.
+
+    With `exact`, or when no readable index of the model exists, every query scans the
+    store (and a log line says why); otherwise queries are answered from the index and the
+    rows it does not cover yet.
+    """
+
+    def __init__(self, catalog: Catalog, files: vector_index.IndexFiles, model: str,
+                 similarity_fn: str = "cosine", exact: bool = False) -> None:
+        check_similarity_fn(similarity_fn)
+        self.catalog, self.model, self.similarity_fn = catalog, model, similarity_fn
+        self.loaded: vector_index.LoadedIndex | None = None
+        with catalog.connection() as con:
+            current = con.execute(
+                "SELECT version_id, dim FROM current_embedding_versions WHERE dtype = 'float32' AND model = ?",
+                [model]).fetchall()
+            self.dims = sorted({dim for _, dim in current})
+            if exact or not current:
+                return
+            records = [r for r in vector_index.current_indexes(con, model)
+                       if r.metric == similarity_fn and r.dim in self.dims]
+            if not records:
+                logger.info("no vector index of %s (%s): exact search (materialize vector_index)",
+                            model, similarity_fn)
+                return
+            try:
+                self.loaded = vector_index.load_index(files, records[0])
+            except (OSError, ValueError) as error:
+                logger.warning("vector index of %s unusable, exact search instead (the next "
+                               "vector_index materialization builds it again): %s", model, error)
+                return
+            record = records[0]
+            live = {v for v, dim in current if dim == record.dim}
+            # Rows of versions that are no longer current are never returned.
+            versions = self.loaded.version_codes
+            self.live_rows = np.isin(versions.indices.to_numpy(zero_copy_only=False),
+                                     np.flatnonzero(np.isin(versions.dictionary.to_numpy(zero_copy_only=False),
+                                                            list(live))))
+            self.all_live = bool(self.live_rows.all())
+            # Rows written since the index was built are searched exactly, from memory.
+            missing = sorted(live - set(record.versions))
+            try:
+                self.delta_rows, self.delta = vector_index.version_rows(con, missing, record.dim)
+            except duckdb.Error as error:
+                if not damage.is_damage_error(error):
+                    raise
+                logger.warning("rows newer than the vector index of %s cannot be read, exact search "
+                               "instead: %s", model, error)
+                self.loaded = None
+                return
+            if missing:
+                logger.info("vector index of %s lacks %d rows of %d newer version(s): searched exactly",
+                            model, len(self.delta), len(missing))
+            if similarity_fn == "cosine" and len(self.delta):
+                self.delta = self.delta / np.maximum(np.linalg.norm(self.delta, axis=1, keepdims=True), 1e-12)
+
+    @property
+    def uses_index(self) -> bool:
+        return self.loaded is not None
+
+    def _queries(self, queries: np.ndarray) -> np.ndarray:
+        queries = np.asarray(queries, dtype=np.float32)
+        queries = queries.reshape(1, -1) if queries.ndim == 1 else queries
+        if queries.ndim != 2:
+            raise ValueError(f"queries must be one vector or a (n, dim) array, not shape {queries.shape}")
+        if self.dims and queries.shape[1] not in self.dims:
+            raise ValueError(f"the query has {queries.shape[1]} dimensions; the vectors of {self.model} "
+                             f"have {' or '.join(map(str, self.dims))}")
+        return queries
+
+    def search(self, query: np.ndarray, top_k: int = 5) -> list[SearchHit]:
+        """The `top_k` rows most similar to `query`, best first."""
+        return self.search_batch(self._queries(query)[:1], top_k)[0]
+
+    def search_batch(self, queries: np.ndarray, top_k: int = 5) -> list[list[SearchHit]]:
+        """`search` of each row of `queries` (an (n, dim) array), answered together."""
+        queries = self._queries(queries)
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, not {top_k}")
+        if not self.dims:
+            return [[] for _ in queries]
+        if self.loaded is None:
+            with self.catalog.connection() as con:
+                return [exact_search(con, query, self.model, top_k, self.similarity_fn) for query in queries]
+        return [self._merge(found, delta, top_k)
+                for found, delta in zip(self._from_index(queries, top_k), self._from_delta(queries, top_k),
+                                        strict=True)]
+
+    def _from_index(self, queries: np.ndarray, top_k: int) -> list[list[tuple[float, int]]]:
+        """(score, row position) of the best live index rows of each query."""
+        index, size = self.loaded.index, len(self.loaded.index)
+        if size == 0:
+            return [[] for _ in queries]
+        wanted = min(size, top_k if self.all_live else 2 * top_k + 16)
+        results: list[list[tuple[float, int]] | None] = [None] * len(queries)
+        todo = np.arange(len(queries))
+        while len(todo):
+            matches = index.search(queries[todo], wanted, threads=0)
+            keys = np.atleast_2d(matches.keys)
+            distances = np.atleast_2d(matches.distances)
+            # One query gives `Matches` (no counts), several `BatchMatches`.
+            counts = np.atleast_1d(getattr(matches, "counts", len(matches.keys)))
+            again = []
+            for row, query in enumerate(todo):
+                positions = self.loaded.positions(keys[row, :counts[row]])
+                keep = self.live_rows[positions]
+                if keep.sum() < top_k and wanted < size:
+                    again.append(query)
+                    continue
+                results[query] = list(zip((1.0 - distances[row, :counts[row]][keep]).tolist(),
+                                          positions[keep].tolist(), strict=True))[:top_k]
+            todo, wanted = np.array(again, dtype=np.int64), min(size, wanted * 4)
+        return results
+
+    def _from_delta(self, queries: np.ndarray, top_k: int) -> list[list[tuple[float, int]]]:
+        if not len(self.delta):
+            return [[] for _ in queries]
+        if self.similarity_fn == "cosine":
+            queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        scores = queries @ self.delta.T
+        k = min(top_k, scores.shape[1])
+        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        return [[(float(scores[q, i]), int(i)) for i in best[q]] for q in range(len(queries))]
+
+    def _merge(self, found: list[tuple[float, int]], delta: list[tuple[float, int]], top_k: int) -> list[SearchHit]:
+        hits = [self._hit(self.loaded.rows, score, position) for score, position in found]
+        hits += [self._hit(self.delta_rows, score, position) for score, position in delta]
+        return sorted(hits, key=lambda hit: (-hit.score, hit.id))[:top_k]
+
+    @staticmethod
+    def _hit(rows: pa.Table, score: float, position: int) -> SearchHit:
+        return SearchHit(float(score), rows.column("id")[position].as_py(), rows.column("partition")[position].as_py(),
+                         rows.column("text")[position].as_py())
