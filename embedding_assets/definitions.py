@@ -41,9 +41,11 @@ from embedding_assets.assets import (
     landing_buckets,
     model_snapshot,
     store_maintenance,
+    vector_index,
     weekly_store_maintenance,
 )
 from embedding_assets.assets.store_maintenance import store_maintenance_job
+from embedding_assets.assets.vector_index import index_vectors
 from embedding_assets.jobs import embed_corpus, snapshot_model, verify_embeddings
 from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource, EncoderResource
 from embedding_assets.schedules import embeddings_automation, verify_embeddings_sweep
@@ -67,8 +69,8 @@ def build_definitions(
         if spec.key.to_user_string() == "embeddings" else spec)
     return Definitions(
         executor=executor,
-        assets=code_references([configured_buckets, model_snapshot, store_maintenance]),
-        jobs=[embed_corpus, snapshot_model, verify_embeddings, store_maintenance_job],
+        assets=code_references([configured_buckets, model_snapshot, vector_index, store_maintenance]),
+        jobs=[embed_corpus, snapshot_model, verify_embeddings, index_vectors, store_maintenance_job],
         sensors=[corpus_landing_sensor, model_revision_sensor, embeddings_automation],
         schedules=[verify_embeddings_sweep, weekly_store_maintenance],
         resources={

@@ -3,8 +3,9 @@
 - `embeddings` carries an `AutomationCondition` (embedding_assets.assets.embeddings): a
   partition is re-embedded when it is missing, when `model_snapshot` has a new data version
   (a new revision) or when the asset's code_version changed (a new encoder setting changes
-  it too, see `definitions.encoder_code_version`). `embeddings_automation` evaluates it
-  every 30 s; its decisions show in the UI under Automation.
+  it too, see `definitions.encoder_code_version`). `vector_index` is updated after any bucket
+  of `embeddings` was materialized. `embeddings_automation` evaluates both every 30 s; its
+  decisions show in the UI under Automation.
 - `verify_embeddings_sweep`: weekly, the `embeddings_match_model` spot check over every
   partition (each embeddings run checks only its own partitions).
 """
@@ -25,11 +26,12 @@ from embedding_assets.partitions import corpus_partitions, partition_range_tags
 
 embeddings_automation = AutomationConditionSensorDefinition(
     "embeddings_automation",
-    target=AssetSelection.assets("embeddings"),
+    target=AssetSelection.assets("embeddings", "vector_index"),
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
-    description="Evaluates the automation condition of embeddings: re-embeds partitions that "
-    "are missing, or whose model revision or code_version moved.",
+    description="Evaluates the automation conditions of embeddings (re-embeds partitions that "
+    "are missing, or whose model revision or code_version moved) and vector_index (updates it "
+    "after embeddings were materialized).",
 )
 
 

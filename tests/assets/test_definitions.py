@@ -21,13 +21,13 @@ def test_definitions_hold_the_lineage_graph_checks_jobs_automation_and_policies(
     # Location, groups and assets have distinct names (the location is embedding_pipeline).
     assert {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()} == {
         "corpus": "ingest", "model_snapshot": "models", "embeddings": "vectors",
-        "store_maintenance": "maintenance"}
+        "vector_index": "vectors", "store_maintenance": "maintenance"}
     checks = {key.name: key for key in graph.asset_check_keys}
     assert set(checks) == {"rows_valid", "encodes_canary", "rows_match_corpus", "dim_matches_model",
-                           "vectors_finite", "unit_norm", "embeddings_match_model"}
+                           "vectors_finite", "unit_norm", "embeddings_match_model", "recall_at_10"}
     partitioned = {name for name, key in checks.items()
                    if graph.get(key).partitions_def is not None}
-    assert partitioned == set(checks) - {"encodes_canary"}
+    assert partitioned == set(checks) - {"encodes_canary", "recall_at_10"}
     for key in ("corpus", "embeddings"):
         node = graph.get(AssetKey(key))
         assert node.partitions_def == corpus_partitions
@@ -39,7 +39,7 @@ def test_definitions_hold_the_lineage_graph_checks_jobs_automation_and_policies(
     # No store-wide lock: N workers encode and commit N shards at once.
     assert all(not graph.get(AssetKey(key)).pools for key in ("corpus", "model_snapshot", "embeddings"))
     jobs = {job.name: job for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
-    assert sorted(jobs) == ["embed_corpus", "snapshot_model", "store_maintenance_job", "verify_embeddings"]
+    assert sorted(jobs) == ["embed_corpus", "index_vectors", "snapshot_model", "store_maintenance_job", "verify_embeddings"]
     assert jobs["embed_corpus"].asset_layer.executable_asset_keys == {AssetKey("corpus"), AssetKey("embeddings")}
     assert jobs["embed_corpus"].partitions_def == corpus_partitions
     # The partitions are the 16 landing buckets (EMBEDDING_LANDING_BUCKETS), not the files.
@@ -52,6 +52,10 @@ def test_definitions_hold_the_lineage_graph_checks_jobs_automation_and_policies(
     assert sorted(s.name for s in defs.schedules) == ["verify_embeddings_sweep", "weekly_store_maintenance"]
     assert graph.get(AssetKey("embeddings")).automation_condition.get_label() == (
         "missing, new model revision or new code_version")
+    # One index over every bucket's current vectors, updated as buckets land.
+    assert graph.get(AssetKey("vector_index")).parent_keys == {AssetKey("embeddings")}
+    assert graph.get(AssetKey("vector_index")).partitions_def is None
+    assert graph.get(AssetKey("vector_index")).automation_condition.get_label() == "missing or embeddings updated"
     encoder = defs.resources["encoder"]
     assert (encoder.target_devices, encoder.normalize_embeddings) == (["cuda:0", "cuda:1"], True)
     assert defs.resources["embedding_store"].root == "/tmp/unused-store"
