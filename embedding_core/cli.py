@@ -23,15 +23,17 @@ from embedding_core.store import CATALOG_FILE_NAME, EmbeddingStore, ModelSnapsho
 
 
 def search(store: EmbeddingStore, query: str, model_key: str | None = None, top_k: int = 5,
-           prompt_name: str | None = None, device: str | None = None) -> tuple[ModelSnapshot, list[SearchHit]]:
-    """Encode `query` with the store's model (or `model_key`'s) and return the best hits."""
+           prompt_name: str | None = None, device: str | None = None,
+           exact: bool = False) -> tuple[ModelSnapshot, list[SearchHit], bool]:
+    """Encode `query` with the store's model (or `model_key`'s) and return the best hits, and
+    whether the vector index answered (else every stored vector was scanned)."""
     snapshot = _pick_snapshot(store, model_key)
     model = load_snapshot_model(snapshot, device=device)
     if prompt_name is None and "query" in snapshot.prompts:
         prompt_name = "query"
     query_vector = model.encode([query], prompt_name=prompt_name, show_progress_bar=False)[0]
-    return snapshot, store.search(query_vector, snapshot.model, top_k=top_k,
-                                  similarity_fn=snapshot.similarity_fn)
+    searcher = store.searcher(snapshot.model, snapshot.similarity_fn, exact=exact)
+    return snapshot, searcher.search(query_vector, top_k), searcher.uses_index
 
 
 def _pick_snapshot(store: EmbeddingStore, model_key: str | None) -> ModelSnapshot:
@@ -70,15 +72,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prompt-name", help="encode the query with this prompt of the model")
     parser.add_argument("--device", help="cpu, cuda, ... (default: best available)")
     parser.add_argument("--json", action="store_true", help="one JSON object per hit")
+    parser.add_argument("--exact", action="store_true",
+                        help="scan every stored vector instead of using the vector index")
     args = parser.parse_args(argv)
     store = _open_store(parser, args, "; run `make demo` or materialize first")
-    snapshot, hits = search(store, args.query, args.model, args.top_k, args.prompt_name, args.device)
+    snapshot, hits, indexed = search(store, args.query, args.model, args.top_k, args.prompt_name, args.device,
+                                     args.exact)
     if args.json:
         for hit in hits:
             print(json.dumps({"score": hit.score, "id": hit.id, "partition": hit.partition,
                               "text": hit.text}))
         return 0
-    print(f"{snapshot.model}@{snapshot.revision[:19]}  catalog: {store.catalog_label}")
+    print(f"{snapshot.model}@{snapshot.revision[:19]}  catalog: {store.catalog_label}  "
+          f"({'vector index' if indexed else 'exact scan'})")
     for rank, hit in enumerate(hits, start=1):
         text = " ".join((hit.text or "").split())
         print(f"{rank:>2}. {hit.score:.4f}  [{hit.partition}] {hit.id}\n    {text[:160]}")

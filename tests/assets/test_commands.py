@@ -53,6 +53,21 @@ def test_backfill_command_embeds_the_range_and_search_command_finds_a_stored_tex
     assert len(hits) == 3 and hits[0]["id"] == target_id and hits[0]["text"] == target_text
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4) and hits[1]["score"] < hits[0]["score"]
 
+    # The backfill built no vector index: the search scanned, and says so. Once an index
+    # exists it answers, unless --exact asks for the scan.
+    def searched(*options: str) -> str:
+        result = run([str(Path(sys.executable).with_name("embedding-search")), target_text,
+                      "--store", str(tmp_path / "store"), "--top-k", "1", *options], command_env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"] {target_id}\n" in result.stdout, result.stdout
+        return result.stdout.splitlines()[0]
+
+    assert searched().endswith("(exact scan)")
+    (build,) = store.build_vector_indexes()
+    assert build.record.rows == 12
+    assert searched().endswith("(vector index)")
+    assert searched("--exact").endswith("(exact scan)")
+
 
 def test_backfill_command_names_an_unknown_partition(command_env):
     result = run([sys.executable, "-m", "embedding_assets.backfill", "--from", "missing.jsonl"], command_env)

@@ -42,8 +42,11 @@ def test_demo_runs_named_jobs_prints_no_warning_and_loads_the_model_once_for_the
     assert re.findall(r"models loaded: (\d+)", demo.stderr) == ["2"], demo.stderr[-2000:]
     assert demo.stdout.count("\nQuery: ") == 3
     assert "(18 vectors in 3 partitions" in demo.stdout
+    # The hits come through the vector index, built by its own job, its recall checked.
+    assert re.search(r"Index:   18 vectors, full, recall@10 (1\.000|0\.9[5-9]\d) against exact search", demo.stdout), demo.stdout
+    assert demo.stdout.count(", vector index)\n") == 3
 
     monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])  # dagster.yaml reads it
     with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         jobs = sorted(r.job_name for r in instance.get_runs(RunsFilter()))
-    assert jobs == ["embed_corpus", "snapshot_model"]
+    assert jobs == ["embed_corpus", "index_vectors", "snapshot_model"]
