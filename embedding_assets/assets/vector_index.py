@@ -18,8 +18,7 @@ from dagster import (
 from embedding_assets.assets.embeddings import EMBEDDINGS_SPEC
 from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS
 from embedding_assets.resources import EmbeddingStoreResource
-from embedding_core.store import EmbeddingStore
-from embedding_core.store.vector_index import IndexBuild
+from embedding_core.store import EmbeddingStore, IndexBuild
 
 RECALL_TARGET = 0.95
 RECALL_QUERIES = 100

@@ -12,6 +12,8 @@ stay readable until `EmbeddingStore.maintain` expires what is no longer current.
 - `queries`: reading records and rows back;  `writer`: reuse, encode, one commit
 - `maintenance`: expiring old versions and files;  `facade`: `EmbeddingStore`
 - `damage`: finding missing or unreadable data files (`EmbeddingStore.verify`)
+- `vector_index`: building, updating and opening the ANN index of a model version;
+  `index_files`: where its files live;  `search`: index + exact search (`VectorSearcher`)
 """
 
 import embedding_core.store.records as records

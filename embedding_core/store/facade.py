@@ -33,11 +33,14 @@ import embedding_core.store.writer as writer
 from embedding_core.store.catalog import CATALOG_FILE_NAME, Catalog
 from embedding_core.store.damage import VerifyReport
 from embedding_core.store.files import DataPath
+from embedding_core.store.index_files import IndexFiles
 from embedding_core.store.records import (
     CorpusVersion,
     EmbeddingParams,
     EmbeddingVersion,
     EmbeddingWriteResult,
+    IndexBuild,
+    IndexRecord,
     LakeSnapshot,
     LandingRecord,
     MaintenanceReport,
@@ -86,7 +89,7 @@ class EmbeddingStore:
         self._data = data
         self._catalog = Catalog(catalog, data, busy_timeout_s=busy_timeout_s)
         self._store_id: str | None = None
-        self._index_files = vector_index.IndexFiles(data.root)
+        self._index_files = IndexFiles(data.root)
         data.prepare()
         self._catalog.ensure_schema()
 
@@ -285,7 +288,7 @@ class EmbeddingStore:
         return VectorSearcher(self._catalog, self._index_files, model, similarity_fn, exact)
 
     def build_vector_indexes(self, model: str | None = None, metric: str | None = None,
-                             run_id: str | None = None, rebuild: bool = False) -> list[vector_index.IndexBuild]:
+                             run_id: str | None = None, rebuild: bool = False) -> list[IndexBuild]:
         """Bring the vector index of each model version (of `model`) up to its current
         vectors: an update of the previous index where cheaper, else a full build (always
         with `rebuild`). `metric` defaults to the model snapshot's similarity function."""
@@ -296,7 +299,7 @@ class EmbeddingStore:
                                          metric or functions.get(group[0]) or "cosine", run_id, rebuild)
                 for group in groups]
 
-    def vector_indexes(self, model: str | None = None) -> list[vector_index.IndexRecord]:
+    def vector_indexes(self, model: str | None = None) -> list[IndexRecord]:
         """The current index of each model version (of `model`), newest first."""
         with self.connect() as con:
             return vector_index.current_indexes(con, model)

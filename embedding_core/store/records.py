@@ -20,6 +20,8 @@ __all__ = [
     "EmbeddingParams",
     "EmbeddingVersion",
     "EmbeddingWriteResult",
+    "IndexBuild",
+    "IndexRecord",
     "LakeSnapshot",
     "LandingRecord",
     "MaintenanceReport",
@@ -259,3 +261,37 @@ class MaintenanceReport:
     expired_snapshots: int
     deleted_files: int
     deleted_index_files: int = 0  # vector index files superseded before the cutoff
+
+
+@dataclass(frozen=True)
+class IndexRecord:
+    """One stored index: its files (root-relative), what it covers and how it was built."""
+
+    index_id: str
+    model: str
+    revision: str
+    params_hash: str
+    dim: int
+    metric: str  # the similarity function: "cosine" or "dot"
+    dtype: str
+    lake_snapshot: int
+    versions: tuple[str, ...]
+    rows: int
+    path: str
+    rows_path: str
+    bytes: int
+    mode: str  # "full" or "update"
+    build_seconds: float
+    run_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class IndexBuild:
+    """What `build_index` did: the index now current, and the rows it added and removed
+    (0 and 0, `unchanged`, when the current one already covered every current version)."""
+
+    record: IndexRecord
+    added_rows: int
+    removed_rows: int
+    unchanged: bool

@@ -18,6 +18,7 @@ import pyarrow as pa
 import embedding_core.store.damage as damage
 import embedding_core.store.vector_index as vector_index
 from embedding_core.store.catalog import Catalog
+from embedding_core.store.index_files import IndexFiles
 from embedding_core.store.records import SearchHit
 
 __all__ = ["SIMILARITY_FUNCTIONS", "VectorSearcher", "exact_search"]
@@ -64,7 +65,7 @@ class VectorSearcher:
     rows it does not cover yet.
     """
 
-    def __init__(self, catalog: Catalog, files: vector_index.IndexFiles, model: str,
+    def __init__(self, catalog: Catalog, files: IndexFiles, model: str,
                  similarity_fn: str = "cosine", exact: bool = False) -> None:
         check_similarity_fn(similarity_fn)
         self.catalog, self.model, self.similarity_fn = catalog, model, similarity_fn

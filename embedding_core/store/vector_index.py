@@ -3,9 +3,8 @@
 One index per (model, revision, params_hash) over the current float32 vectors of every
 partition: a usearch HNSW graph with float16 vectors (``<name>.usearch``, memory-mapped by
 readers) and its rows (``<name>.rows.arrow``: key, version_id, partition, id, text; Arrow
-IPC, memory-mapped), under ``<root>/indexes/``, beside the lake (never under ``lake/``,
-whose unreferenced files maintenance deletes). docs/performance.md has the measurements
-that chose the library and its settings.
+IPC, memory-mapped), under ``<root>/indexes/`` (`index_files`). docs/performance.md has the
+measurements that chose the library and its settings.
 
 A build writes both files under new names, then records them in the catalog's
 `vector_indexes` table in one commit: a reader finds the newest record of its lake snapshot
@@ -29,24 +28,22 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 
-from embedding_core.fs import filesystem_and_root
 from embedding_core.store.catalog import Catalog
 from embedding_core.store.files import sql_str
+from embedding_core.store.index_files import INDEX_DIR, IndexFiles
+from embedding_core.store.records import IndexBuild, IndexRecord
 from embedding_core.store.rows import vectors_to_numpy
 
-__all__ = ["INDEX_DIR", "IndexBuild", "IndexRecord", "LoadedIndex", "build_index", "current_indexes",
-           "expire_indexes", "index_groups", "load_index", "version_rows"]
+__all__ = ["LoadedIndex", "build_index", "current_indexes", "expire_indexes", "index_groups", "load_index",
+           "version_rows"]
 
 logger = logging.getLogger(__name__)
 
-INDEX_DIR = "indexes"
 # HNSW settings (docs/performance.md): 16 links per node, candidate lists of 128 when
 # adding and 128 when searching; float16 vectors halve the file with no measured recall loss.
 CONNECTIVITY = 16
@@ -60,40 +57,6 @@ INDEX_COLUMNS = ("index_id, model, revision, params_hash, dim, metric, dtype, la
                  "rows, path, rows_path, bytes, mode, build_seconds, run_id, created_at")
 ROWS_SCHEMA = pa.schema([("key", pa.uint64()), ("version_id", pa.string()), ("partition", pa.string()),
                          ("id", pa.string()), ("text", pa.string())])
-
-
-@dataclass(frozen=True)
-class IndexRecord:
-    """One stored index: its files (root-relative), what it covers and how it was built."""
-
-    index_id: str
-    model: str
-    revision: str
-    params_hash: str
-    dim: int
-    metric: str  # the similarity function: "cosine" or "dot"
-    dtype: str
-    lake_snapshot: int
-    versions: tuple[str, ...]
-    rows: int
-    path: str
-    rows_path: str
-    bytes: int
-    mode: str  # "full" or "update"
-    build_seconds: float
-    run_id: str | None
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class IndexBuild:
-    """What `build_index` did: the index now current, and the rows it added and removed
-    (0 and 0, `unchanged`, when the current one already covered every current version)."""
-
-    record: IndexRecord
-    added_rows: int
-    removed_rows: int
-    unchanged: bool
 
 
 @dataclass
@@ -136,59 +99,6 @@ def _record(row: tuple) -> IndexRecord:
     return IndexRecord(**values)
 
 
-# ----------------------------------------------------------------------------- files
-
-class IndexFiles:
-    """Reading and writing index files under the store root, local or on S3. Readers of an
-    S3 store copy each file once into a local cache (``EMBEDDING_INDEX_CACHE``, default
-    ``~/.cache/embedding_core/indexes``): files are never rewritten, so a cached one stays right."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-        self.filesystem, self.base = filesystem_and_root(root)
-        self.is_local = isinstance(self.filesystem, pafs.LocalFileSystem)
-
-    def local_path(self, relative: str) -> str:
-        """A local file holding `relative`: itself for a local store, a cached copy for S3."""
-        if self.is_local:
-            return os.path.join(self.base, relative)
-        cache = Path(os.environ.get("EMBEDDING_INDEX_CACHE") or Path.home() / ".cache" / "embedding_core" / "indexes")
-        target = cache / relative.replace("/", "__")
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-            with self.filesystem.open_input_stream(f"{self.base}/{relative}") as source, open(partial, "wb") as sink:
-                while chunk := source.read(16 << 20):
-                    sink.write(chunk)
-            os.replace(partial, target)
-        return str(target)
-
-    def put(self, local: str, relative: str) -> int:
-        """Store the local file `local` as `relative` (a new name: nothing is overwritten)."""
-        if self.is_local:
-            target = os.path.join(self.base, relative)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(local, target)
-            return os.path.getsize(target)
-        pafs.copy_files(local, f"{self.base}/{relative}", source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.filesystem)
-        size = os.path.getsize(local)
-        os.remove(local)
-        return size
-
-    def listing(self) -> list[tuple[str, datetime]]:
-        """(root-relative path, modification time) of every file under ``indexes/``."""
-        selector = pafs.FileSelector(f"{self.base}/{INDEX_DIR}", recursive=True, allow_not_found=True)
-        return [(info.path[len(self.base) + 1:], info.mtime) for info in self.filesystem.get_file_info(selector)
-                if info.type == pafs.FileType.File]
-
-    def delete(self, relative: str) -> None:
-        try:
-            self.filesystem.delete_file(f"{self.base}/{relative}")
-        except FileNotFoundError:
-            pass
-
-
 _loaded: dict[str, LoadedIndex] = {}
 _loaded_lock = threading.Lock()
 
@@ -219,7 +129,11 @@ def load_index(files: IndexFiles, record: IndexRecord) -> LoadedIndex:
         raise ValueError(f"index rows file {record.rows_path} holds {rows.num_rows} rows, the catalog "
                          f"recorded {record.rows}")
     loaded = LoadedIndex(record, index, rows)
-    with _loaded_lock:
+    group = (record.model, record.revision, record.params_hash)
+    with _loaded_lock:  # an older index of the same model version is not needed any more
+        for index_id in [i for i, o in _loaded.items() if (o.record.model, o.record.revision,
+                                                            o.record.params_hash) == group]:
+            del _loaded[index_id]
         _loaded[record.index_id] = loaded
     return loaded
 

@@ -129,3 +129,18 @@ def test_every_landing_change_is_embedded_through_the_daemon(tmp_path, monkeypat
         # One run per change (and one model_snapshot per store), not one per file.
         jobs = sorted(run["jobName"] for run in runs)
         assert jobs == ["embed_corpus"] * 4 + ["snapshot_model"] * 2, jobs
+
+        # The automation sensor (embeddings_automation, on by default) keeps vector_index
+        # current: its index comes to cover every current version of the recreated store,
+        # and search answers from it.
+        def indexed() -> bool:
+            store = EmbeddingStore(store_root)
+            with store.connect() as con:
+                current = {v for (v,) in con.execute("SELECT version_id FROM current_embedding_versions").fetchall()}
+            return any(set(record.versions) == current for record in store.vector_indexes())
+
+        wait_until(indexed, "vector_index brought up to date by the automation sensor")
+        store = EmbeddingStore(store_root)
+        (record,) = store.vector_indexes()
+        assert record.rows == len(folder_rows(landing))
+        assert store.searcher(record.model).uses_index

@@ -177,3 +177,29 @@ def test_writer_processes_take_turns_on_a_local_catalog_file(tmp_path):
     with store.connect() as con:
         assert con.execute("SELECT partition, count(*) FROM embeddings GROUP BY ALL ORDER BY 1").fetchall() == [
             (p, 200) for p in partitions]
+
+
+def test_an_index_built_on_s3_is_found_by_a_reader_on_another_machine(lake, s3_server, tmp_path, monkeypatch):
+    """The index files go to S3 beside the lake, recorded in the Postgres catalog; another
+    machine (another process with an empty index cache) finds and uses them."""
+    snapshot = bumped(dim=DIM)
+    corpus = write_shard(lake, "a", 400)
+    lake.write_embeddings("a", corpus, snapshot, EmbeddingParams(), TextHashEncoder(DIM))
+    monkeypatch.setenv("EMBEDDING_INDEX_CACHE", str(tmp_path / "builder-cache"))
+    (build,) = lake.build_vector_indexes()
+    stored = lake_files(s3_server, lake.root)
+    assert {f"{lake.root}/{p}".split("/", 3)[3] for p in (build.record.path, build.record.rows_path)} <= stored
+    reader = subprocess.run(
+        [sys.executable, "-c", "import json, sys\n"
+         "from embedding_core.store import EmbeddingStore\n"
+         "from tests.store.fakes import TextHashEncoder\n"
+         f"store = EmbeddingStore({lake.root!r}, {lake.catalog!r})\n"
+         f"searcher = store.searcher({snapshot.model!r})\n"
+         f"hits = searcher.search(TextHashEncoder({DIM}).vector('a text 123'), top_k=1)\n"
+         "print(json.dumps([searcher.uses_index, searcher.loaded.record.index_id, hits[0].id]))"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "EMBEDDING_INDEX_CACHE": str(tmp_path / "reader-cache")})
+    assert reader.returncode == 0, reader.stderr[-3000:]
+    assert json.loads(reader.stdout.splitlines()[-1]) == [True, build.record.index_id, "a:123"]
+    assert sorted(p.name for p in (tmp_path / "reader-cache").iterdir()) == sorted(
+        p.replace("/", "__") for p in (build.record.path, build.record.rows_path))
