@@ -33,6 +33,13 @@ from embedding_core.modules import Pooling, Transformer
 _TOKENIZE_CHUNK = 4096
 
 
+def _prompted_chunks(texts: Sequence[str], prompt: str | None) -> Iterator[list[str]]:
+    """``texts`` in chunks of ``_TOKENIZE_CHUNK``, the prompt prepended to each."""
+    for start in range(0, len(texts), _TOKENIZE_CHUNK):
+        chunk = texts[start : start + _TOKENIZE_CHUNK]
+        yield [prompt + text for text in chunk] if prompt else list(chunk)
+
+
 def default_device() -> str:
     """``cuda`` if available, else ``mps``, else ``cpu``."""
     if torch.cuda.is_available():
@@ -100,11 +107,8 @@ class ModuleChain(nn.Sequential):
         prompt's length when pooling leaves the prompt out."""
         pieces: list[np.ndarray] = []
         lengths: list[np.ndarray] = []
-        for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            chunk = texts[start : start + _TOKENIZE_CHUNK]
-            if prompt:
-                chunk = [prompt + text for text in chunk]
-            ids = self.transformer.tokenize_to_ids(list(chunk))
+        for chunk in _prompted_chunks(texts, prompt):
+            ids = self.transformer.tokenize_to_ids(chunk)
             lengths.append(np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids)))
             pieces.append(np.fromiter((t for row in ids for t in row), dtype=np.int32))
         flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
@@ -112,6 +116,15 @@ class ModuleChain(nn.Sequential):
         if lengths:
             np.cumsum(np.concatenate(lengths), out=offsets[1:])
         return TokenizedTexts(flat, offsets, self._prompt_length(prompt))
+
+    def token_lengths(self, texts: Sequence[str], prompt: str | None = None) -> np.ndarray:
+        """Tokens each text takes before ``max_seq_length`` cuts it, counted as ``prepare``
+        counts them (prompt prepended, special tokens included): a text longer than
+        ``max_seq_length`` is truncated by ``encode``."""
+        lengths = [np.fromiter((len(row) for row in self.transformer.tokenize_to_ids(chunk, truncate=False)),
+                               dtype=np.int64, count=len(chunk))
+                   for chunk in _prompted_chunks(texts, prompt)]
+        return np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Padded ``input_ids`` and ``attention_mask`` for ``texts``, as the model takes them."""

@@ -22,7 +22,7 @@ A file that left the folder:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from embedding_core.corpus import CorpusShard
@@ -30,6 +30,7 @@ from embedding_core.landing import LandingFile, LandingFolder, bucket_of
 from embedding_core.store import CorpusVersion, EmbeddingStore
 from embedding_core.store.ingest import CorpusChange, corpus_content_version
 from embedding_core.store.records import CORPUS_SCHEMA
+from embedding_core.store.writer import corpus_rows_of
 
 __all__ = ["ON_DELETE", "SyncReport", "bucket_state", "sync_buckets"]
 
@@ -130,3 +131,13 @@ def bucket_state(store: EmbeddingStore, buckets: Iterable[str], bucket_count: in
     for key in sorted(records):
         found[bucket_of(key, bucket_count)].append(key)
     return found, current
+
+
+def bucket_texts(store: EmbeddingStore, corpora: Sequence[CorpusVersion]) -> list[str]:
+    """Every text of `corpora` (a bucket's current corpus versions), in their order, read in
+    one query; `DamagedDataError` when some lie in a damaged data file."""
+    if not corpora:
+        return []
+    with store.connect() as con:
+        rows = corpus_rows_of(con, corpora)
+    return [text for corpus in corpora for text in rows[corpus.write_id].column("text").to_pylist()]

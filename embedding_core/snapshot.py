@@ -23,6 +23,7 @@ from embedding_core.hub import folder_content_hash, resolve_model
 from embedding_core.memory import map_large_blocks, release_free_heap
 from embedding_core.model import SentenceTransformer
 from embedding_core.store import EmbeddingParams, EmbeddingStore, ModelSnapshot
+from embedding_core.truncation import TruncationReport, truncation_report
 
 # Loaded models kept per process: the partitions of one run (and in-process test runs) share
 # one load, and a long-lived process that meets many models keeps only the latest few.
@@ -160,8 +161,8 @@ class EncoderConfig:
 class EncodingSession:
     """Texts -> vectors for the store, with one snapshot and one parameter set.
 
-    The model loads, and the pool starts (with ``target_devices``), only when something is
-    actually encoded; ``close()`` (or leaving the ``with`` block) stops the pool. ``log``
+    The model loads when something is encoded or its truncation counted, and the pool
+    starts (with ``target_devices``) only when something is actually encoded; ``close()`` (or leaving the ``with`` block) stops the pool. ``log``
     hears about each batch of work (an asset passes ``context.log.info``).
     """
 
@@ -178,13 +179,10 @@ class EncodingSession:
         if self.log is not None:
             self.log(f"encoding {len(texts)} texts with {self.snapshot.model}@{self.snapshot.revision[:19]}")
         map_large_blocks()  # per-batch buffers outside the heap (`embedding_core.memory`)
-        if self.model is None:
-            self.model = self.config.load(self.snapshot)
-            if self.config.target_devices:
-                self.pool = self.model.start_multi_process_pool(list(self.config.target_devices))
-        if self.params.max_seq_length is not None:
-            self.model.max_seq_length = self.params.max_seq_length
-        vectors = self.model.encode(
+        model = self._model()
+        if self.config.target_devices and self.pool is None:
+            self.pool = model.start_multi_process_pool(list(self.config.target_devices))
+        vectors = model.encode(
             list(texts), batch_size=self.config.batch_size, precision=self.params.precision,
             normalize_embeddings=self.params.normalize_embeddings, prompt=self.params.prompt,
             truncate_dim=self.params.truncate_dim, pool=self.pool, show_progress_bar=False,
@@ -193,6 +191,19 @@ class EncodingSession:
         # back before the caller writes the vectors (`embedding_core.memory`).
         release_free_heap()
         return vectors
+
+    def truncation(self, texts: Sequence[str]) -> TruncationReport:
+        """What ``encode`` cuts of ``texts``: how many are longer than ``max_seq_length``
+        tokens and the share of tokens dropped (they are tokenized, not encoded)."""
+        return truncation_report(self._model(), texts, self.params.prompt)
+
+    def _model(self) -> SentenceTransformer:
+        """The snapshot's model (loaded on first use), with the parameters' ``max_seq_length``."""
+        if self.model is None:
+            self.model = self.config.load(self.snapshot)
+        if self.params.max_seq_length is not None:
+            self.model.max_seq_length = self.params.max_seq_length
+        return self.model
 
     def close(self) -> None:
         if self.pool is not None:

@@ -191,17 +191,24 @@ class Transformer(Module):
     def output_dimension(self, input_dimension: int | None) -> int:
         return self.get_word_embedding_dimension()
 
-    def tokenize_to_ids(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text (special tokens added, truncated to ``max_seq_length``), unpadded."""
+    def tokenize_to_ids(self, texts: list[str], truncate: bool = True) -> list[list[int]]:
+        """Token ids of each text (special tokens added, truncated to ``max_seq_length``), unpadded.
+
+        With ``truncate=False`` each text keeps all its tokens: what the model would have
+        been given without the cut (``embedding_core.truncation`` counts what is dropped).
+        """
         if self.do_lower_case:
             texts = [text.lower() for text in texts]
+        cut = truncate and self._max_seq_length is not None
         encoded = self.tokenizer(
             texts,
             add_special_tokens=True,
-            truncation=self._max_seq_length is not None,
-            max_length=self._max_seq_length,
+            truncation=cut,
+            max_length=self._max_seq_length if cut else None,
             return_attention_mask=False,
             return_token_type_ids=False,
+            # Uncut on purpose: no "longer than the specified maximum sequence length" warning.
+            verbose=truncate,
         )
         return encoded["input_ids"]
 
