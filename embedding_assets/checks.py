@@ -6,6 +6,8 @@
 - The four `SHARD_CHECKS` of `embeddings` run inside the same step after `embeddings`, on the
   one read back of the versions it wrote (`shard_check_evaluations`): a shard's vectors are read back
   once, not once per check step.
+- `texts_fit_max_seq_length` runs in the same step too, on every text of each bucket's
+  current corpus: a warning, not a failure, when the encoder cut some of them.
 - The spot check `embeddings_match_model` re-encodes a few sampled texts of each bucket and
   compares them with their stored vectors, reading only the sampled rows. It runs after
   `embeddings` in the same step, can be launched alone from the UI (the asset's Checks tab)
@@ -31,6 +33,7 @@ from dagster import (
     PreviewWarning,
 )
 
+from embedding_assets.metadata import truncation_metadata
 from embedding_assets.partitions import LANDING_BUCKETS, corpus_partitions
 from embedding_assets.problems import (
     SHARD_CHECKS,
@@ -45,9 +48,11 @@ from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
 from embedding_core.landing_sync import bucket_state
 from embedding_core.snapshot import SnapshotNotCurrentError, require_current_snapshot
 from embedding_core.store import EmbeddingParams
+from embedding_core.truncation import TruncationReport
 
 __all__ = [
-    "EMBEDDINGS", "ENCODES_CHECK", "SHARD_CHECKS", "MATCH_MODEL_CHECK", "ShardCheck", "StoredShard",
+    "EMBEDDINGS", "ENCODES_CHECK", "SHARD_CHECKS", "MATCH_MODEL_CHECK", "TRUNCATION_CHECK", "ShardCheck",
+    "StoredShard", "truncation_evaluation",
     "dim_problem", "embeddings_match_model", "encodes_canary", "shard_check_evaluations",
     "non_finite_problem", "partition_check_spec", "partition_evaluation", "retargeted", "rows_match_corpus_problem",
     "unit_norm_problem", "vector_agreement",
@@ -60,6 +65,7 @@ MIN_COSINE = 0.9999
 MIN_BIT_AGREEMENT = 0.98
 ENCODES_CHECK = "encodes_canary"
 MATCH_MODEL_CHECK = "embeddings_match_model"
+TRUNCATION_CHECK = "texts_fit_max_seq_length"
 CANARY_TEXTS = ["A man is eating food.", "The quick brown fox jumps over the lazy dog."]
 
 
@@ -156,6 +162,26 @@ def shard_check_evaluations(instance: DagsterInstance | None, bucket: str, shard
             "problems": dict(list(problems.items())[:SHOWN_PROBLEMS]),
             "note": None if judged else "no new version in this run; the last result stands"}))
     return evaluations
+
+
+TRUNCATION_SPEC = partition_check_spec(
+    TRUNCATION_CHECK, "embeddings",
+    "Every text of the bucket's current corpus fits the model's max_seq_length (in tokens, "
+    "counted with the model's tokenizer, special tokens included). A longer text is cut: "
+    "only its first max_seq_length tokens are embedded, the rest never reaches the model. "
+    "Warns (does not fail) when texts were cut, with truncated_texts, truncated_share and "
+    "dropped_token_share; they are cut on every run, and will be until long texts are split "
+    "into chunks, which the pipeline does not do yet.")
+
+
+def truncation_evaluation(instance: DagsterInstance | None, bucket: str,
+                          report: TruncationReport) -> AssetCheckEvaluation:
+    """The `texts_fit_max_seq_length` result of one bucket: passes when the encoder cut none
+    of its texts; a cut text is a warning (severity WARN), not a failure."""
+    return partition_evaluation(
+        instance, EMBEDDINGS, TRUNCATION_CHECK, bucket, report.truncated_texts == 0,
+        {**truncation_metadata(report), "texts": report.texts, "max_seq_length": report.max_seq_length},
+        severity=AssetCheckSeverity.WARN)
 
 
 MATCH_MODEL_SPEC = partition_check_spec(

@@ -28,6 +28,7 @@ from embedding_core.store import (
     ModelSnapshot,
     StoredRows,
 )
+from embedding_core.truncation import TruncationReport
 
 PREVIEW_ROWS = 5
 PREVIEW_CHARS = 80
@@ -125,11 +126,20 @@ def snapshot_metadata(snapshot: ModelSnapshot) -> dict[str, object]:
     })
 
 
-def bucket_embeddings_metadata(results: Sequence[EmbeddingWriteResult],
-                               store: EmbeddingStore) -> dict[str, object]:
+def truncation_metadata(report: TruncationReport) -> dict[str, object]:
+    """What the encoder cut of a bucket's texts: how many were longer than max_seq_length
+    tokens, their share of the texts, and the share of all tokens that never reach the model."""
+    return {"truncated_texts": report.truncated_texts,
+            "truncated_share": round(report.truncated_share, 4),
+            "dropped_token_share": round(report.dropped_token_share, 4)}
+
+
+def bucket_embeddings_metadata(results: Sequence[EmbeddingWriteResult], store: EmbeddingStore,
+                               truncation: TruncationReport | None = None) -> dict[str, object]:
     """A bucket's files after an embeddings run: rows, new versions, texts encoded and reused,
-    throughput (only when something was encoded), the model version, a preview of the first
-    new version."""
+    what the encoder cut of the bucket's texts (`truncation`, every text of its current
+    corpus), throughput (only when something was encoded), the model version, a preview of
+    the first new version."""
     versions = [result.version for result in results]
     encoded = sum(result.encoded_rows for result in results)
     seconds = sum(result.encode_seconds for result in results)
@@ -144,6 +154,7 @@ def bucket_embeddings_metadata(results: Sequence[EmbeddingWriteResult],
         "new_versions": sum(result.created for result in results),
         "encoded_rows": encoded,
         "reused_rows": sum(result.reused_rows for result in results),
+        **(truncation_metadata(truncation) if truncation is not None else {}),
         "size": human_size(sum(version.bytes for version in versions)),
         "model": head.model if head else None,
         "revision": head.revision if head else None,

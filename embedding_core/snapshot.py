@@ -195,6 +195,8 @@ class EncodingSession:
     def truncation(self, texts: Sequence[str]) -> TruncationReport:
         """What ``encode`` cuts of ``texts``: how many are longer than ``max_seq_length``
         tokens and the share of tokens dropped (they are tokenized, not encoded)."""
+        if not texts:  # nothing to tokenize: the model is not loaded for it
+            return TruncationReport.of_lengths([], self.params.max_seq_length)
         return truncation_report(self._model(), texts, self.params.prompt)
 
     def _model(self) -> SentenceTransformer:

@@ -15,6 +15,7 @@ from embedding_assets.assets.embeddings import EMBEDDINGS_SPEC, SHARD_CHECK_SPEC
 from embedding_assets.checks import (
     EMBEDDINGS,
     MATCH_MODEL_SPEC,
+    TRUNCATION_SPEC,
     check_output,
     embeddings_match_model,
     match_model_evaluations,
@@ -28,7 +29,7 @@ with quiet_beta():
     @multi_asset(
         name="landing_buckets",
         specs=[CORPUS_SPEC, EMBEDDINGS_SPEC],
-        check_specs=[ROWS_VALID_SPEC, *SHARD_CHECK_SPECS, MATCH_MODEL_SPEC],
+        check_specs=[ROWS_VALID_SPEC, *SHARD_CHECK_SPECS, TRUNCATION_SPEC, MATCH_MODEL_SPEC],
         partitions_def=corpus_partitions,
         backfill_policy=backfill_policy,
         can_subset=True,

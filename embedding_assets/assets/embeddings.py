@@ -12,12 +12,13 @@ from embedding_assets.checks import (
     SHARD_CHECKS,
     partition_check_spec,
     shard_check_evaluations,
+    truncation_evaluation,
 )
 from embedding_assets.metadata import bucket_embeddings_metadata
 from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS, LANDING_BUCKETS
 from embedding_assets.problems import StoredShard
 from embedding_assets.shards import BucketResult, ShardFailures, bucket_data_version
-from embedding_core.landing_sync import bucket_state
+from embedding_core.landing_sync import bucket_state, bucket_texts
 from embedding_core.memory import release_free_heap
 from embedding_core.snapshot import require_current_snapshot
 
@@ -49,7 +50,10 @@ EMBEDDINGS_SPEC = AssetSpec(
     Texts already embedded with the same revision and parameters (in any file) are reused;
     a file whose version is stored already is not re-encoded at all. Each bucket is one
     encode call and one commit, whose connection reads the versions written back once: what
-    the metadata and the four shard checks (one result per bucket) judge. A bucket that fails
+    the metadata and the four shard checks (one result per bucket) judge. Texts longer than
+    the model's max_seq_length are cut by the encoder: the metadata counts them over every
+    text of the bucket (truncated_texts, truncated_share, dropped_token_share) and the
+    texts_fit_max_seq_length check warns when there are any. A bucket that fails
     (or whose corpus failed in this run) does not stop the others: they are stored and
     recorded, then the step fails naming every failed bucket and file.""",
 )
@@ -81,14 +85,19 @@ def embed(context, encoder, store, buckets, failures: ShardFailures) -> dict[str
                 shards = [StoredShard(result.version, result.stored.ids, result.stored.vectors,
                                       result.stored.corpus_ids, snapshot, params)
                           for result in results if result.stored is not None]
+                # Every text of the bucket, reused ones too: what is cut is a property of the texts.
+                truncation = session.truncation(bucket_texts(store, bucket_corpora))
                 # No target yet: this step's materialization of the bucket is not recorded.
-                evaluations = shard_check_evaluations(None, bucket, shards, params)
+                evaluations = [*shard_check_evaluations(None, bucket, shards, params),
+                               truncation_evaluation(None, bucket, truncation)]
                 versions = {result.version.partition: result.version.version_id for result in results}
-                done[bucket] = BucketResult(bucket_embeddings_metadata(results, store),
+                done[bucket] = BucketResult(bucket_embeddings_metadata(results, store, truncation),
                                             bucket_data_version(versions), evaluations)
                 context.log.info(
                     f"{bucket}: {len(results)} file(s), {len(shards)} new version(s), "
                     f"{sum(r.encoded_rows for r in results)} texts encoded, "
-                    f"{sum(r.reused_rows for r in results)} rows reused")
+                    f"{sum(r.reused_rows for r in results)} rows reused, "
+                    f"{truncation.truncated_texts} of {truncation.texts} texts longer than "
+                    f"{truncation.max_seq_length} tokens (cut)")
                 del results, shards  # this bucket's vectors, before the next one
     return done

@@ -1,6 +1,7 @@
 """Fixtures for the Dagster tests: a small landing folder cut from the sample corpus, a
 temporary store and instance, and the sentence-transformers oracle."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,20 @@ def write_sample_slice(landing: Path, rows: int = ROWS_PER_SHARD) -> Path:
         header = 1 if name.endswith(".csv") else 0
         (landing / name).write_text("".join(lines[: rows + header]), encoding="utf-8")
     return landing
+
+
+# Two python_docs.jsonl rows longer than MiniLM's max_seq_length of 256 tokens ([CLS] and
+# [SEP] included): id -> tokens. The slice's ROWS_PER_SHARD rows are shorter (958 tokens in all).
+LONG_DOCS = {"pydoc-re-4": 258, "pydoc-formatstrings-11": 911}
+
+
+def append_long_docs(landing: Path) -> int:
+    """Append the `LONG_DOCS` rows of the sample corpus to the slice's python_docs.jsonl;
+    how many rows it holds now."""
+    sample = (Path(SAMPLE_CORPUS_DIR) / "python_docs.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    with (landing / "python_docs.jsonl").open("a", encoding="utf-8") as docs:
+        docs.writelines(line for line in sample if json.loads(line)["id"] in LONG_DOCS)
+    return ROWS_PER_SHARD + len(LONG_DOCS)
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,7 @@ STDLIB_BUCKET = bucket_of("stdlib_docstrings.txt", 16)  # bucket-07
 BUCKETS = bucket_keys(16)
 
 EMBEDDINGS_CHECKS = {"rows_match_corpus", "dim_matches_model", "vectors_finite", "unit_norm",
-                     "embeddings_match_model"}
+                     "texts_fit_max_seq_length", "embeddings_match_model"}
 
 
 def embeddings_check_evaluations(results, checks=EMBEDDINGS_CHECKS) -> dict:

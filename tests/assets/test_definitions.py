@@ -24,7 +24,8 @@ def test_definitions_hold_the_lineage_graph_checks_jobs_automation_and_policies(
         "vector_index": "vectors", "store_maintenance": "maintenance"}
     checks = {key.name: key for key in graph.asset_check_keys}
     assert set(checks) == {"rows_valid", "encodes_canary", "rows_match_corpus", "dim_matches_model",
-                           "vectors_finite", "unit_norm", "embeddings_match_model", "recall_at_10"}
+                           "vectors_finite", "unit_norm", "texts_fit_max_seq_length",
+                           "embeddings_match_model", "recall_at_10"}
     partitioned = {name for name, key in checks.items()
                    if graph.get(key).partitions_def is not None}
     assert partitioned == set(checks) - {"encodes_canary", "recall_at_10"}

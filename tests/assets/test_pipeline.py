@@ -17,7 +17,7 @@ from embedding_assets.resources import EncoderResource
 from embedding_core.hub import DEFAULT_MODEL_NAME, bundled_model_path, folder_content_hash
 from embedding_core.landing import bucket_of
 from embedding_core.store import EmbeddingParams, corpus_table
-from tests.assets.conftest import ROWS_PER_SHARD, SHARDS, materialize_everything
+from tests.assets.conftest import ROWS_PER_SHARD, SHARDS, append_long_docs, materialize_everything
 
 # The landing buckets (Dagster partitions) of the sample files.
 DOCS_BUCKET = bucket_of("python_docs.jsonl", 16)  # bucket-04
@@ -153,22 +153,36 @@ def test_single_bucket_run_stores_only_the_files_of_that_bucket(defs, instance):
               if c.asset_key == AssetKey("embeddings")}
     assert checks == {(name, DOCS_BUCKET): True
                       for name in ("rows_match_corpus", "dim_matches_model", "vectors_finite",
-                                   "embeddings_match_model")}
+                                   "texts_fit_max_seq_length", "embeddings_match_model")}
 
 
-def test_texts_shared_between_shards_are_reused_not_reencoded(tmp_path, landing, instance):
+def test_texts_shared_between_shards_are_reused_not_reencoded_and_cut_texts_counted(tmp_path, landing, instance):
+    rows = append_long_docs(landing)
     (landing / "copy_of_docs.jsonl").write_text((landing / "python_docs.jsonl").read_text())
     defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing))
-    materialize_everything(defs, instance)
+    results = materialize_everything(defs, instance)
     copy_bucket = bucket_of("copy_of_docs.jsonl", 16)
     assert copy_bucket == "bucket-06"
     first = latest_materialization(instance, "embeddings", DOCS_BUCKET)
     second = latest_materialization(instance, "embeddings", copy_bucket)
     # Buckets run in order: python_docs.jsonl (bucket-04) encodes, its copy (bucket-06) reuses.
-    assert (first.metadata["encoded_rows"].value, first.metadata["reused_rows"].value) == (ROWS_PER_SHARD, 0)
-    assert (second.metadata["encoded_rows"].value, second.metadata["reused_rows"].value) == (0, ROWS_PER_SHARD)
+    assert (first.metadata["encoded_rows"].value, first.metadata["reused_rows"].value) == (rows, 0)
+    assert (second.metadata["encoded_rows"].value, second.metadata["reused_rows"].value) == (0, rows)
     store = defs.resources["embedding_store"].open()
-    assert store.current_embedding_version("copy_of_docs.jsonl", DEFAULT_MODEL_NAME).rows == ROWS_PER_SHARD
+    assert store.current_embedding_version("copy_of_docs.jsonl", DEFAULT_MODEL_NAME).rows == rows
+    # What the encoder cut, counted over every text of the bucket, reused ones included: 2 of
+    # 14 texts; (258 - 256) + (911 - 256) of the 958 + 258 + 911 tokens (conftest.LONG_DOCS).
+    cut = {"truncated_texts": 2, "truncated_share": 0.1429, "dropped_token_share": 0.3089}
+    assert [{key: event.metadata[key].value for key in cut} for event in (first, second)] == [cut, cut]
+    checks = {e.partition: e for result in results for e in result.get_asset_check_evaluations()
+              if e.check_name == "texts_fit_max_seq_length"}
+    # A warning (the run does not fail) for those two buckets; every other one passes.
+    assert {e.severity for e in checks.values()} == {AssetCheckSeverity.WARN}
+    assert {bucket: e.passed for bucket, e in checks.items()} == {
+        bucket: bucket not in (DOCS_BUCKET, copy_bucket) for bucket in landing_partitions()}
+    assert {key: value.value for key, value in checks[copy_bucket].metadata.items()} == {
+        **cut, "texts": rows, "max_seq_length": 256}
+    assert checks[STDLIB_BUCKET].metadata["truncated_texts"].value == 0
 
 
 def local_model_copy(folder: Path) -> Path:
