@@ -5,7 +5,8 @@
 Materializes model_snapshot, then corpus + embeddings for every file of the sample corpus
 (embedding_assets/sample_corpus) into ./store, then the vector index (the index_vectors job),
 recording the runs in the project's Dagster instance (./.dagster_home, so `make dev` shows
-them), and prints where the catalog is and the best hits for a few queries, found through the
+them), and prints where the catalog is, how many texts of each file the encoder cuts (longer
+than the model's max_seq_length), and the best hits for a few queries, found through the
 index. Run it again: nothing is re-encoded, the index is left as it is.
 """
 
@@ -30,6 +31,7 @@ def main(queries: list[str]) -> int:
     from embedding_assets.backfill import main as backfill
     from embedding_core.snapshot import load_snapshot_model
     from embedding_core.store import EmbeddingStore
+    from embedding_core.truncation import truncation_report
 
     status = backfill([])
     if status != 0:
@@ -51,6 +53,13 @@ def main(queries: list[str]) -> int:
     print(f"Index:   {index['dagster/row_count'].value} vectors, {index['mode'].value}, recall@10 "
           f"{index['recall_at_10'].value:.3f} against exact search ({index['index_file'].value})"
           if searcher.uses_index else "Index:   none usable, exact search")
+    print(f"\nTexts longer than {model.max_seq_length} tokens, cut by the encoder "
+          "(embeddings metadata, check texts_fit_max_seq_length):")
+    for partition in store.corpus_partitions():
+        texts = store.read_corpus(store.corpus_version(partition)).column("text").to_pylist()
+        cut = truncation_report(model, texts)
+        print(f"  {partition}: {cut.truncated_texts:,} of {cut.texts:,} texts ({cut.truncated_share:.1%}), "
+              f"{cut.dropped_token_share:.1%} of all its tokens dropped")
     for query, vector in zip(queries, vectors, strict=True):
         hits = searcher.search(vector, top_k=3)
         print(f"\nQuery: {query!r}  ({snapshot.model}, {'vector index' if searcher.uses_index else 'exact scan'})")

@@ -93,11 +93,11 @@ def embed(context, encoder, store, buckets, failures: ShardFailures) -> dict[str
                 versions = {result.version.partition: result.version.version_id for result in results}
                 done[bucket] = BucketResult(bucket_embeddings_metadata(results, store, truncation),
                                             bucket_data_version(versions), evaluations)
+                cut = (f", {truncation.truncated_texts} of {truncation.texts} texts cut at "
+                       f"{truncation.max_seq_length} tokens" if truncation.truncated_texts else "")
                 context.log.info(
                     f"{bucket}: {len(results)} file(s), {len(shards)} new version(s), "
                     f"{sum(r.encoded_rows for r in results)} texts encoded, "
-                    f"{sum(r.reused_rows for r in results)} rows reused, "
-                    f"{truncation.truncated_texts} of {truncation.texts} texts longer than "
-                    f"{truncation.max_seq_length} tokens (cut)")
+                    f"{sum(r.reused_rows for r in results)} rows reused{cut}")
                 del results, shards  # this bucket's vectors, before the next one
     return done
