@@ -110,7 +110,8 @@ def test_ui_shows_the_graph_partitions_checks_and_launches_a_partition_by_clicki
                          )["assetNodeOrError"]["assetChecksOrError"]["checks"]
         assert {c["name"]: c["partitionStatuses"]["succeededPartitions"] for c in checks} == {
             "rows_match_corpus": [PARTITION], "dim_matches_model": [PARTITION],
-            "vectors_finite": [PARTITION], "embeddings_match_model": [PARTITION], "unit_norm": []}
+            "vectors_finite": [PARTITION], "embeddings_match_model": [PARTITION], "unit_norm": [],
+            "texts_fit_max_seq_length": [PARTITION]}  # its 4 texts are all shorter than 256 tokens
         browser.close()
     for name in ("1_lineage", "2_run", "3_partitions", "4_checks"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
