@@ -31,20 +31,23 @@ def store_maintenance(
 ) -> MaterializeResult:
     """DuckLake maintenance of the store: expires versions replaced more than
     `older_than_days` ago and lake snapshots that old, then deletes the data files nothing
-    references any more (also those of writers that died mid-commit). The current version
-    of every partition is never touched."""
+    references any more (also those of writers that died mid-commit), and the files of
+    vector indexes superseded that long ago. The current version of every partition and the
+    current index of every model version are never touched."""
     store = embedding_store.open()
     report = store.maintain(older_than=timedelta(days=config.older_than_days))
     context.log.info(
         f"expired {len(report.expired_embedding_versions)} embedding and "
         f"{len(report.expired_corpus_versions)} corpus versions, {report.expired_snapshots} "
-        f"snapshots; deleted {report.deleted_files} files ({store.catalog_label})"
+        f"snapshots; deleted {report.deleted_files} files and {report.deleted_index_files} vector "
+        f"index files ({store.catalog_label})"
     )
     return MaterializeResult(metadata={
         "expired_embedding_versions": len(report.expired_embedding_versions),
         "expired_corpus_versions": len(report.expired_corpus_versions),
         "expired_snapshots": report.expired_snapshots,
         "deleted_files": report.deleted_files,
+        "deleted_index_files": report.deleted_index_files,
         "older_than_days": config.older_than_days,
         "catalog": store.catalog_label,
     })

@@ -249,12 +249,14 @@ def _slug(model: str) -> str:
 # ----------------------------------------------------------------------------- maintenance
 
 def expire_indexes(catalog: Catalog, files: IndexFiles, older_than: timedelta) -> int:
-    """Delete the files of index records no longer current since before now - `older_than`
-    (and those records), and files under ``indexes/`` no record names that are that old (a
+    """Delete the files of index records made before now - `older_than` that are not the
+    newest of a model version with current vectors (and those records), and files under ``indexes/`` no record names that are that old (a
     build that died before its commit). Returns how many files were deleted."""
     cutoff = datetime.now(timezone.utc) - older_than
     with catalog.connection() as con:
-        keep = {r.index_id for r in current_indexes(con)}
+        # The newest index of each model version that still has current vectors.
+        live = {group[:3] for group in index_groups(con)}
+        keep = {r.index_id for r in current_indexes(con) if (r.model, r.revision, r.params_hash) in live}
         records = [(index_id, path, rows_path, created) for index_id, path, rows_path, created in con.execute(
             "SELECT index_id, path, rows_path, created_at FROM vector_indexes").fetchall()]
     expired = [r for r in records if r[0] not in keep and r[3] < cutoff]

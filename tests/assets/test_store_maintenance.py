@@ -15,12 +15,15 @@ def test_maintenance_expires_replaced_versions_and_keeps_current_ones(tmp_path, 
     defs = build_definitions(store_root=str(tmp_path / "store"), landing_dir=str(landing),
                              encoder=EncoderResource(model_name=str(model_dir)))
     materialize_everything(defs, instance)
+    store = defs.resources["embedding_store"].open()
+    (first_index,) = store.build_vector_indexes()
     (model_dir / "NOTES.md").write_text("a new file: a new content revision\n")
     keys = landing_partitions()
     results = materialize_selection(defs, instance, [AssetKey("model_snapshot")])
     results += materialize_selection(defs, instance, [AssetKey("embeddings")], keys)
     assert all(result.success for result in results)
-    store = defs.resources["embedding_store"].open()
+    (index,) = store.build_vector_indexes()  # the new revision's: the first one covers nothing current
+    assert index.record.revision != first_index.record.revision and index.record.mode == "full"
     old, new = store.embedding_versions("python_docs.jsonl")
     with store.connect() as con:
         before = con.execute("SELECT version_id, embedding FROM embeddings "
@@ -33,6 +36,9 @@ def test_maintenance_expires_replaced_versions_and_keeps_current_ones(tmp_path, 
     metadata = result.asset_materializations_for_node("store_maintenance")[0].metadata
     assert metadata["expired_embedding_versions"].value == len(SHARDS)
     assert metadata["deleted_files"].value > 0
+    assert metadata["deleted_index_files"].value == 2  # the old revision's index and its rows
+    assert [r.index_id for r in store.vector_indexes()] == [index.record.index_id]
+    assert store.searcher(index.record.model).uses_index
     assert [v.version_id for v in store.embedding_versions("python_docs.jsonl")] == [new.version_id]
     assert old.version_id != new.version_id
     with store.connect() as con:
