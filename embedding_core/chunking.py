@@ -99,7 +99,8 @@ class ChunkingParams:
 @dataclass(frozen=True)
 class Chunk:
     """Chunk number ``chunk`` (0-based) of text ``document``: ``text[char_start:char_end]``,
-    ``tokens`` word pieces of content (special tokens and prompt not counted)."""
+    ``tokens`` word pieces of content as encode counts them (special tokens and prompt not
+    counted)."""
 
     document: int
     chunk: int
@@ -131,14 +132,18 @@ def content_budget(model: ModuleChain, params: ChunkingParams, prompt: str | Non
     params.check_fits(model.max_seq_length)
     if model.max_seq_length is None:
         return params.tokens
-    # An empty text is only what encode adds around every text: special tokens and prompt.
-    added = int(model.token_lengths([""], prompt)[0])
+    added = _added_tokens(model, prompt)
     budget = min(params.tokens, model.max_seq_length - added)
     if budget <= params.overlap:
         raise ValueError(f"{OVERLAP_ENV}={params.overlap} leaves no room: a chunk holds {budget} tokens of "
                          f"content ({TOKENS_ENV}={params.tokens}, max_seq_length {model.max_seq_length}, "
                          f"{added} special and prompt tokens)")
     return budget
+
+
+def _added_tokens(model: ModuleChain, prompt: str | None) -> int:
+    """Tokens encode adds around every text: an empty text is only special tokens and prompt."""
+    return int(model.token_lengths([""], prompt)[0])
 
 
 def chunk_texts(model: ModuleChain, texts: Sequence[str], params: ChunkingParams,
@@ -158,29 +163,31 @@ def chunk_texts(model: ModuleChain, texts: Sequence[str], params: ChunkingParams
     if not getattr(model.tokenizer, "is_fast", False):
         raise TypeError("chunk_texts() needs a fast tokenizer (character offsets of every token)")
     budget = content_budget(model, params, prompt)
-    overlap = params.overlap
-    spans = [_split(text, offsets, budget, overlap) for text, offsets in zip(texts, _offsets(model, texts))]
-    # A span's tokens can tokenize to a few more on their own (a word cut in two, a prompt that
-    # merges): the encoder's own length test decides, and a text that overflows is re-split.
+    added = _added_tokens(model, prompt)
+    budgets = [budget] * len(texts)
+    spans = [_split(text, offsets, budget, params.overlap) for text, offsets in zip(texts, _offsets(model, texts))]
+    # A span's word pieces can tokenize to a few more on their own (a word cut in two, a prompt
+    # that merges): the encoder's own length test counts them, and a text with a chunk over
+    # the window is split again with a window smaller by the excess.
     while True:
         flat = [(document, span) for document, document_spans in enumerate(spans) for span in document_spans]
         strings = [texts[document][start:end] for document, (start, end, _) in flat]
-        excess = model.token_lengths(strings, prompt) - (model.max_seq_length or np.iinfo(np.int64).max)
-        if not (excess > 0).any():
+        content = model.token_lengths(strings, prompt) - added
+        excess: dict[int, int] = {}
+        for (document, _), tokens in zip(flat, content.tolist()):
+            if tokens > budget:
+                excess[document] = max(excess.get(document, 0), tokens - budget)
+        if not excess:
             break
-        worst: dict[int, int] = {}
-        for (document, _), over in zip(flat, excess.tolist()):
-            if over > 0:
-                worst[document] = max(worst.get(document, 0), over)
-        budget -= max(worst.values())
-        if budget <= 0:
-            raise ValueError(f"cannot fit chunks of texts {sorted(worst)} in max_seq_length {model.max_seq_length}")
-        overlap = min(overlap, budget - 1)
-        for document in worst:
-            spans[document] = _split(texts[document], _offsets(model, [texts[document]])[0], budget, overlap)
+        for document, over in excess.items():
+            budgets[document] -= over
+            if budgets[document] <= 0:
+                raise ValueError(f"text {document} does not split into chunks of {budget} tokens")
+            spans[document] = _split(texts[document], _offsets(model, [texts[document]])[0],
+                                     budgets[document], min(params.overlap, budgets[document] - 1))
     counters: dict[int, int] = {}
     chunks = []
-    for document, (start, end, tokens) in flat:
+    for (document, (start, end, _)), tokens in zip(flat, content.tolist()):
         number = counters[document] = counters.get(document, -1) + 1
         chunks.append(Chunk(document, number, start, end, tokens))
     return chunks
