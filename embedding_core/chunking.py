@@ -164,33 +164,34 @@ def chunk_texts(model: ModuleChain, texts: Sequence[str], params: ChunkingParams
         raise TypeError("chunk_texts() needs a fast tokenizer (character offsets of every token)")
     budget = content_budget(model, params, prompt)
     added = _added_tokens(model, prompt)
-    budgets = [budget] * len(texts)
     spans = [_split(text, offsets, budget, params.overlap) for text, offsets in zip(texts, _offsets(model, texts))]
+    content_tokens: list[list[int]] = [[] for _ in texts]
+    windows = [budget] * len(texts)
+    pending = list(range(len(texts)))
     # A span's word pieces can tokenize to a few more on their own (a word cut in two, a prompt
     # that merges): the encoder's own length test counts them, and a text with a chunk over
-    # the window is split again with a window smaller by the excess.
-    while True:
-        flat = [(document, span) for document, document_spans in enumerate(spans) for span in document_spans]
-        strings = [texts[document][start:end] for document, (start, end, _) in flat]
-        content = model.token_lengths(strings, prompt) - added
-        excess: dict[int, int] = {}
-        for (document, _), tokens in zip(flat, content.tolist()):
-            if tokens > budget:
-                excess[document] = max(excess.get(document, 0), tokens - budget)
-        if not excess:
-            break
-        for document, over in excess.items():
-            budgets[document] -= over
-            if budgets[document] <= 0:
-                raise ValueError(f"text {document} does not split into chunks of {budget} tokens")
-            spans[document] = _split(texts[document], _offsets(model, [texts[document]])[0],
-                                     budgets[document], min(params.overlap, budgets[document] - 1))
-    counters: dict[int, int] = {}
-    chunks = []
-    for (document, (start, end, _)), tokens in zip(flat, content.tolist()):
-        number = counters[document] = counters.get(document, -1) + 1
-        chunks.append(Chunk(document, number, start, end, tokens))
-    return chunks
+    # the budget is split again with a window smaller by the excess.
+    while pending:
+        owners = [document for document in pending for _ in spans[document]]
+        strings = [texts[document][start:end] for document in pending for start, end in spans[document]]
+        counted = (model.token_lengths(strings, prompt) - added).tolist()
+        for document, tokens in zip(owners, counted):
+            content_tokens[document].append(tokens)
+        split_again = []
+        for document in pending:
+            excess = max(content_tokens[document]) - budget
+            if excess > 0:
+                windows[document] -= excess
+                if windows[document] <= 0:
+                    raise ValueError(f"text {document} does not split into chunks of {budget} tokens")
+                spans[document] = _split(texts[document], _offsets(model, [texts[document]])[0],
+                                         windows[document], min(params.overlap, windows[document] - 1))
+                content_tokens[document] = []
+                split_again.append(document)
+        pending = split_again
+    return [Chunk(document, number, start, end, tokens)
+            for document, (document_spans, document_tokens) in enumerate(zip(spans, content_tokens))
+            for number, ((start, end), tokens) in enumerate(zip(document_spans, document_tokens))]
 
 
 def _offsets(model: ModuleChain, texts: Sequence[str]) -> list[np.ndarray]:
@@ -208,11 +209,11 @@ def _offsets(model: ModuleChain, texts: Sequence[str]) -> list[np.ndarray]:
     return result
 
 
-def _split(text: str, offsets: np.ndarray, budget: int, overlap: int) -> list[tuple[int, int, int]]:
-    """``(char_start, char_end, tokens)`` of each chunk of one text (see :func:`chunk_texts`)."""
+def _split(text: str, offsets: np.ndarray, budget: int, overlap: int) -> list[tuple[int, int]]:
+    """``(char_start, char_end)`` of each chunk of one text (see :func:`chunk_texts`)."""
     count = len(offsets)
     if count <= budget:
-        return [(0, len(text), count)]
+        return [(0, len(text))]
     starts, ends = offsets[:, 0], offsets[:, 1]
     # Token i ends a word when a space (dropped by the tokenizer) follows it.
     word_end = np.append(starts[1:] > ends[:-1], True)
@@ -225,16 +226,17 @@ def _split(text: str, offsets: np.ndarray, budget: int, overlap: int) -> list[tu
     shortest = max(budget // 2, overlap + 1)
     spans = []
     first = 0
-    while True:
-        last = first + budget - 1
-        if last >= count - 1:
-            spans.append((0 if first == 0 else int(starts[first]), len(text), count - first))
-            return spans
-        window = slice(first + shortest - 1, last + 1)
-        last = next((first + shortest - 1 + int(np.flatnonzero(marks[window])[-1])
-                     for marks in (sentence_end, word_end) if marks[window].any()), last)
-        spans.append((0 if first == 0 else int(starts[first]), int(ends[last]), last - first + 1))
+    while first + budget < count:
+        earliest, last = first + shortest - 1, first + budget - 1
+        for marks in (sentence_end, word_end):
+            found = np.flatnonzero(marks[earliest:last + 1])
+            if len(found):
+                last = earliest + int(found[-1])
+                break
+        spans.append((0 if first == 0 else int(starts[first]), int(ends[last])))
         first = _next_start(word_end, first, last, overlap)
+    spans.append((0 if first == 0 else int(starts[first]), len(text)))
+    return spans
 
 
 def _next_start(word_end: np.ndarray, first: int, last: int, overlap: int) -> int:
