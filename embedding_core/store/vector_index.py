@@ -112,6 +112,9 @@ def load_index(files: IndexFiles, record: IndexRecord) -> LoadedIndex:
         if record.index_id in _loaded:
             return _loaded[record.index_id]
     index_path, rows_path = files.local_path(record.path), files.local_path(record.rows_path)
+    for path, name in ((index_path, record.path), (rows_path, record.rows_path)):
+        if not os.path.exists(path):
+            raise ValueError(f"index file {name} is missing")
     try:
         index = Index.restore(index_path, view=True)
     except Exception as error:  # usearch raises RuntimeError for a file it cannot parse

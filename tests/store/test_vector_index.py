@@ -106,6 +106,13 @@ def test_a_damaged_index_file_falls_back_to_exact_search_and_the_next_build_repl
     assert (rebuilt.record.mode, rebuilt.record.rows, rebuilt.unchanged) == ("full", 300, False)
     assert store.searcher(SNAP.model).uses_index
     assert store.search(encoder.vector(texts[42]), SNAP.model, top_k=1)[0].id == "a:42"
+    # A missing file of a newer index (one this process has not opened): the same fallback.
+    write(store, "b", texts[300:320], encoder)
+    (updated,) = store.build_vector_indexes()
+    os.remove(store.uri(updated.record.rows_path))
+    with caplog.at_level(logging.WARNING):
+        assert store.search(encoder.vector(texts[310]), SNAP.model, top_k=1)[0].id == "b:10"
+    assert f"index file {updated.record.rows_path} is missing" in caplog.text
 
 
 def test_an_empty_store_has_no_index_and_no_hits(tmp_path):
