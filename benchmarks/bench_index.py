@@ -1,7 +1,7 @@
 """The vector index at scale: recall, latency, throughput, build, update, file size.
 
     .venv/bin/python benchmarks/bench_index.py [--n 1000000] [--real 200000] [--queries 1000]
-    .venv/bin/python benchmarks/bench_index.py --compare 200000     # the libraries, raw vectors
+    .venv/bin/python benchmarks/bench_index.py --compare 200000     # the libraries (pip install -e .[bench])
     .venv/bin/python benchmarks/bench_index.py --n 100000 --real 20000 --queries 300   # quick
 
 Vectors: ``--real`` distinct held-out texts (bench_pipeline's: Python documentation chunks
