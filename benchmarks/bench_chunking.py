@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import DATA_DIR, write_results  # noqa: E402
+from benchmarks.common import DATA_DIR, best_seconds, write_results  # noqa: E402
 from embedding_assets.definitions import SAMPLE_CORPUS_DIR  # noqa: E402
 from embedding_core.backends import resolve_backend  # noqa: E402
 from embedding_core.chunking import (  # noqa: E402
@@ -102,13 +102,6 @@ def library_splitter(model: SentenceTransformer, params: ChunkingParams) -> Spli
     return split
 
 
-def best_seconds(work: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def split_report(model: SentenceTransformer, name: str, split: Splitter, texts: list[str]) -> tuple[dict, list[Chunk]]:

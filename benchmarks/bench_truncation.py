@@ -15,23 +15,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
+import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import best_seconds  # noqa: E402
 from embedding_assets.definitions import SAMPLE_CORPUS_DIR
 from embedding_core.backends import resolve_backend
 from embedding_core.hub import bundled_model_path
 from embedding_core.landing import LandingFolder
 from embedding_core.model import SentenceTransformer
 from embedding_core.truncation import truncation_report
-
-
-def best_seconds(work, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def main() -> None:

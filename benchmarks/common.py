@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,16 @@ def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
         a @ b
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
+
+
+def best_seconds(work: Callable[[], object], repeats: int = 3) -> float:
+    """The fastest of `repeats` runs of `work`, in seconds (the least disturbed by the machine)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 def rss_bytes() -> int:
