@@ -1,6 +1,7 @@
-"""The data path of a run: each step attaches the catalog a fixed number of times plus two
-per bucket it writes (a lookup before encoding, the commit), and a bucket's new vectors are
-read back once, in the commit's own connection."""
+"""The data path of a run: each step attaches the catalog a fixed number of times plus three
+per bucket it writes (a lookup before encoding, the commit, the read of the bucket's texts
+that counts what encode cuts), and a bucket's new vectors are read back once, in the
+commit's own connection."""
 
 import collections
 import contextlib
@@ -44,21 +45,23 @@ def test_each_step_attaches_the_catalog_a_bounded_number_of_times(defs, instance
     assert [result.success for result in results] == [True]
     # the step: one open (schema check) for both halves
     # corpus: landing records, lookup, commit (which reads the versions back)
-    # embeddings: snapshot, bucket state, then per bucket with files a lookup and a commit
+    # embeddings: snapshot, bucket state, then per bucket with files a lookup, a commit and
+    # the read of its texts (the truncation count covers reused texts too)
     # spot check: open, snapshot, bucket state, versions, the sampled rows
-    assert dict(attaches) == {"open": 1, "corpus": 3, "embeddings": 2 + 2 * len(buckets),
+    assert dict(attaches) == {"open": 1, "corpus": 3, "embeddings": 2 + 3 * len(buckets),
                               "embeddings_match_model": 5}
     # Each bucket's new vectors were read back once, in its commit's connection.
     assert vector_reads == {1: len(buckets)}
 
     # Nothing changed: the corpus step reads no file and commits nothing new, and embeddings
-    # writes nothing (a lookup per bucket, no commit), so nothing is read back.
+    # writes nothing (a lookup and the texts' read per bucket, no commit), so no vector is
+    # read back.
     attaches.clear()
     vector_reads.clear()
     snapshots = len(defs.resources["embedding_store"].open().lake_snapshots())
     results = materialize_selection(defs, instance, [AssetKey("corpus"), AssetKey("embeddings")],
                                     everything, max_partitions_per_run=len(everything))
     assert [result.success for result in results] == [True]
-    assert attaches["embeddings"] == 2 + len(buckets)
+    assert attaches["embeddings"] == 2 + 2 * len(buckets)
     assert vector_reads == {}
     assert len(defs.resources["embedding_store"].open().lake_snapshots()) == snapshots
