@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from embedding_core.backends import LOSSY_BACKENDS, resolve_backend
+from embedding_core.chunking import Chunk, ChunkingParams, chunk_texts
 from embedding_core.hub import folder_content_hash, resolve_model
 from embedding_core.memory import map_large_blocks, release_free_heap
 from embedding_core.model import SentenceTransformer
@@ -98,9 +99,17 @@ class EncoderConfig:
     prompt_name: str | None = None
     truncate_dim: int | None = None
     backend: str = "auto"
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 0
 
     def __post_init__(self) -> None:
         resolve_backend(self.backend, "cpu")  # an unknown name fails here, naming the known ones
+        _ = self.chunking  # an overlap not smaller than the window fails here, naming both
+
+    @property
+    def chunking(self) -> ChunkingParams | None:
+        """The token windows texts are split into; None: cut at ``max_seq_length``, as encode does."""
+        return None if self.chunk_tokens is None else ChunkingParams(self.chunk_tokens, self.chunk_overlap)
 
     @property
     def resolved_backend(self) -> str:
@@ -126,7 +135,11 @@ class EncoderConfig:
         )
 
     def params(self, snapshot: ModelSnapshot) -> EmbeddingParams:
-        """The parameters that, with the snapshot's revision, decide the stored vectors."""
+        """The parameters that, with the snapshot's revision, decide the stored vectors; raises
+        when a chunk window is longer than the snapshot's ``max_seq_length``."""
+        chunking = self.chunking
+        if chunking is not None:
+            chunking.check_fits(snapshot.max_seq_length)
         prompt_name = self.prompt_name or snapshot.default_prompt_name
         if prompt_name is not None and prompt_name not in snapshot.prompts:
             raise ValueError(f"prompt_name {prompt_name!r} is not among the prompts of "
@@ -137,6 +150,7 @@ class EncoderConfig:
             prompt=snapshot.prompts.get(prompt_name) if prompt_name else None,
             truncate_dim=self.truncate_dim, max_seq_length=snapshot.max_seq_length,
             backend=backend if (backend := self.resolved_backend) in LOSSY_BACKENDS else None,
+            **(chunking.as_params() if chunking is not None else {}),
         )
 
     def load(self, snapshot: ModelSnapshot) -> SentenceTransformer:
@@ -191,6 +205,14 @@ class EncodingSession:
         # back before the caller writes the vectors (`embedding_core.memory`).
         release_free_heap()
         return vectors
+
+    def chunk(self, texts: Sequence[str]) -> list[Chunk]:
+        """The chunks the parameters' token windows split ``texts`` into (the store's chunker:
+        ``write_embeddings(..., chunker=session.chunk)``); tokenized, not encoded."""
+        if not self.params.chunked:
+            raise ValueError("these embedding params do not chunk (chunk_tokens is not set)")
+        params = ChunkingParams(self.params.chunk_tokens, self.params.chunk_overlap)
+        return chunk_texts(self._model(), texts, params, self.params.prompt) if texts else []
 
     def truncation(self, texts: Sequence[str]) -> TruncationReport:
         """What ``encode`` cuts of ``texts``: how many are longer than ``max_seq_length``

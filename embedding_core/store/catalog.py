@@ -57,7 +57,9 @@ _TABLES = {
         revision VARCHAR, params_hash VARCHAR, params VARCHAR, corpus_version VARCHAR,
         rows BIGINT, reused_rows BIGINT, dim INTEGER, dtype VARCHAR, bytes BIGINT,
         run_id VARCHAR, write_id VARCHAR, created_at TIMESTAMPTZ""",
-    **{table: f"write_id VARCHAR, id VARCHAR, text_sha256 VARCHAR, embedding {sql_type}"
+    # A chunked version's rows: one per chunk, `text_sha256` the chunk's, `chunk` its number
+    # and `char_start` / `char_end` its span of the text; NULL for texts embedded whole.
+    **{table: f"write_id VARCHAR, id VARCHAR, text_sha256 VARCHAR, embedding {sql_type}, {views.CHUNK_COLUMNS_SQL}"
        for table, sql_type in views.VECTOR_TABLES.values()},
     # One record per landing file ingested, deleted or retired (`ingest`): per-file lineage.
     "landing_files": """partition VARCHAR, relative_path VARCHAR, fingerprint VARCHAR,
@@ -241,6 +243,9 @@ class Catalog:
             missing = _missing_tables(con)
             if not missing and _views_outdated(con):  # a store made by older code: new views
                 con.execute("BEGIN TRANSACTION")
+                for table, _ in views.VECTOR_TABLES.values():  # columns added since (NULL in old rows)
+                    for column in views.CHUNK_COLUMNS_SQL.split(", "):
+                        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}")
                 for statement in views.schema_views():
                     con.execute(statement)
                 views.ensure_embeddings_view(con)

@@ -50,9 +50,7 @@ from embedding_core.store.records import (
     stored_dtype,
     vector_width,
 )
-from embedding_core.store.rows import (
-    vectors_to_numpy,
-)
+from embedding_core.store.rows import Chunker, vectors_to_numpy
 from embedding_core.store.search import VectorSearcher
 from embedding_core.store.views import VECTOR_TABLES
 
@@ -267,25 +265,24 @@ class EmbeddingStore:
         with self.connect() as con:
             return damage.verify(con, read_rows=read_rows)
 
-    def search(self, query_embedding: np.ndarray, model: str, top_k: int = 5,
-               similarity_fn: str = "cosine", exact: bool = False) -> list[SearchHit]:
-        """The `top_k` current rows of `model` most similar to `query_embedding`.
+    def search(self, query_embedding: np.ndarray, model: str, top_k: int = 5, similarity_fn: str = "cosine",
+               exact: bool = False, by_chunk: bool = False) -> list[SearchHit]:
+        """The `top_k` current documents of `model` most similar to `query_embedding`, each by its
+        best chunk (`SearchHit` has its text and span; `by_chunk`: the best chunks), by
+        ``"cosine"`` or ``"dot"`` `similarity_fn`. The model's vector index answers when one exists
+        (`build_vector_indexes`), newer rows searched exactly; with none, or `exact`, every row is
+        scanned. Each call reads the catalog: for many queries use `search_batch` or `searcher`."""
+        return self.searcher(model, similarity_fn, exact, by_chunk).search(query_embedding, top_k)
 
-        `similarity_fn` is ``"cosine"`` or ``"dot"`` (the model's similarity function). The
-        model's vector index answers when one exists (`build_vector_indexes`), rows newer
-        than it searched exactly; with none, or `exact`, every current row is scanned. Each
-        call reads the catalog: for many queries use `search_batch` or `searcher`.
-        """
-        return self.searcher(model, similarity_fn, exact).search(query_embedding, top_k)
-
-    def search_batch(self, query_embeddings: np.ndarray, model: str, top_k: int = 5,
-                     similarity_fn: str = "cosine", exact: bool = False) -> list[list[SearchHit]]:
+    def search_batch(self, query_embeddings: np.ndarray, model: str, top_k: int = 5, similarity_fn: str = "cosine",
+                     exact: bool = False, by_chunk: bool = False) -> list[list[SearchHit]]:
         """`search` for each row of an (n, dim) array, answered together."""
-        return self.searcher(model, similarity_fn, exact).search_batch(query_embeddings, top_k)
+        return self.searcher(model, similarity_fn, exact, by_chunk).search_batch(query_embeddings, top_k)
 
-    def searcher(self, model: str, similarity_fn: str = "cosine", exact: bool = False) -> VectorSearcher:
+    def searcher(self, model: str, similarity_fn: str = "cosine", exact: bool = False,
+                 by_chunk: bool = False) -> VectorSearcher:
         """A searcher of `model`'s current vectors as of now, for many queries (see `search`)."""
-        return VectorSearcher(self._catalog, self._index_files, model, similarity_fn, exact)
+        return VectorSearcher(self._catalog, self._index_files, model, similarity_fn, exact, by_chunk)
 
     def build_vector_indexes(self, model: str | None = None, metric: str | None = None,
                              run_id: str | None = None, rebuild: bool = False) -> list[IndexBuild]:
@@ -359,8 +356,8 @@ class EmbeddingStore:
         return snapshot
 
     def write_embeddings(
-        self, partition: str, corpus: CorpusVersion, snapshot: ModelSnapshot,
-        params: EmbeddingParams, encode: Callable[[list[str]], np.ndarray], run_id: str | None = None,
+        self, partition: str, corpus: CorpusVersion, snapshot: ModelSnapshot, params: EmbeddingParams,
+        encode: Callable[[list[str]], np.ndarray], run_id: str | None = None, chunker: Chunker | None = None,
     ) -> EmbeddingWriteResult:
         """Embed a stored corpus version and commit the vectors as a new immutable version.
 
@@ -370,13 +367,16 @@ class EmbeddingStore:
         partition) are reused; only the rest are encoded, each distinct text once, with
         no catalog connection open. Rows, version record and a commit message naming
         `run_id` then commit in one lake transaction. Storing the same inputs twice
-        encodes nothing and makes that version current.
+        encodes nothing and makes that version current. With `params.chunked`, `chunker`
+        (`EncodingSession.chunk`) splits each text: a row per chunk, reused per chunk.
         """
-        return writer.write_embeddings(self._catalog, partition, corpus, snapshot, params, encode, run_id)
+        return writer.write_embeddings(self._catalog, partition, corpus, snapshot, params, encode, run_id,
+                                       chunker)
 
     def write_embeddings_batch(
         self, corpora: Sequence[CorpusVersion], snapshot: ModelSnapshot, params: EmbeddingParams,
         encode: Callable[[list[str]], np.ndarray], run_id: str | None = None, read_back: bool = False,
+        chunker: Chunker | None = None,
     ) -> list[EmbeddingWriteResult]:
         """`write_embeddings` for many partitions at once (one per corpus version): one
         lookup, one `encode` call with every text none of them has stored yet, one commit.
@@ -384,7 +384,7 @@ class EmbeddingStore:
         stored comes with its rows as the lake holds them (`EmbeddingWriteResult.stored`),
         read in the commit's connection: what the checks judge, without another read."""
         return writer.write_embeddings_batch(self._catalog, corpora, snapshot, params, encode, run_id,
-                                             read_back=read_back)
+                                             read_back=read_back, chunker=chunker)
 
     # -------------------------------------------------------------- maintenance
 

@@ -21,7 +21,7 @@ from embedding_core.store.records import (
 from embedding_core.store.rows import vectors_to_numpy
 from embedding_core.store.views import VECTOR_TABLES
 
-__all__ = ["CORPUS_COLUMNS", "EMBEDDING_RECORD_COLUMNS", "corpus_rows", "corpus_version", "embedding_versions",
+__all__ = ["CHUNK_TEXT_SQL", "CORPUS_COLUMNS", "EMBEDDING_RECORD_COLUMNS", "corpus_rows", "corpus_version", "embedding_versions",
            "corpus_ids_by_write", "model_snapshots", "sample_rows", "split_by_write", "vector_rows_by_write", "stored_embedding_version", "stored_embedding_versions",
            "stored_vectors"]
 
@@ -32,6 +32,10 @@ EMBEDDING_RECORD_COLUMNS = ("version_id", "partition", "model", "revision", "par
                             "corpus_version", "rows", "reused_rows", "dim", "dtype", "bytes", "run_id",
                             "write_id")
 _EMBEDDING_COLUMNS = ", ".join([*EMBEDDING_RECORD_COLUMNS, "snapshot_id", "created_at"])
+# The text a vector row embeds: its document's `text`, or the chunk's span of it (DuckDB
+# counts characters as Python does: code points, from 1).
+CHUNK_TEXT_SQL = ("CASE WHEN {rows}.char_start IS NULL THEN {text} "
+                  "ELSE substring({text}, {rows}.char_start + 1, {rows}.char_end - {rows}.char_start) END")
 _SNAPSHOT_COLUMNS = ("model_key, model, revision, source, path, dim, max_seq_length, requested_revision, "
                      "pooling, prompts, default_prompt_name, similarity_fn, files_hash")
 
@@ -70,9 +74,9 @@ def corpus_ids_by_write(con: duckdb.DuckDBPyConnection, write_ids: list[str]) ->
 
 
 def vector_rows_by_write(con: duckdb.DuckDBPyConnection, table: str, write_ids: list[str]) -> pa.Table:
-    """`write_id`, `id`, `text_sha256`, `embedding` of the rows of these writes in a vector
-    rows table, in row order."""
-    return con.execute(f"SELECT write_id, id, text_sha256, embedding FROM {table} WHERE write_id IN "
+    """`write_id`, `id`, `text_sha256`, `embedding`, `chunk` (NULL: the text whole) of the rows
+    of these writes in a vector rows table, in row order."""
+    return con.execute(f"SELECT write_id, id, text_sha256, embedding, chunk FROM {table} WHERE write_id IN "
                        f"({_literals(write_ids)}) ORDER BY rowid").to_arrow_table()
 
 
@@ -131,15 +135,17 @@ def stored_embedding_versions(con: duckdb.DuckDBPyConnection,
 
 def sample_rows(con: duckdb.DuckDBPyConnection, version: EmbeddingVersion,
                 rows: list[int]) -> list[tuple[str, str, np.ndarray]]:
-    """(id, text, vector) of the given row numbers of a stored version, in row order."""
+    """(id, text, vector) of the given row numbers of a stored version, in row order: the text
+    embedded, the document's or (chunked) its chunk's."""
     width = vector_width(version.params.get("precision", "float32"), version.dim)
     picked = con.execute(
-        f"""SELECT e.id, c.text, e.embedding FROM
-            (SELECT id, text_sha256, embedding, row_number() OVER (ORDER BY rowid) - 1 AS row
+        f"""SELECT e.id, {CHUNK_TEXT_SQL.format(rows="e", text="c.text")} AS text, e.embedding FROM
+            (SELECT id, text_sha256, embedding, char_start, char_end,
+                    row_number() OVER (ORDER BY rowid) - 1 AS row
              FROM {VECTOR_TABLES[version.dtype][0]} WHERE write_id = ?) e
-            JOIN (SELECT DISTINCT ON (text_sha256) text_sha256, text FROM corpus_rows c
+            JOIN (SELECT id, text FROM corpus_rows c
                   JOIN stored_corpus_versions v ON v.write_id = c.write_id
-                  WHERE v.partition = ? AND v.corpus_version = ?) c USING (text_sha256)
+                  WHERE v.partition = ? AND v.corpus_version = ?) c USING (id)
             WHERE list_contains(?, e.row) ORDER BY e.row""",
         [version.write_id, version.partition, version.corpus_version, sorted({int(r) for r in rows})]
     ).to_arrow_table()

@@ -88,6 +88,8 @@ class EmbeddingParams:
     (`openvino-int8`, `torch-fp16`, ...: `backends.LOSSY_BACKENDS`); exact backends leave it
     None, so their vectors (row cosine >= 0.99999 to PyTorch float32) share one version, and
     the hash and JSON of parameters without a backend are what they were before it existed.
+    `chunk_tokens` / `chunk_overlap` (both or neither) store one row per token window of
+    each text; unset, as before, a text is one row cut at `max_seq_length`.
     """
 
     precision: str = "float32"
@@ -97,8 +99,13 @@ class EmbeddingParams:
     truncate_dim: int | None = None
     max_seq_length: int | None = None
     backend: str | None = None
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
 
     def __post_init__(self) -> None:
+        if (self.chunk_tokens is None) != (self.chunk_overlap is None):
+            raise ValueError(f"chunk_tokens={self.chunk_tokens} and chunk_overlap={self.chunk_overlap}: "
+                             "set both (chunking) or neither (truncation)")
         if self.backend is not None and (not isinstance(self.backend, str) or not self.backend):
             raise ValueError(f"backend {self.backend!r} must be a backend name or None (exact)")
         if self.precision not in _PRECISIONS:
@@ -110,9 +117,17 @@ class EmbeddingParams:
 
     def _fields(self) -> dict:
         fields = asdict(self)
-        if fields["backend"] is None:  # exact: the same hash as before backends were recorded
-            del fields["backend"]
+        # Exact backend, no chunking: the same hash as before either was recorded.
+        for name in ("backend", "chunk_tokens", "chunk_overlap"):
+            if fields[name] is None:
+                del fields[name]
         return fields
+
+    @property
+    def chunked(self) -> bool:
+        """Whether texts are split into token windows (`embedding_core.chunking`), one row
+        per window, instead of being cut at `max_seq_length`."""
+        return self.chunk_tokens is not None
 
     @property
     def params_hash(self) -> str:
@@ -226,20 +241,28 @@ class EmbeddingWriteResult:
 @dataclass(frozen=True)
 class StoredRows:
     """A stored version read back: its `ids` and `vectors` in row order, and the ids of the
-    corpus version it embeds, for checking one against the other."""
+    corpus version it embeds, for checking one against the other. A chunked version has a
+    row per chunk: its ids repeat, one after another, and `chunks` numbers them."""
 
     ids: list[str]
     text_sha256: list[str]
     vectors: np.ndarray
     corpus_ids: list[str]
+    chunks: list[int] | None = None
 
 
 @dataclass(frozen=True)
 class SearchHit:
+    """A found row: its document's `id` and `partition`, and the `text` that was embedded,
+    the whole document's or (chunked) its chunk's, ``document[char_start:char_end]``."""
+
     score: float
     id: str
     partition: str
     text: str | None
+    chunk: int = 0
+    char_start: int | None = None
+    char_end: int | None = None
 
 
 @dataclass(frozen=True)

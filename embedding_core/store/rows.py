@@ -1,15 +1,66 @@
 """A shard's rows in memory: checking a corpus table and an encoder's output, finding each
-distinct text once, and turning stored vector lists into 2-D arrays."""
+distinct text once, splitting texts into chunk rows, and turning stored vector lists into
+2-D arrays."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedding_core.store.records import CORPUS_SCHEMA
+from embedding_core.store.records import CORPUS_SCHEMA, text_sha256
 
-__all__ = ["check_encoded", "unique_with_first_index", "validated_corpus", "vectors_to_numpy"]
+__all__ = ["CHUNK_COLUMNS", "Chunker", "check_encoded", "chunk_rows", "unique_with_first_index",
+           "validated_corpus", "vectors_to_numpy"]
+
+# The columns a chunked version's rows add (`views.CHUNK_COLUMNS_SQL`).
+CHUNK_COLUMNS = ("chunk", "char_start", "char_end")
+
+
+class ChunkSpan(Protocol):
+    """Chunk `chunk` of text number `document`: ``text[char_start:char_end]``
+    (`embedding_core.chunking.Chunk`)."""
+
+    document: int
+    chunk: int
+    char_start: int
+    char_end: int
+
+
+# texts -> their chunks, in text order then chunk order (`EncodingSession.chunk`).
+Chunker = Callable[[list[str]], Sequence[ChunkSpan]]
+
+
+def chunk_rows(tables: dict[str, pa.Table], chunker: Chunker) -> dict[str, pa.Table]:
+    """Each corpus table (`id`, `text`, `text_sha256`) as a row per chunk of its texts:
+    `id`, the chunk's `text` and `text_sha256`, `chunk`, `char_start`, `char_end`. Each
+    distinct text is chunked once, whichever tables hold it."""
+    texts: dict[str, str] = {}
+    for table in tables.values():
+        for sha, text in zip(table.column("text_sha256").to_pylist(), table.column("text").to_pylist(), strict=True):
+            texts.setdefault(sha, text)
+    order = list(texts)
+    spans: dict[str, list[tuple[int, int, int, str, str]]] = {sha: [] for sha in order}
+    for span in chunker([texts[sha] for sha in order]):
+        sha = order[span.document]
+        piece = texts[sha][span.char_start:span.char_end]
+        spans[sha].append((span.chunk, span.char_start, span.char_end, piece, text_sha256(piece)))
+    chunked = {}
+    for write_id, table in tables.items():
+        columns: dict[str, list] = {name: [] for name in ("id", "text", "text_sha256", *CHUNK_COLUMNS)}
+        for id_, sha in zip(table.column("id").to_pylist(), table.column("text_sha256").to_pylist(), strict=True):
+            if not spans[sha]:
+                raise ValueError(f"the chunker returned no chunk for text {id_!r}")
+            for chunk, start, end, piece, piece_sha in spans[sha]:
+                for name, value in zip(columns, (id_, piece, piece_sha, chunk, start, end), strict=True):
+                    columns[name].append(value)
+        chunked[write_id] = pa.table({
+            **{name: pa.array(columns[name], pa.string()) for name in ("id", "text", "text_sha256")},
+            **{name: pa.array(columns[name], pa.int32()) for name in CHUNK_COLUMNS}})
+    return chunked
 
 
 def validated_corpus(partition: str, table: pa.Table) -> pa.Table:

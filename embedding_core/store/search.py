@@ -14,11 +14,13 @@ import logging
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import embedding_core.store.damage as damage
 import embedding_core.store.vector_index as vector_index
 from embedding_core.store.catalog import Catalog
 from embedding_core.store.index_files import IndexFiles
+from embedding_core.store.queries import CHUNK_TEXT_SQL
 from embedding_core.store.records import SearchHit
 
 __all__ = ["SIMILARITY_FUNCTIONS", "VectorSearcher", "exact_search"]
@@ -34,31 +36,51 @@ def check_similarity_fn(similarity_fn: str) -> None:
 
 
 def exact_search(con: duckdb.DuckDBPyConnection, query: np.ndarray, model: str, top_k: int,
-                 similarity_fn: str) -> list[SearchHit]:
-    """The `top_k` current rows of `model` nearest `query`, by a scan of every one of them; a
-    partition whose data files are damaged is left out, with a warning."""
+                 similarity_fn: str, by_chunk: bool = False) -> list[SearchHit]:
+    """The `top_k` current documents of `model` nearest `query` (each by its best chunk; with
+    `by_chunk`, the `top_k` chunks), by a scan of every row; a partition whose data files are
+    damaged is left out, with a warning. Only the hits' texts are read."""
     dim = query.shape[0]
-    sql = f"""SELECT {SIMILARITY_FUNCTIONS[similarity_fn]}(e.embedding::FLOAT[{dim}], ?::FLOAT[{dim}])
-                     AS score, e.id, e.partition, d.text
-              FROM (SELECT * FROM embeddings WHERE model = ? AND len(embedding) = {dim}
-                    AND NOT list_contains(?::VARCHAR[], partition)) e
-              LEFT JOIN (SELECT * FROM documents WHERE NOT list_contains(?::VARCHAR[], partition)) d
-                ON d.partition = e.partition AND d.id = e.id AND d.text_sha256 = e.text_sha256
-              ORDER BY score DESC, e.id LIMIT ?"""
+    best = "" if by_chunk else "QUALIFY row_number() OVER (PARTITION BY partition, id ORDER BY score DESC, chunk) = 1"
+    sql = f"""WITH top AS (
+                SELECT {SIMILARITY_FUNCTIONS[similarity_fn]}(embedding::FLOAT[{dim}], ?::FLOAT[{dim}]) AS score,
+                       id, partition, corpus_version, chunk, char_start, char_end
+                FROM embeddings WHERE model = ? AND len(embedding) = {dim}
+                     AND NOT list_contains(?::VARCHAR[], partition)
+                {best} ORDER BY score DESC, id, chunk LIMIT ?)
+              SELECT t.score, t.id, t.partition, {CHUNK_TEXT_SQL.format(rows="t", text="c.text")},
+                     t.chunk, t.char_start, t.char_end
+              FROM top t
+              LEFT JOIN stored_corpus_versions v ON v.partition = t.partition AND v.corpus_version = t.corpus_version
+              LEFT JOIN corpus_rows c ON c.write_id = v.write_id AND c.id = t.id
+              ORDER BY t.score DESC, t.id, t.chunk"""
     try:
-        rows = con.execute(sql, [query.tolist(), model, [""], [""], top_k]).fetchall()
+        rows = con.execute(sql, [query.tolist(), model, [""], top_k]).fetchall()
     except duckdb.Error as error:  # a damaged partition: search the others
         if not damage.is_damage_error(error):
             raise
         skip = damage.verify(con).damaged_partitions
         logger.warning("search leaves out partitions %s: their data files are damaged (run "
                        "`embedding-store verify`, then materialize them again)", skip)
-        rows = con.execute(sql, [query.tolist(), model, skip, skip, top_k]).fetchall()
-    return [SearchHit(float(score), id_, partition, text) for score, id_, partition, text in rows]
+        rows = con.execute(sql, [query.tolist(), model, skip, top_k]).fetchall()
+    return [SearchHit(float(score), *rest) for score, *rest in rows]
+
+
+def document_codes(rows: pa.Table) -> np.ndarray:
+    """A number per row naming its document (partition and id): equal for a document's chunks."""
+    keys = pc.binary_join_element_wise(rows.column("partition"), rows.column("id"), "\x00")
+    return keys.combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+
+
+def first_per_document(codes: np.ndarray) -> np.ndarray:
+    """Positions, in order, of the first row of each document among rows best first."""
+    _, first = np.unique(codes, return_index=True)
+    return np.sort(first)
 
 
 class VectorSearcher:
-    """Search of `model`'s current float32 vectors as of when it was opened.
+    """Search of `model`'s current float32 vectors as of when it was opened: the best
+    documents, each by its best chunk (with `by_chunk`, the best chunks).
 
     With `exact`, or when no readable index of the model exists, every query scans the
     store (and a log line says why); otherwise queries are answered from the index and the
@@ -66,10 +88,11 @@ class VectorSearcher:
     """
 
     def __init__(self, catalog: Catalog, files: IndexFiles, model: str,
-                 similarity_fn: str = "cosine", exact: bool = False) -> None:
+                 similarity_fn: str = "cosine", exact: bool = False, by_chunk: bool = False) -> None:
         check_similarity_fn(similarity_fn)
-        self.catalog, self.model, self.similarity_fn = catalog, model, similarity_fn
+        self.catalog, self.model, self.similarity_fn, self.by_chunk = catalog, model, similarity_fn, by_chunk
         self.loaded: vector_index.LoadedIndex | None = None
+        self.index_documents = self.delta_documents = None
         with catalog.connection() as con:
             current = con.execute(
                 "SELECT version_id, dim FROM current_embedding_versions WHERE dtype = 'float32' AND model = ?",
@@ -113,6 +136,11 @@ class VectorSearcher:
                             model, len(self.delta), len(missing))
             if similarity_fn == "cosine" and len(self.delta):
                 self.delta = self.delta / np.maximum(np.linalg.norm(self.delta, axis=1, keepdims=True), 1e-12)
+            if not by_chunk:  # a document's chunks count once (nothing to do when none is chunked)
+                if pc.max(self.loaded.rows.column("chunk")).as_py():
+                    self.index_documents = document_codes(self.loaded.rows)
+                if len(self.delta) and pc.max(self.delta_rows.column("chunk")).as_py():
+                    self.delta_documents = document_codes(self.delta_rows)
 
     @property
     def uses_index(self) -> bool:
@@ -141,7 +169,8 @@ class VectorSearcher:
             return [[] for _ in queries]
         if self.loaded is None:
             with self.catalog.connection() as con:
-                return [exact_search(con, query, self.model, top_k, self.similarity_fn) for query in queries]
+                return [exact_search(con, query, self.model, top_k, self.similarity_fn, self.by_chunk)
+                        for query in queries]
         return [self._merge(found, delta, top_k)
                 for found, delta in zip(self._from_index(queries, top_k), self._from_delta(queries, top_k),
                                         strict=True)]
@@ -151,7 +180,7 @@ class VectorSearcher:
         index, size = self.loaded.index, len(self.loaded.index)
         if size == 0:
             return [[] for _ in queries]
-        wanted = min(size, top_k if self.all_live else 2 * top_k + 16)
+        wanted = min(size, top_k if self.all_live and self.index_documents is None else 2 * top_k + 16)
         results: list[list[tuple[float, int]] | None] = [None] * len(queries)
         todo = np.arange(len(queries))
         while len(todo):
@@ -164,11 +193,14 @@ class VectorSearcher:
             for row, query in enumerate(todo):
                 positions = self.loaded.positions(keys[row, :counts[row]])
                 keep = self.live_rows[positions]
-                if keep.sum() < top_k and wanted < size:
+                positions, scores = positions[keep], 1.0 - distances[row, :counts[row]][keep]
+                if self.index_documents is not None:
+                    first = first_per_document(self.index_documents[positions])
+                    positions, scores = positions[first], scores[first]
+                if len(positions) < top_k and wanted < size:
                     again.append(query)
                     continue
-                results[query] = list(zip((1.0 - distances[row, :counts[row]][keep]).tolist(),
-                                          positions[keep].tolist(), strict=True))[:top_k]
+                results[query] = list(zip(scores.tolist(), positions.tolist(), strict=True))[:top_k]
             todo, wanted = np.array(again, dtype=np.int64), min(size, wanted * 4)
         return results
 
@@ -178,16 +210,24 @@ class VectorSearcher:
         if self.similarity_fn == "cosine":
             queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
         scores = queries @ self.delta.T
-        k = min(top_k, scores.shape[1])
-        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        if self.delta_documents is not None:  # the best chunk of each of the best documents
+            best = np.argsort(-scores, axis=1, kind="stable")
+            best = [order[first_per_document(self.delta_documents[order])][:top_k] for order in best]
+        else:
+            k = min(top_k, scores.shape[1])
+            best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         return [[(float(scores[q, i]), int(i)) for i in best[q]] for q in range(len(queries))]
 
     def _merge(self, found: list[tuple[float, int]], delta: list[tuple[float, int]], top_k: int) -> list[SearchHit]:
         hits = [self._hit(self.loaded.rows, score, position) for score, position in found]
         hits += [self._hit(self.delta_rows, score, position) for score, position in delta]
-        return sorted(hits, key=lambda hit: (-hit.score, hit.id))[:top_k]
+        hits.sort(key=lambda hit: (-hit.score, hit.id, hit.chunk))
+        if not self.by_chunk:  # a document found in the index and among the newer rows
+            seen: set[tuple[str, str]] = set()
+            hits = [hit for hit in hits if (hit.partition, hit.id) not in seen and not seen.add((hit.partition, hit.id))]
+        return hits[:top_k]
 
     @staticmethod
     def _hit(rows: pa.Table, score: float, position: int) -> SearchHit:
-        return SearchHit(float(score), rows.column("id")[position].as_py(), rows.column("partition")[position].as_py(),
-                         rows.column("text")[position].as_py())
+        return SearchHit(float(score), *(rows.column(name)[position].as_py()
+                                         for name in ("id", "partition", "text", "chunk", "char_start", "char_end")))

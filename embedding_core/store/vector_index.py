@@ -2,9 +2,10 @@
 
 One index per (model, revision, params_hash) over the current float32 vectors of every
 partition: a usearch HNSW graph with float16 vectors (``<name>.usearch``, memory-mapped by
-readers) and its rows (``<name>.rows.arrow``: key, version_id, partition, id, text; Arrow
-IPC, memory-mapped), under ``<root>/indexes/`` (`index_files`). docs/performance.md has the
-measurements that chose the library and its settings.
+readers) and its rows (``<name>.rows.arrow``: key, version_id, partition, id, the text
+embedded, chunk and character span; Arrow IPC, memory-mapped), under ``<root>/indexes/``
+(`index_files`). docs/performance.md has the measurements that chose the library and its
+settings.
 
 A build writes both files under new names, then records them in the catalog's
 `vector_indexes` table in one commit: a reader finds the newest record of its lake snapshot
@@ -36,6 +37,7 @@ import pyarrow as pa
 from embedding_core.store.catalog import Catalog
 from embedding_core.store.files import sql_str
 from embedding_core.store.index_files import INDEX_DIR, IndexFiles
+from embedding_core.store.queries import CHUNK_TEXT_SQL
 from embedding_core.store.records import IndexBuild, IndexRecord
 from embedding_core.store.rows import vectors_to_numpy
 
@@ -56,7 +58,8 @@ METRICS = {"cosine": "cos", "dot": "ip"}
 INDEX_COLUMNS = ("index_id, model, revision, params_hash, dim, metric, dtype, lake_snapshot, versions, "
                  "rows, path, rows_path, bytes, mode, build_seconds, run_id, created_at")
 ROWS_SCHEMA = pa.schema([("key", pa.uint64()), ("version_id", pa.string()), ("partition", pa.string()),
-                         ("id", pa.string()), ("text", pa.string())])
+                         ("id", pa.string()), ("text", pa.string()), ("chunk", pa.int32()),
+                         ("char_start", pa.int32()), ("char_end", pa.int32())])
 
 
 @dataclass
@@ -128,6 +131,9 @@ def load_index(files: IndexFiles, record: IndexRecord) -> LoadedIndex:
         rows = pa.ipc.open_file(pa.memory_map(rows_path)).read_all()
     except (pa.ArrowInvalid, OSError) as error:
         raise ValueError(f"index rows file {record.rows_path} cannot be read: {error}") from error
+    if rows.schema.names != ROWS_SCHEMA.names:
+        raise ValueError(f"index rows file {record.rows_path} has the columns of older code "
+                         f"({', '.join(rows.schema.names)}): the next build replaces it")
     if rows.num_rows != record.rows:
         raise ValueError(f"index rows file {record.rows_path} holds {rows.num_rows} rows, the catalog "
                          f"recorded {record.rows}")
@@ -144,21 +150,23 @@ def load_index(files: IndexFiles, record: IndexRecord) -> LoadedIndex:
 # ----------------------------------------------------------------------------- building
 
 def version_rows(con: duckdb.DuckDBPyConnection, versions: list[str], dim: int) -> tuple[pa.Table, np.ndarray]:
-    """version_id, partition, id, text and the float32 vectors of the rows of `versions`."""
+    """version_id, partition, id, text (the chunk's, for chunk rows), chunk, char_start,
+    char_end and the float32 vectors of the rows of `versions`."""
     if not versions:
         return ROWS_SCHEMA.remove(0).empty_table(), np.empty((0, dim), np.float32)
     writes = con.execute("SELECT write_id FROM stored_embedding_versions WHERE list_contains(?, version_id)",
                          [versions]).fetchall()
     literals = ", ".join(sql_str(w) for (w,) in writes)
     table = con.execute(f"""
-        SELECT v.version_id, v.partition, r.id, c.text, r.embedding
+        SELECT v.version_id, v.partition, r.id, {CHUNK_TEXT_SQL.format(rows="r", text="c.text")} AS text,
+               coalesce(r.chunk, 0)::INTEGER AS chunk, r.char_start, r.char_end, r.embedding
         FROM embedding_rows r
         JOIN stored_embedding_versions v ON v.write_id = r.write_id AND list_contains(?, v.version_id)
         JOIN stored_corpus_versions cv ON cv.partition = v.partition AND cv.corpus_version = v.corpus_version
         LEFT JOIN corpus_rows c ON c.write_id = cv.write_id AND c.id = r.id
         WHERE r.write_id IN ({literals}) ORDER BY v.version_id, r.rowid""", [versions]).to_arrow_table()
     vectors = vectors_to_numpy(table.column("embedding"), dim, "float32")
-    return table.drop(["embedding"]), vectors
+    return table.drop(["embedding"]).cast(ROWS_SCHEMA.remove(0)), vectors
 
 
 def build_index(catalog: Catalog, files: IndexFiles, group: tuple[str, str, str, int], metric: str = "cosine",

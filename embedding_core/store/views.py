@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import duckdb
 
-__all__ = ["SCHEMA_VERSION", "VECTOR_TABLES", "embeddings_view_sql", "ensure_embeddings_view", "schema_views"]
+__all__ = ["CHUNK_COLUMNS_SQL", "SCHEMA_VERSION", "VECTOR_TABLES", "embeddings_view_sql", "ensure_embeddings_view", "schema_views"]
 
 # stored dtype -> (rows table, DuckDB type). DuckLake has no fixed-size arrays: the
 # `embeddings` view casts to FLOAT[dim].
@@ -22,6 +22,9 @@ VECTOR_TABLES = {
     "int8": ("embedding_rows_int8", "TINYINT[]"),
     "uint8": ("embedding_rows_uint8", "UTINYINT[]"),
 }
+
+# The chunk columns of every vector rows table (added by schema version 3).
+CHUNK_COLUMNS_SQL = "chunk INTEGER, char_start INTEGER, char_end INTEGER"
 
 
 def _first(key: str) -> str:
@@ -41,17 +44,34 @@ def _stored(table: str, key: str) -> str:
 
 
 # Raised when the views change: a store whose views are older gets them again on open.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
-def embeddings_view_sql(vector_type: str) -> str:
-    """The `embeddings` view: current float32 vectors of every partition and model."""
+def embeddings_view_sql(vector_type: str) -> list[str]:
+    """The `embeddings` view (current float32 vectors of every partition and model, a row
+    per chunk: `chunk` 0 and NULL spans for a text embedded whole) and `document_embeddings`
+    (a vector per document: the normalized mean of its chunks' vectors)."""
     table = VECTOR_TABLES["float32"][0]
-    return f"""CREATE OR REPLACE VIEW embeddings AS
+    return [f"""CREATE OR REPLACE VIEW embeddings AS
         SELECT r.id, r.text_sha256, v.partition, v.model, v.revision, v.params_hash,
-               v.corpus_version, v.version_id, r.embedding::{vector_type} AS embedding
+               v.corpus_version, v.version_id, coalesce(r.chunk, 0) AS chunk, r.char_start, r.char_end,
+               r.embedding::{vector_type} AS embedding
         FROM current_embedding_versions v JOIN {table} r ON r.write_id = v.write_id
-        WHERE v.dtype = 'float32'"""
+        WHERE v.dtype = 'float32'""",
+            f"""CREATE OR REPLACE VIEW document_embeddings AS
+        WITH mean AS (
+            SELECT id, partition, model, revision, params_hash, corpus_version, version_id,
+                   count(*) AS chunks, list(embedding ORDER BY chunk) AS vectors
+            FROM embeddings GROUP BY ALL),
+        summed AS (
+            SELECT * EXCLUDE (vectors), list_transform(range(1, len(vectors[1]) + 1),
+                       i -> list_avg(list_transform(vectors, v -> v[i]))::FLOAT) AS embedding
+            FROM mean),
+        normed AS (SELECT *, greatest(sqrt(list_sum(list_transform(embedding, x -> x * x))), 1e-12) AS norm
+                   FROM summed)
+        SELECT * EXCLUDE (embedding, norm),
+               list_transform(embedding, x -> (x / norm)::FLOAT)::{vector_type} AS embedding
+        FROM normed"""]
 
 
 def schema_views() -> list[str]:
@@ -74,7 +94,7 @@ def schema_views() -> list[str]:
         """CREATE OR REPLACE VIEW documents AS
             SELECT r.id, r.text, r.text_sha256, c.partition, c.corpus_version
             FROM current_corpus_versions c JOIN corpus_rows r ON r.write_id = c.write_id""",
-        embeddings_view_sql("FLOAT[]"),
+        *embeddings_view_sql("FLOAT[]"),
         f"CREATE OR REPLACE VIEW store_schema AS SELECT {SCHEMA_VERSION} AS version",
     ]
 
@@ -94,5 +114,6 @@ def ensure_embeddings_view(con: duckdb.DuckDBPyConnection) -> bool:
                        "AND table_name = 'embeddings' AND column_name = 'embedding'").fetchone()
     if have is not None and have[0] == wanted:
         return False
-    con.execute(embeddings_view_sql(wanted))
+    for statement in embeddings_view_sql(wanted):
+        con.execute(statement)
     return True

@@ -28,7 +28,14 @@ from embedding_core.store.records import (
     stored_dtype,
     vector_width,
 )
-from embedding_core.store.rows import check_encoded, unique_with_first_index, vectors_to_numpy
+from embedding_core.store.rows import (
+    CHUNK_COLUMNS,
+    Chunker,
+    check_encoded,
+    chunk_rows,
+    unique_with_first_index,
+    vectors_to_numpy,
+)
 from embedding_core.store.views import VECTOR_TABLES, ensure_embeddings_view
 
 __all__ = ["corpus_rows", "corpus_rows_of", "version_id", "write_embeddings", "write_embeddings_batch"]
@@ -42,18 +49,19 @@ def version_id(partition: str, snapshot: ModelSnapshot, params: EmbeddingParams,
 def write_embeddings(
     catalog: Catalog, partition: str, corpus: CorpusVersion, snapshot: ModelSnapshot,
     params: EmbeddingParams, encode: Callable[[list[str]], np.ndarray], run_id: str | None,
+    chunker: Chunker | None = None,
 ) -> EmbeddingWriteResult:
     """See `EmbeddingStore.write_embeddings`."""
     if corpus.partition != partition:
         raise ValueError(f"corpus version {corpus.corpus_version[:16]} belongs to partition "
                          f"{corpus.partition!r}, not {partition!r}")
-    return write_embeddings_batch(catalog, [corpus], snapshot, params, encode, run_id)[0]
+    return write_embeddings_batch(catalog, [corpus], snapshot, params, encode, run_id, chunker=chunker)[0]
 
 
 def write_embeddings_batch(
     catalog: Catalog, corpora: Sequence[CorpusVersion], snapshot: ModelSnapshot,
     params: EmbeddingParams, encode: Callable[[list[str]], np.ndarray], run_id: str | None,
-    read_back: bool = False,
+    read_back: bool = False, chunker: Chunker | None = None,
 ) -> list[EmbeddingWriteResult]:
     """See `EmbeddingStore.write_embeddings_batch`: one lookup connection, one encode call for
     every text no partition has stored yet, one commit (whose connection reads the written
@@ -78,16 +86,16 @@ def write_embeddings_batch(
             [snapshot.model, dtype, partitions])}
         to_write = [(corpus, vid) for corpus, vid in zip(corpora, vids, strict=True) if vid not in reuse]
         rows_by_write = corpus_rows_of(con, [corpus for corpus, _ in to_write], " (write the corpus again first)")
-        all_shas = pa.chunked_array([rows_by_write[c.write_id].column("text_sha256") for c, _ in to_write],
-                                    type=pa.string())
-        unique_shas, _ = unique_with_first_index(all_shas)
-        args = (con, snapshot.model, snapshot.revision, params.params_hash, dtype, unique_shas, width)
-        try:
-            known = queries.stored_vectors(*args)
-        except duckdb.Error as error:  # reuse nothing from damaged files
-            if not damage.is_damage_error(error):
-                raise
-            known = queries.stored_vectors(*args, exclude=damage.damaged_write_ids(con))
+        if not params.chunked:
+            unique_shas, known = _stored_vectors(con, snapshot, params, dtype, width, rows_by_write)
+    if params.chunked:
+        if chunker is None:
+            raise ValueError(f"embedding params {params.params_hash} chunk texts "
+                             f"(chunk_tokens={params.chunk_tokens}): pass a chunker")
+        # Tokenizing: no connection open. The chunks' hashes are what is looked up.
+        rows_by_write = chunk_rows(rows_by_write, chunker)
+        with catalog.connection() as con:
+            unique_shas, known = _stored_vectors(con, snapshot, params, dtype, width, rows_by_write)
 
     # Encoding: no connection, no transaction, no lock of any kind is held.
     missing_shas = [sha for sha in unique_shas if sha not in known]
@@ -121,6 +129,8 @@ def write_embeddings_batch(
             "write_id": pa.array([write_id] * rows.num_rows, pa.string()),
             "id": rows.column("id"), "text_sha256": rows.column("text_sha256"),
             "embedding": pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), width),
+            **{name: rows.column(name) if name in rows.column_names else pa.nulls(rows.num_rows, pa.int32())
+               for name in CHUNK_COLUMNS},
         })
         # Each text encoded once counts for the first partition that has it.
         mine = (set(shas) & new_shas) - counted
@@ -145,6 +155,21 @@ def write_embeddings_batch(
             reused_rows=reused_rows[vid] if vid in created else version.rows,
             encode_seconds=encode_seconds * encoded / max(1, len(missing_shas)), stored=stored_rows.get(vid)))
     return results
+
+
+def _stored_vectors(con: duckdb.DuckDBPyConnection, snapshot: ModelSnapshot, params: EmbeddingParams, dtype: str,
+                    width: int, rows_by_write: dict[str, pa.Table]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The distinct text hashes of the rows to write, and the vectors stored for them already
+    (none from damaged files)."""
+    all_shas = pa.chunked_array([rows.column("text_sha256") for rows in rows_by_write.values()], type=pa.string())
+    unique_shas, _ = unique_with_first_index(all_shas)
+    args = (con, snapshot.model, snapshot.revision, params.params_hash, dtype, unique_shas, width)
+    try:
+        return unique_shas, queries.stored_vectors(*args)
+    except duckdb.Error as error:  # reuse nothing from damaged files
+        if not damage.is_damage_error(error):
+            raise
+        return unique_shas, queries.stored_vectors(*args, exclude=damage.damaged_write_ids(con))
 
 
 def corpus_rows(con: duckdb.DuckDBPyConnection, corpus: CorpusVersion, hint: str = "") -> pa.Table:
@@ -201,8 +226,8 @@ def _commit_versions(catalog: Catalog, records: list[dict], run_id: str | None, 
                            for column in queries.EMBEDDING_RECORD_COLUMNS])
         for dtype, tables in inserts.items():
             con.register("vector_rows", pa.concat_tables(tables))
-            con.execute(f"INSERT INTO {VECTOR_TABLES[dtype][0]} "
-                        "SELECT write_id, id, text_sha256, embedding FROM vector_rows")
+            columns = ", ".join(["write_id", "id", "text_sha256", "embedding", *CHUNK_COLUMNS])
+            con.execute(f"INSERT INTO {VECTOR_TABLES[dtype][0]} ({columns}) SELECT {columns} FROM vector_rows")
             con.unregister("vector_rows")
         placeholders = ", ".join("?" * len(queries.EMBEDDING_RECORD_COLUMNS))
         con.executemany(f"INSERT INTO embedding_versions VALUES ({placeholders}, current_timestamp)", values)
@@ -262,10 +287,12 @@ def read_back(con: duckdb.DuckDBPyConnection, versions: Sequence[EmbeddingVersio
         for version, corpus in of_dtype:
             part = rows[version.write_id]
             width = vector_width(version.params.get("precision", "float32"), version.dim)
+            chunks = part.column("chunk")
             found[version.version_id] = StoredRows(
                 part.column("id").to_pylist(), part.column("text_sha256").to_pylist(),
                 vectors_to_numpy(part.column("embedding"), width, version.dtype),
-                corpus_ids[corpus.write_id].column("id").to_pylist())
+                corpus_ids[corpus.write_id].column("id").to_pylist(),
+                chunks=None if chunks.null_count == len(chunks) else chunks.to_pylist())
     return found
 
 
