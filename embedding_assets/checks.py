@@ -167,20 +167,26 @@ def shard_check_evaluations(instance: DagsterInstance | None, bucket: str, shard
 TRUNCATION_SPEC = partition_check_spec(
     TRUNCATION_CHECK, "embeddings",
     "Every text of the bucket's current corpus fits the model's max_seq_length (in tokens, "
-    "counted with the model's tokenizer, special tokens included). A longer text is cut: "
-    "only its first max_seq_length tokens are embedded, the rest never reaches the model. "
-    "Warns (does not fail) when texts were cut, with truncated_texts, truncated_share and "
-    "dropped_token_share; they are cut on every run, and will be until long texts are split "
-    "into chunks, which the pipeline does not do yet.")
+    "counted with the model's tokenizer, special tokens included). With chunking off, a longer "
+    "text is cut: only its first max_seq_length tokens are embedded, the rest never reaches the "
+    "model. Warns (does not fail) when texts were cut, with truncated_texts, truncated_share and "
+    "dropped_token_share. With chunking on (EMBEDDING_CHUNK_TOKENS) long texts are split into "
+    "token windows and nothing is cut: it passes, and texts_over_max_seq_length says how many "
+    "were split.")
 
 
-def truncation_evaluation(instance: DagsterInstance | None, bucket: str,
-                          report: TruncationReport) -> AssetCheckEvaluation:
+def truncation_evaluation(instance: DagsterInstance | None, bucket: str, report: TruncationReport,
+                          params: EmbeddingParams | None = None) -> AssetCheckEvaluation:
     """The `texts_fit_max_seq_length` result of one bucket: passes when the encoder cut none
-    of its texts; a cut text is a warning (severity WARN), not a failure."""
+    of its texts (always, when `params` chunk them); a cut text is a warning (severity WARN),
+    not a failure."""
+    chunked = params is not None and params.chunked
+    extra = ({"texts_over_max_seq_length": report.truncated_texts, "chunk_tokens": params.chunk_tokens,
+              "chunk_overlap": params.chunk_overlap} if chunked else {})
     return partition_evaluation(
-        instance, EMBEDDINGS, TRUNCATION_CHECK, bucket, report.truncated_texts == 0,
-        {**truncation_metadata(report), "texts": report.texts, "max_seq_length": report.max_seq_length},
+        instance, EMBEDDINGS, TRUNCATION_CHECK, bucket, chunked or report.truncated_texts == 0,
+        {**truncation_metadata(report, chunked), "texts": report.texts, "max_seq_length": report.max_seq_length,
+         **extra},
         severity=AssetCheckSeverity.WARN)
 
 

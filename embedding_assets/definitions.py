@@ -22,6 +22,9 @@ EMBEDDING_BACKEND              auto (default: OpenVINO float32 on CPU, PyTorch o
                                openvino, onnx, or a lossy one (own version): openvino-int8, ...
 EMBEDDING_PRECISION            float32 (default), binary or ubinary
 EMBEDDING_NORMALIZE            1 to store unit-length vectors
+EMBEDDING_CHUNK_TOKENS         split texts into windows of this many tokens (at most the model's
+                               max_seq_length), a row per window; unset: cut at max_seq_length
+EMBEDDING_CHUNK_OVERLAP        tokens neighbouring windows share (default 0, fewer than the window)
 EMBEDDING_EXECUTOR             ``celery``: every step runs on a Celery worker (deploy/);
                                unset: Dagster's default (multiprocess) executor
 EMBEDDING_CELERY_BROKER        the Celery broker URL (required for celery), ``redis://h:p/0``
@@ -50,6 +53,7 @@ from embedding_assets.jobs import embed_corpus, snapshot_model, verify_embedding
 from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource, EncoderResource
 from embedding_assets.schedules import embeddings_automation, verify_embeddings_sweep
 from embedding_assets.sensors import corpus_landing_sensor, model_revision_sensor
+from embedding_core.chunking import ChunkingParams
 from embedding_core.fs import absolute_location
 from embedding_core.hub import DEFAULT_MODEL_NAME
 from embedding_core.store.records import sha256_json
@@ -125,6 +129,9 @@ def executor_from_env(environ: os._Environ | dict = os.environ) -> ExecutorDefin
 def definitions_from_env(environ: os._Environ | dict = os.environ) -> Definitions:
     """Definitions configured by the EMBEDDING_* environment variables (see module doc)."""
     target_devices = environ.get("EMBEDDING_TARGET_DEVICES")
+    # A bad window or overlap fails the load, naming both; the model's limit is checked when
+    # its snapshot is known (`EncoderConfig.params`).
+    chunking = ChunkingParams.from_env(environ, max_seq_length=None)
     return build_definitions(
         store_root=absolute_location(environ.get("EMBEDDING_STORE_ROOT") or "store"),
         landing_dir=absolute_location(environ.get("EMBEDDING_LANDING_DIR") or SAMPLE_CORPUS_DIR),
@@ -139,6 +146,7 @@ def definitions_from_env(environ: os._Environ | dict = os.environ) -> Definition
             precision=environ.get("EMBEDDING_PRECISION") or "float32",
             backend=environ.get("EMBEDDING_BACKEND") or "auto",
             normalize_embeddings=(environ.get("EMBEDDING_NORMALIZE") or "0").lower() in {"1", "true", "yes"},
+            chunk_tokens=chunking.tokens if chunking else None, chunk_overlap=chunking.overlap if chunking else 0,
         ),
         executor=executor_from_env(environ),
     )

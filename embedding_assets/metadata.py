@@ -126,20 +126,25 @@ def snapshot_metadata(snapshot: ModelSnapshot) -> dict[str, object]:
     })
 
 
-def truncation_metadata(report: TruncationReport) -> dict[str, object]:
+def truncation_metadata(report: TruncationReport, chunked: bool = False) -> dict[str, object]:
     """What the encoder cut of a bucket's texts: how many were longer than max_seq_length
-    tokens, their share of the texts, and the share of all tokens that never reach the model."""
+    tokens, their share of the texts, and the share of all tokens that never reach the model;
+    nothing when they are `chunked` (split into windows that fit)."""
+    if chunked:
+        return {"truncated_texts": 0, "truncated_share": 0.0, "dropped_token_share": 0.0}
     return {"truncated_texts": report.truncated_texts,
             "truncated_share": round(report.truncated_share, 4),
             "dropped_token_share": round(report.dropped_token_share, 4)}
 
 
 def bucket_embeddings_metadata(results: Sequence[EmbeddingWriteResult], store: EmbeddingStore,
-                               truncation: TruncationReport | None = None) -> dict[str, object]:
+                               truncation: TruncationReport | None = None,
+                               chunked_documents: int | None = None) -> dict[str, object]:
     """A bucket's files after an embeddings run: rows, new versions, texts encoded and reused,
     what the encoder cut of the bucket's texts (`truncation`, every text of its current
     corpus), throughput (only when something was encoded), the model version, a preview of
-    the first new version."""
+    the first new version. Chunked, each row is a chunk: `chunked_documents` is how many
+    documents they come from."""
     versions = [result.version for result in results]
     encoded = sum(result.encoded_rows for result in results)
     seconds = sum(result.encode_seconds for result in results)
@@ -154,7 +159,9 @@ def bucket_embeddings_metadata(results: Sequence[EmbeddingWriteResult], store: E
         "new_versions": sum(result.created for result in results),
         "encoded_rows": encoded,
         "reused_rows": sum(result.reused_rows for result in results),
-        **(truncation_metadata(truncation) if truncation is not None else {}),
+        **(truncation_metadata(truncation, chunked_documents is not None) if truncation is not None else {}),
+        "documents": chunked_documents,
+        "chunks": sum(version.rows for version in versions) if chunked_documents is not None else None,
         "size": human_size(sum(version.bytes for version in versions)),
         "model": head.model if head else None,
         "revision": head.revision if head else None,

@@ -31,6 +31,17 @@ def rows_match_corpus_problem(stored_ids: Sequence[str], corpus_ids: Sequence[st
     return f"row {first} holds id {stored_ids[first]!r}, the corpus has {corpus_ids[first]!r} there"
 
 
+def chunk_rows_problem(stored_ids: Sequence[str], chunks: Sequence[int], corpus_ids: Sequence[str]) -> str | None:
+    """What is wrong when a chunked version's rows are not each corpus row's chunks 0, 1, ...
+    one after another, in corpus order."""
+    for row, (id_, chunk) in enumerate(zip(stored_ids, chunks, strict=True)):
+        expected = 0 if row == 0 or stored_ids[row - 1] != id_ else chunks[row - 1] + 1
+        if chunk != expected:
+            return f"row {row} is chunk {chunk} of id {id_!r}; expected chunk {expected}"
+    return rows_match_corpus_problem([id_ for id_, chunk in zip(stored_ids, chunks, strict=True) if chunk == 0],
+                                     corpus_ids)
+
+
 def dim_problem(vectors: np.ndarray, recorded_dim: int, precision: str, expected_dim: int) -> str | None:
     """What is wrong when vectors or their catalog row do not have the model's dimension
     (`expected_dim`, after truncate_dim): `expected_dim` floats per row for float32,
@@ -78,6 +89,7 @@ class StoredShard:
     corpus_ids: list[str]
     snapshot: ModelSnapshot
     params: EmbeddingParams
+    chunks: list[int] | None = None  # a chunked version's chunk numbers, row by row
 
     @property
     def expected_dim(self) -> int:
@@ -98,8 +110,10 @@ class ShardCheck:
 SHARD_CHECKS: tuple[ShardCheck, ...] = (
     ShardCheck(
         "rows_match_corpus",
-        "One stored vector for every row of the corpus shard, ids in corpus order.",
-        lambda shard: rows_match_corpus_problem(shard.ids, shard.corpus_ids),
+        "One stored vector for every row of the corpus shard, ids in corpus order (chunked: "
+        "one per chunk, a row's chunks numbered 0, 1, ... one after another).",
+        lambda shard: (rows_match_corpus_problem(shard.ids, shard.corpus_ids) if shard.chunks is None
+                       else chunk_rows_problem(shard.ids, shard.chunks, shard.corpus_ids)),
     ),
     ShardCheck(
         "dim_matches_model",

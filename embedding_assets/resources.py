@@ -75,6 +75,12 @@ class EncoderResource(ConfigurableResource):
     normalize_embeddings: bool = False
     prompt_name: str | None = None
     truncate_dim: int | None = None
+    chunk_tokens: int | None = Field(
+        default=None, description="Split each text into windows of this many tokens (at most the "
+        "model's max_seq_length), a row per window; None cuts texts at max_seq_length, as "
+        "sentence-transformers does. Part of the embedding version.")
+    chunk_overlap: int = Field(default=0, description="Tokens neighbouring windows share (fewer than "
+                               "chunk_tokens).")
     backend: str = Field(
         default="auto",
         description="auto: the fastest exact backend (OpenVINO float32 on CPU when installed, "
@@ -90,5 +96,6 @@ class EncoderResource(ConfigurableResource):
             target_devices=tuple(self.target_devices) if self.target_devices else None,
             batch_size=self.batch_size, precision=self.precision,
             normalize_embeddings=self.normalize_embeddings, prompt_name=self.prompt_name,
-            truncate_dim=self.truncate_dim, backend=self.backend,
+            truncate_dim=self.truncate_dim, backend=self.backend, chunk_tokens=self.chunk_tokens,
+            chunk_overlap=self.chunk_overlap,
         )

@@ -24,7 +24,7 @@ from embedding_core.store import CATALOG_FILE_NAME, EmbeddingStore, ModelSnapsho
 
 def search(store: EmbeddingStore, query: str, model_key: str | None = None, top_k: int = 5,
            prompt_name: str | None = None, device: str | None = None,
-           exact: bool = False) -> tuple[ModelSnapshot, list[SearchHit], bool]:
+           exact: bool = False, by_chunk: bool = False) -> tuple[ModelSnapshot, list[SearchHit], bool]:
     """Encode `query` with the store's model (or `model_key`'s) and return the best hits, and
     whether the vector index answered (else every stored vector was scanned)."""
     snapshot = _pick_snapshot(store, model_key)
@@ -32,7 +32,7 @@ def search(store: EmbeddingStore, query: str, model_key: str | None = None, top_
     if prompt_name is None and "query" in snapshot.prompts:
         prompt_name = "query"
     query_vector = model.encode([query], prompt_name=prompt_name, show_progress_bar=False)[0]
-    searcher = store.searcher(snapshot.model, snapshot.similarity_fn, exact=exact)
+    searcher = store.searcher(snapshot.model, snapshot.similarity_fn, exact=exact, by_chunk=by_chunk)
     return snapshot, searcher.search(query_vector, top_k), searcher.uses_index
 
 
@@ -74,20 +74,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per hit")
     parser.add_argument("--exact", action="store_true",
                         help="scan every stored vector instead of using the vector index")
+    parser.add_argument("--by-chunk", action="store_true",
+                        help="the best chunks (several of one document), not the best documents")
     args = parser.parse_args(argv)
     store = _open_store(parser, args, "; run `make demo` or materialize first")
     snapshot, hits, indexed = search(store, args.query, args.model, args.top_k, args.prompt_name, args.device,
-                                     args.exact)
+                                     args.exact, args.by_chunk)
     if args.json:
         for hit in hits:
-            print(json.dumps({"score": hit.score, "id": hit.id, "partition": hit.partition,
-                              "text": hit.text}))
+            print(json.dumps({"score": hit.score, "id": hit.id, "partition": hit.partition, "text": hit.text,
+                              "chunk": hit.chunk, "char_start": hit.char_start, "char_end": hit.char_end}))
         return 0
     print(f"{snapshot.model}@{snapshot.revision[:19]}  catalog: {store.catalog_label}  "
           f"({'vector index' if indexed else 'exact scan'})")
     for rank, hit in enumerate(hits, start=1):
         text = " ".join((hit.text or "").split())
-        print(f"{rank:>2}. {hit.score:.4f}  [{hit.partition}] {hit.id}\n    {text[:160]}")
+        span = f" chunk {hit.chunk} (chars {hit.char_start}-{hit.char_end})" if hit.char_start is not None else ""
+        print(f"{rank:>2}. {hit.score:.4f}  [{hit.partition}] {hit.id}{span}\n    {text[:160]}")
     return 0
 
 

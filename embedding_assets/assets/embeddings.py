@@ -53,7 +53,9 @@ EMBEDDINGS_SPEC = AssetSpec(
     the metadata and the four shard checks (one result per bucket) judge. Texts longer than
     the model's max_seq_length are cut by the encoder: the metadata counts them over every
     text of the bucket (truncated_texts, truncated_share, dropped_token_share) and the
-    texts_fit_max_seq_length check warns when there are any. A bucket that fails
+    texts_fit_max_seq_length check warns when there are any. With chunking on
+    (EMBEDDING_CHUNK_TOKENS, EMBEDDING_CHUNK_OVERLAP) each text is split into token windows
+    instead, a row per chunk (documents, chunks), and nothing is cut. A bucket that fails
     (or whose corpus failed in this run) does not stop the others: they are stored and
     recorded, then the step fails naming every failed bucket and file.""",
 )
@@ -80,21 +82,24 @@ def embed(context, encoder, store, buckets, failures: ShardFailures) -> dict[str
             release_free_heap()
             with failures.attempt(bucket):
                 bucket_corpora = [corpora[key] for key in files[bucket] if key in corpora]
-                results = store.write_embeddings_batch(bucket_corpora, snapshot, params, session.encode,
-                                                       run_id=context.run.run_id, read_back=True)
+                results = store.write_embeddings_batch(
+                    bucket_corpora, snapshot, params, session.encode, run_id=context.run.run_id, read_back=True,
+                    chunker=session.chunk if params.chunked else None)
                 shards = [StoredShard(result.version, result.stored.ids, result.stored.vectors,
-                                      result.stored.corpus_ids, snapshot, params)
+                                      result.stored.corpus_ids, snapshot, params, result.stored.chunks)
                           for result in results if result.stored is not None]
                 # Every text of the bucket, reused ones too: what is cut is a property of the texts.
                 truncation = session.truncation(bucket_texts(store, bucket_corpora))
                 # No target yet: this step's materialization of the bucket is not recorded.
                 evaluations = [*shard_check_evaluations(None, bucket, shards, params),
-                               truncation_evaluation(None, bucket, truncation)]
+                               truncation_evaluation(None, bucket, truncation, params)]
                 versions = {result.version.partition: result.version.version_id for result in results}
-                done[bucket] = BucketResult(bucket_embeddings_metadata(results, store, truncation),
+                documents = sum(corpus.rows for corpus in bucket_corpora) if params.chunked else None
+                done[bucket] = BucketResult(bucket_embeddings_metadata(results, store, truncation, documents),
                                             bucket_data_version(versions), evaluations)
-                cut = (f", {truncation.truncated_texts} of {truncation.texts} texts cut at "
-                       f"{truncation.max_seq_length} tokens" if truncation.truncated_texts else "")
+                cut = (f", {truncation.truncated_texts} of {truncation.texts} texts "
+                       f"{'split into chunks' if params.chunked else 'cut'} at {truncation.max_seq_length} tokens"
+                       if truncation.truncated_texts else "")
                 context.log.info(
                     f"{bucket}: {len(results)} file(s), {len(shards)} new version(s), "
                     f"{sum(r.encoded_rows for r in results)} texts encoded, "

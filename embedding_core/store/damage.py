@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 ROW_TABLES = ("corpus_rows", *(table for table, _ in VECTOR_TABLES.values()))
 # DuckDB's words for a data file it could not open or decode.
 _DAMAGE_WORDS = ("no such file", "cannot open file", "invalid footer", "not a parquet file",
-                 "parquet", "could not read", "corrupt", "snappy", "zstd", "thrift", "magic bytes")
+                 "parquet", "could not read", "corrupt", "snappy", "zstd", "thrift", "magic bytes",
+                 "outside file")
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,10 @@ class VerifyReport:
 
 def is_damage_error(error: BaseException) -> bool:
     """Whether a DuckDB error looks like a data file that is missing or unreadable."""
-    if not isinstance(error, (duckdb.IOException, duckdb.InvalidInputException, duckdb.InternalException)):
+    # A file cut short can also surface as a plain `duckdb.Error` ("Prefetch registered for
+    # bytes outside file"), depending on which columns the query reads.
+    if not isinstance(error, (duckdb.IOException, duckdb.InvalidInputException, duckdb.InternalException)) \
+            and type(error) is not duckdb.Error:
         return False
     return any(word in str(error).lower() for word in _DAMAGE_WORDS)
 

@@ -47,13 +47,13 @@ def exact_search(con: duckdb.DuckDBPyConnection, query: np.ndarray, model: str, 
                        id, partition, corpus_version, chunk, char_start, char_end
                 FROM embeddings WHERE model = ? AND len(embedding) = {dim}
                      AND NOT list_contains(?::VARCHAR[], partition)
-                {best} ORDER BY score DESC, id, chunk LIMIT ?)
+                {best} ORDER BY score DESC, id, partition, chunk LIMIT ?)
               SELECT t.score, t.id, t.partition, {CHUNK_TEXT_SQL.format(rows="t", text="c.text")},
                      t.chunk, t.char_start, t.char_end
               FROM top t
               LEFT JOIN stored_corpus_versions v ON v.partition = t.partition AND v.corpus_version = t.corpus_version
               LEFT JOIN corpus_rows c ON c.write_id = v.write_id AND c.id = t.id
-              ORDER BY t.score DESC, t.id, t.chunk"""
+              ORDER BY t.score DESC, t.id, t.partition, t.chunk"""
     try:
         rows = con.execute(sql, [query.tolist(), model, [""], top_k]).fetchall()
     except duckdb.Error as error:  # a damaged partition: search the others
@@ -221,7 +221,7 @@ class VectorSearcher:
     def _merge(self, found: list[tuple[float, int]], delta: list[tuple[float, int]], top_k: int) -> list[SearchHit]:
         hits = [self._hit(self.loaded.rows, score, position) for score, position in found]
         hits += [self._hit(self.delta_rows, score, position) for score, position in delta]
-        hits.sort(key=lambda hit: (-hit.score, hit.id, hit.chunk))
+        hits.sort(key=lambda hit: (-hit.score, hit.id, hit.partition, hit.chunk))
         if not self.by_chunk:  # a document found in the index and among the newer rows
             seen: set[tuple[str, str]] = set()
             hits = [hit for hit in hits if (hit.partition, hit.id) not in seen and not seen.add((hit.partition, hit.id))]
