@@ -15,8 +15,11 @@ python_docs.jsonl longer than the model's max_seq_length (`--documents` caps how
 3. Throughput: tokens/s (special tokens included) encoding our chunks, beside unchunked texts
    (no longer than max_seq_length) of about the same total tokens, and beside the truncated
    documents; best of 2, interleaved, with the pipeline's default backend.
+4. With ``--store``: the same retrieval through ``EmbeddingStore``: the documents written
+   chunked (and, for the baseline, truncated) into a temporary store, and the queries answered
+   by ``search`` (a document by its best chunk), by the exact scan and by the vector index.
 
-    .venv/bin/python benchmarks/bench_chunking.py [--tokens 256 --overlap 32 --documents 300]
+    .venv/bin/python benchmarks/bench_chunking.py [--tokens 256 --overlap 32 --documents 300] [--store]
 """
 
 from __future__ import annotations
@@ -176,6 +179,7 @@ def main() -> None:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--store", action="store_true", help="also measure retrieval through EmbeddingStore")
     args = parser.parse_args()
     started = time.perf_counter()
     model = SentenceTransformer(bundled_model_path(), device="cpu", backend=resolve_backend(args.backend, "cpu"))
@@ -243,8 +247,49 @@ def main() -> None:
         print(f"{name:>22}: {rate:,.0f} tokens/s over {tokens:,} tokens "
               f"(chunks at {chunk_rate / rate:.1%} of it)")
         results.append({"throughput": name, "tokens": tokens, "tokens_per_second": rate})
+    if args.store:
+        results += store_retrieval(documents, queries, query_vectors, params, args.backend)
     print(f"\n{time.perf_counter() - started:.0f} s in all")
     write_results(args.json, results)
+
+
+def store_retrieval(documents: list[str], queries: list[tuple[int, str]], query_vectors: np.ndarray,
+                    params: ChunkingParams, backend: str) -> list[dict]:
+    """Share of queries whose document `EmbeddingStore.search` puts in the top 10, with the
+    documents stored truncated and chunked, by the exact scan and through the vector index."""
+    import tempfile
+
+    from embedding_core.snapshot import EncoderConfig
+    from embedding_core.store import EmbeddingStore, corpus_table
+
+    ids = [f"doc-{i}" for i in range(len(documents))]
+    answers = [ids[document] for document, _ in queries]
+    print(f"\nthrough EmbeddingStore.search (top {TOP_K} documents, each by its best chunk):")
+    rows = []
+    for name, chunking in (("truncated", None), (f"chunked {params.tokens}/{params.overlap}", params)):
+        config = EncoderConfig(str(bundled_model_path()), normalize_embeddings=True, backend=backend,
+                               chunk_tokens=chunking.tokens if chunking else None,
+                               chunk_overlap=chunking.overlap if chunking else 0)
+        with tempfile.TemporaryDirectory(prefix="bench-chunking-store-") as root:
+            store = EmbeddingStore(root)
+            snapshot = config.resolve()
+            store.record_model_snapshot(snapshot)
+            embedding_params = config.params(snapshot)
+            corpus = store.write_corpus("documents", corpus_table(ids, documents))
+            with config.session(snapshot, embedding_params) as session:
+                written = store.write_embeddings("documents", corpus, snapshot, embedding_params, session.encode,
+                                                 chunker=session.chunk if chunking else None)
+            store.build_vector_indexes()
+            for path, exact in (("exact scan", True), ("vector index", False)):
+                hits = store.search_batch(query_vectors, snapshot.model, top_k=TOP_K, exact=exact)
+                share = float(np.mean([answer in {hit.id for hit in found} for answer, found in
+                                       zip(answers, hits, strict=True)]))
+                distinct = all(len({hit.id for hit in found}) == len(found) for found in hits)
+                print(f"{name:>22}: {written.version.rows:,} rows, {path}: {share:.1%} in the top {TOP_K}"
+                      f"{'' if distinct else ' (a document twice!)'}")
+                rows.append({"store_retrieval": name, "path": path, "rows": written.version.rows,
+                             "top_k_share": share})
+    return rows
 
 
 if __name__ == "__main__":

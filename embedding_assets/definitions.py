@@ -100,9 +100,11 @@ VERSIONED_ENCODER_FIELDS = ("model_name", "revision", "precision", "normalize_em
 
 def encoder_code_version(code_version: str | None, encoder: EncoderResource) -> str:
     """The embeddings asset's code version with the encoder settings folded in, so changing
-    one (EMBEDDING_PRECISION, EMBEDDING_NORMALIZE, ...) shows its partitions as stale in the
-    UI and the automation condition re-embeds them."""
+    one (EMBEDDING_PRECISION, EMBEDDING_NORMALIZE, EMBEDDING_CHUNK_TOKENS, ...) shows its
+    partitions as stale in the UI and the automation condition re-embeds them."""
     settings = {name: getattr(encoder, name) for name in VERSIONED_ENCODER_FIELDS}
+    if encoder.chunk_tokens is not None:  # chunking off: the code version it had before chunking
+        settings.update(chunk_tokens=encoder.chunk_tokens, chunk_overlap=encoder.chunk_overlap)
     return f"{code_version}-{sha256_json(settings)[:12]}"
 
 

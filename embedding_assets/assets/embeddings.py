@@ -102,7 +102,7 @@ def embed(context, encoder, store, buckets, failures: ShardFailures) -> dict[str
                        if truncation.truncated_texts else "")
                 context.log.info(
                     f"{bucket}: {len(results)} file(s), {len(shards)} new version(s), "
-                    f"{sum(r.encoded_rows for r in results)} texts encoded, "
+                    f"{sum(r.encoded_rows for r in results)} {'chunks' if params.chunked else 'texts'} encoded, "
                     f"{sum(r.reused_rows for r in results)} rows reused{cut}")
                 del results, shards  # this bucket's vectors, before the next one
     return done

@@ -1,9 +1,11 @@
 """The one Definitions object: the lineage graph, checks, jobs, automation, policies, resources,
 and what the UI labels them with."""
 
+import re
 import subprocess
 import sys
 
+import pytest
 from dagster import AssetKey
 from dagster._core.definitions.backfill_policy import BackfillPolicyType
 
@@ -71,6 +73,22 @@ def test_encoder_settings_that_change_the_vectors_change_the_code_version():
     assert base.startswith("2-")  # the embeddings asset's own code_version, then the encoder's
     assert code_version(EMBEDDING_BATCH_SIZE="64") == base  # how, not what, is encoded
     assert len({base, code_version(EMBEDDING_PRECISION="binary"), code_version(EMBEDDING_NORMALIZE="1")}) == 3
+    chunked = {code_version(EMBEDDING_CHUNK_TOKENS="128"), code_version(EMBEDDING_CHUNK_TOKENS="128",
+                                                                        EMBEDDING_CHUNK_OVERLAP="32")}
+    assert len(chunked) == 2 and base not in chunked
+    assert code_version(EMBEDDING_CHUNK_TOKENS="", EMBEDDING_CHUNK_OVERLAP="32") == base  # unset: off
+
+
+@pytest.mark.parametrize(("tokens", "overlap", "error"), [
+    ("128", "128", "EMBEDDING_CHUNK_OVERLAP=128 must be smaller than EMBEDDING_CHUNK_TOKENS=128"),
+    ("128", "-1", "EMBEDDING_CHUNK_OVERLAP=-1 must be 0 or more tokens"),
+    ("many", "8", "chunk sizes must be whole numbers of tokens: EMBEDDING_CHUNK_TOKENS='many', "
+                  "EMBEDDING_CHUNK_OVERLAP='8'"),
+])
+def test_bad_chunk_settings_fail_the_load_naming_both_values(tokens, overlap, error):
+    with pytest.raises(ValueError, match=re.escape(error)):
+        definitions_from_env({"EMBEDDING_STORE_ROOT": "/tmp/unused-store", "EMBEDDING_CHUNK_TOKENS": tokens,
+                              "EMBEDDING_CHUNK_OVERLAP": overlap})
 
 
 def test_loading_the_code_location_prints_no_warning(tmp_path):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from embedding_core.store import DamagedDataError, EmbeddingParams, EmbeddingStore, corpus_table
+from embedding_core.store.views import SCHEMA_VERSION
 from tests.store.fakes import SNAPSHOT, TextHashEncoder
 
 PARTITIONS = ("a", "b", "c")
@@ -192,11 +193,11 @@ def test_a_store_whose_views_predate_the_repair_gets_them_on_open(store):
                     "ORDER BY snapshot_id, rowid) = 1")
     commits = len(store.lake_snapshots())
     reopened = EmbeddingStore(store.root)
-    assert [s.message for s in reopened.lake_snapshots()[commits:]] == ["store views version 2"]
+    assert [s.message for s in reopened.lake_snapshots()[commits:]] == [f"store views version {SCHEMA_VERSION}"]
     EmbeddingStore(store.root)
     assert len(reopened.lake_snapshots()) == commits + 1  # once
     with reopened.connect() as con:
-        assert con.execute("SELECT version FROM store_schema").fetchone() == (2,)
+        assert con.execute("SELECT version FROM store_schema").fetchone() == (SCHEMA_VERSION,)
         assert "l.write_id AS write_id" in con.execute(
             "SELECT sql FROM duckdb_views() WHERE view_name = 'stored_embedding_versions'").fetchone()[0]
         assert con.execute("SELECT DISTINCT typeof(embedding) FROM embeddings").fetchall() == [("FLOAT[8]",)]
