@@ -50,7 +50,7 @@ from embedding_core.store.records import (
     stored_dtype,
     vector_width,
 )
-from embedding_core.store.rows import Chunker, vectors_to_numpy
+from embedding_core.store.rows import CHUNK_COLUMNS, Chunker, vectors_to_numpy
 from embedding_core.store.search import VectorSearcher
 from embedding_core.store.views import VECTOR_TABLES
 
@@ -221,8 +221,8 @@ class EmbeddingStore:
             return queries.embedding_versions(con, source, args)
 
     def read_embeddings(self, version: EmbeddingVersion) -> tuple[pa.Table, np.ndarray]:
-        """The `id`/`text_sha256` columns of a version (current or not) and its vectors as a
-        2-D array, in corpus order."""
+        """The `id`/`text_sha256` columns of a version (current or not; chunked, also `chunk`,
+        `char_start`, `char_end`: a row per chunk) and its vectors as a 2-D array, in corpus order."""
         with self.connect() as con:
             try:
                 table = queries.vector_rows_by_write(con, VECTOR_TABLES[version.dtype][0], [version.write_id])
@@ -231,8 +231,8 @@ class EmbeddingStore:
                                         f"{version.partition!r}", [version.write_id])
                 raise
         width = vector_width(version.params.get("precision", "float32"), version.dim)
-        return table.select(["id", "text_sha256"]), vectors_to_numpy(table.column("embedding"),
-                                                                     width, version.dtype)
+        columns = ["id", "text_sha256", *(CHUNK_COLUMNS if "chunk_tokens" in version.params else ())]
+        return table.select(columns), vectors_to_numpy(table.column("embedding"), width, version.dtype)
 
     def stale_partitions(self, snapshot: ModelSnapshot, params: EmbeddingParams) -> list[str]:
         """Partitions whose current embeddings are missing, not from these inputs, or (like

@@ -74,9 +74,10 @@ def corpus_ids_by_write(con: duckdb.DuckDBPyConnection, write_ids: list[str]) ->
 
 
 def vector_rows_by_write(con: duckdb.DuckDBPyConnection, table: str, write_ids: list[str]) -> pa.Table:
-    """`write_id`, `id`, `text_sha256`, `embedding`, `chunk` (NULL: the text whole) of the rows
-    of these writes in a vector rows table, in row order."""
-    return con.execute(f"SELECT write_id, id, text_sha256, embedding, chunk FROM {table} WHERE write_id IN "
+    """`write_id`, `id`, `text_sha256`, `embedding`, `chunk`, `char_start`, `char_end` (NULL: the
+    text whole) of the rows of these writes in a vector rows table, in row order."""
+    return con.execute(f"SELECT write_id, id, text_sha256, embedding, chunk, char_start, char_end FROM {table} "
+                       "WHERE write_id IN "
                        f"({_literals(write_ids)}) ORDER BY rowid").to_arrow_table()
 
 

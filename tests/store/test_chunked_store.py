@@ -70,6 +70,11 @@ def test_long_texts_are_stored_as_chunks_reused_per_chunk_and_found_by_document(
     assert all(sha == text_sha256(text_of[id_][start:end]) for id_, _, start, end, sha, _ in rows)
     short = [row for row in rows if row[0] == ids[-1]]
     assert len(short) == 1 and short[0][2:5] == (0, len(texts[-1]), text_sha256(texts[-1]))
+    table, vectors = store.read_embeddings(result.version)
+    assert table.column_names == ["id", "text_sha256", "chunk", "char_start", "char_end"]
+    assert sorted(zip(*(table.column(n).to_pylist() for n in ("id", "chunk", "char_start", "char_end")))) == expected
+    assert np.array_equal(vectors[0], np.array(rows[[r[:2] for r in rows].index((table.column("id")[0].as_py(), 0))][5],
+                                                dtype=np.float32))
     # The vectors are those of the chunks' texts.
     sample = rows[:: max(1, len(rows) // 6)]
     fresh = session.encode([text_of[id_][start:end] for id_, _, start, end, _, _ in sample])
@@ -134,6 +139,7 @@ def test_changing_the_chunking_makes_partitions_stale_and_keeps_every_version(tm
     assert store.stale_partitions(session.snapshot, chunked) == []
     second = write(store, session, "docs", ids, texts, plain)
     assert second.version.rows == len(texts) and second.created
+    assert store.read_embeddings(second.version)[0].column_names == ["id", "text_sha256"]
     assert store.stale_partitions(session.snapshot, chunked) == ["docs"]
     assert [v.version_id for v in store.embedding_versions("docs")] == [first.version.version_id,
                                                                         second.version.version_id]
