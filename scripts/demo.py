@@ -50,7 +50,7 @@ def main(queries: list[str]) -> int:
         rows, partitions = con.execute(
             "SELECT count(*), count(DISTINCT partition) FROM embeddings").fetchone()
     print(f"\nStore:   {store.root}\nCatalog: {store.catalog_label} "
-          f"({rows} vectors in {partitions} partitions; views `embeddings`, `documents`)")
+          f"({rows} vectors in {partitions} partitions; views `embeddings`, `documents`, `document_embeddings`)")
     (snapshot,) = store.current_model_snapshots()
     model = load_snapshot_model(snapshot)  # once, for every query
     prompt_name = "query" if "query" in snapshot.prompts else None
