@@ -41,7 +41,11 @@ def exact_search(con: duckdb.DuckDBPyConnection, query: np.ndarray, model: str, 
     `by_chunk`, the `top_k` chunks), by a scan of every row; a partition whose data files are
     damaged is left out, with a warning. Only the hits' texts are read."""
     dim = query.shape[0]
-    best = "" if by_chunk else "QUALIFY row_number() OVER (PARTITION BY partition, id ORDER BY score DESC, chunk) = 1"
+    # A document's best chunk only (a window over every row: not where no version is chunked).
+    chunked = not by_chunk and con.execute(
+        "SELECT count(*) FROM current_embedding_versions WHERE model = ? AND dtype = 'float32' "
+        "AND params LIKE '%\"chunk_tokens\"%'", [model]).fetchone()[0] > 0
+    best = "QUALIFY row_number() OVER (PARTITION BY partition, id ORDER BY score DESC, chunk) = 1" if chunked else ""
     sql = f"""WITH top AS (
                 SELECT {SIMILARITY_FUNCTIONS[similarity_fn]}(embedding::FLOAT[{dim}], ?::FLOAT[{dim}]) AS score,
                        id, partition, corpus_version, chunk, char_start, char_end
