@@ -63,7 +63,8 @@ def write_embeddings_batch(
     params: EmbeddingParams, encode: Callable[[list[str]], np.ndarray], run_id: str | None,
     read_back: bool = False, chunker: Chunker | None = None,
 ) -> list[EmbeddingWriteResult]:
-    """See `EmbeddingStore.write_embeddings_batch`: one lookup connection, one encode call for
+    """See `EmbeddingStore.write_embeddings_batch`: one lookup connection (chunked: a second
+    one, after `chunker` split the texts, to look up the chunks' hashes), one encode call for
     every text no partition has stored yet, one commit (whose connection reads the written
     versions back, with `read_back`)."""
     partitions = [corpus.partition for corpus in corpora]
