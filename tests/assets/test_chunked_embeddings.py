@@ -9,7 +9,12 @@ from embedding_assets.backfill import landing_partitions, materialize_selection
 from embedding_assets.definitions import definitions_from_env
 from embedding_core.chunking import ChunkingParams, chunk_texts
 from embedding_core.hub import DEFAULT_MODEL_NAME
-from tests.assets.conftest import LONG_DOCS, ROWS_PER_SHARD, append_long_docs, materialize_everything
+from tests.assets.conftest import (
+    LONG_DOCS,
+    ROWS_PER_SHARD,
+    append_long_docs,
+    materialize_everything,
+)
 from tests.assets.test_checks import DOCS_BUCKET, EMBEDDINGS_CHECKS, embeddings_check_evaluations
 
 DOCS = "python_docs.jsonl"
