@@ -40,10 +40,17 @@ CORPUS_SCHEMA = TableSchema(columns=[
 ])
 
 
-def embeddings_schema(dim: int, dtype: str) -> TableSchema:
+def embeddings_schema(dim: int, dtype: str, chunked: bool = False) -> TableSchema:
+    """The columns of an embeddings version's rows; chunked, a row per chunk, with its span."""
+    chunk_columns = [
+        TableColumn("chunk", "int32", description="Chunk number within the document, from 0."),
+        TableColumn("char_start", "int32", description="Where the chunk starts in the document's text."),
+        TableColumn("char_end", "int32", description="Where it ends: text[char_start:char_end]."),
+    ] if chunked else []
     return TableSchema(columns=[
         TableColumn("id", "string", description="Row id of the corpus shard."),
         TableColumn("text_sha256", "string", description="sha256 of the embedded text."),
+        *chunk_columns,
         TableColumn("embedding", f"{dtype}[{dim}]", description="The sentence embedding."),
     ])
 
@@ -153,7 +160,7 @@ def bucket_embeddings_metadata(results: Sequence[EmbeddingWriteResult], store: E
     head = versions[0] if versions else None
     return without_empty({
         "dagster/row_count": sum(version.rows for version in versions),
-        "dagster/column_schema": embeddings_schema(head.dim, head.dtype) if head else None,
+        "dagster/column_schema": embeddings_schema(head.dim, head.dtype, "chunk_tokens" in head.params) if head else None,
         "dagster/uri": MetadataValue.path(store.root),
         "files": len(versions),
         "new_versions": sum(result.created for result in results),

@@ -48,6 +48,8 @@ def test_chunked_embeddings_split_long_documents_and_pass_every_check(tmp_path, 
     metadata = event.materialization.metadata
     assert {key: metadata[key].value for key in ("documents", "chunks", "truncated_texts", "dagster/row_count")} == {
         "documents": rows, "chunks": len(chunks), "truncated_texts": 0, "dagster/row_count": len(chunks)}
+    assert [c.name for c in metadata["dagster/column_schema"].value.columns] == [
+        "id", "text_sha256", "chunk", "char_start", "char_end", "embedding"]
 
     # A sentence from beyond the 256th token of the longest document finds it, by its chunk.
     long_text = texts[corpus.column("id").to_pylist().index("pydoc-formatstrings-11")]
