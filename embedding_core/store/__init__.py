@@ -6,9 +6,9 @@ the run); nothing is overwritten, earlier versions and earlier snapshots of the 
 stay readable until `EmbeddingStore.maintain` expires what is no longer current.
 
 - `records`: what is stored (`EmbeddingParams`, `ModelSnapshot`, versions, results)
-- `rows`: checking a shard's rows and an encoder's output in memory
+- `rows`: checking a shard's rows and an encoder's output in memory, chunk rows
 - `catalog`: connections, tables and commits;  `files`: the data path and S3 settings
-- `views`: `embeddings`, `documents` and the current-version views
+- `views`: `embeddings`, `document_embeddings`, `documents` and the current-version views
 - `queries`: reading records and rows back;  `writer`: reuse, encode, one commit
 - `maintenance`: expiring old versions and files;  `facade`: `EmbeddingStore`
 - `damage`: finding missing or unreadable data files (`EmbeddingStore.verify`)

@@ -133,8 +133,8 @@ class EmbeddingStore:
     def connect(self, snapshot: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only DuckDB connection to the lake, for SQL.
 
-        `embeddings` (current float32 vectors of every partition and model, `embedding`
-        typed ``FLOAT[dim]``), `documents` (current corpus texts) and the tables
+        `embeddings` (current float32 vectors, a row per chunk, `embedding` typed ``FLOAT[dim]``),
+        `document_embeddings`, `documents` (current corpus texts) and the tables
         `model_snapshots`, `corpus_versions`, `embedding_versions` resolve unqualified
         (the lake is attached under a name of its own: ``SELECT current_database()``).
         `snapshot` opens the whole store as of that lake snapshot (see `lake_snapshots`).
