@@ -34,6 +34,7 @@ def model_snapshot(
     """
     config = encoder.open()
     snapshot = config.resolve()
+    config.params(snapshot)  # settings the model cannot take (a chunk window past its limit) fail here
     embedding_store.open().record_model_snapshot(snapshot, run_id=context.run.run_id)
     context.log.info(f"{snapshot.model} pinned at {snapshot.revision} ({snapshot.source})")
     return MaterializeResult(

@@ -69,3 +69,14 @@ def test_chunked_embeddings_split_long_documents_and_pass_every_check(tmp_path, 
                                                         landing_partitions()))
     assert [v.rows for v in store.embedding_versions(DOCS)] == [len(chunks), rows]
     assert store.current_embedding_version(DOCS, DEFAULT_MODEL_NAME).rows == ROWS_PER_SHARD + len(LONG_DOCS)
+
+
+def test_a_chunk_window_past_the_model_limit_fails_the_model_snapshot_naming_both(tmp_path, landing, instance):
+    defs = definitions_from_env({"EMBEDDING_STORE_ROOT": str(tmp_path / "store"), "EMBEDDING_LANDING_DIR": str(landing),
+                                 "EMBEDDING_CHUNK_TOKENS": "512", "EMBEDDING_CHUNK_OVERLAP": "16"})
+    result = defs.resolve_job_def("snapshot_model").execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert ("EMBEDDING_CHUNK_TOKENS=512 is larger than the model's max_seq_length 256 (EMBEDDING_CHUNK_OVERLAP=16)"
+            in failure.step_failure_data.error.to_string())
+    assert defs.resources["embedding_store"].open().current_model_snapshots() == []  # nothing recorded
