@@ -80,8 +80,9 @@ def test_exact_backends_keep_the_params_and_lossy_ones_enter_them(backend_cache)
     assert len(exact) == 1
     (params,) = exact
     assert params.backend is None
-    # Parameters without a backend hash as they did before backends were recorded.
-    fields = {k: v for k, v in asdict(params).items() if k != "backend"}
+    # Parameters without a backend (or chunking) hash as they did before either was recorded.
+    assert (params.chunk_tokens, params.chunk_overlap) == (None, None)
+    fields = {k: v for k, v in asdict(params).items() if k not in ("backend", "chunk_tokens", "chunk_overlap")}
     assert params.params_hash == sha256_json(fields)[:16]
     assert "backend" not in json.loads(params.to_json())
     lossy = {name: replace(config, backend=name).params(snapshot) for name in LOSSY_BACKENDS}
