@@ -160,7 +160,7 @@ def bucket_embeddings_metadata(results: Sequence[EmbeddingWriteResult], store: E
     head = versions[0] if versions else None
     return without_empty({
         "dagster/row_count": sum(version.rows for version in versions),
-        "dagster/column_schema": embeddings_schema(head.dim, head.dtype, "chunk_tokens" in head.params) if head else None,
+        "dagster/column_schema": embeddings_schema(head.dim, head.dtype, head.chunked) if head else None,
         "dagster/uri": MetadataValue.path(store.root),
         "files": len(versions),
         "new_versions": sum(result.created for result in results),

@@ -231,7 +231,7 @@ class EmbeddingStore:
                                         f"{version.partition!r}", [version.write_id])
                 raise
         width = vector_width(version.params.get("precision", "float32"), version.dim)
-        columns = ["id", "text_sha256", *(CHUNK_COLUMNS if "chunk_tokens" in version.params else ())]
+        columns = ["id", "text_sha256", *(CHUNK_COLUMNS if version.chunked else ())]
         return table.select(columns), vectors_to_numpy(table.column("embedding"), width, version.dtype)
 
     def stale_partitions(self, snapshot: ModelSnapshot, params: EmbeddingParams) -> list[str]:

@@ -222,6 +222,11 @@ class EmbeddingVersion:
     snapshot_id: int
     created_at: datetime
 
+    @property
+    def chunked(self) -> bool:
+        """Whether its rows are chunks (`EmbeddingParams.chunked`): a row per token window."""
+        return self.params.get("chunk_tokens") is not None
+
 
 @dataclass(frozen=True)
 class EmbeddingWriteResult:

@@ -36,16 +36,12 @@ def check_similarity_fn(similarity_fn: str) -> None:
 
 
 def exact_search(con: duckdb.DuckDBPyConnection, query: np.ndarray, model: str, top_k: int,
-                 similarity_fn: str, by_chunk: bool = False) -> list[SearchHit]:
-    """The `top_k` current documents of `model` nearest `query` (each by its best chunk; with
-    `by_chunk`, the `top_k` chunks), by a scan of every row; a partition whose data files are
-    damaged is left out, with a warning. Only the hits' texts are read."""
+                 similarity_fn: str, by_document: bool = False) -> list[SearchHit]:
+    """The `top_k` current rows of `model` nearest `query` (with `by_document`, only each
+    document's best chunk), by a scan of every row; a partition whose data files are damaged
+    is left out, with a warning. Only the hits' texts are read."""
     dim = query.shape[0]
-    # A document's best chunk only (a window over every row: not where no version is chunked).
-    chunked = not by_chunk and con.execute(
-        "SELECT count(*) FROM current_embedding_versions WHERE model = ? AND dtype = 'float32' "
-        "AND params LIKE '%\"chunk_tokens\"%'", [model]).fetchone()[0] > 0
-    best = "QUALIFY row_number() OVER (PARTITION BY partition, id ORDER BY score DESC, chunk) = 1" if chunked else ""
+    best = "QUALIFY row_number() OVER (PARTITION BY partition, id ORDER BY score DESC, chunk) = 1" if by_document else ""
     sql = f"""WITH top AS (
                 SELECT {SIMILARITY_FUNCTIONS[similarity_fn]}(embedding::FLOAT[{dim}], ?::FLOAT[{dim}]) AS score,
                        id, partition, corpus_version, chunk, char_start, char_end
@@ -99,9 +95,13 @@ class VectorSearcher:
         self.index_documents = self.delta_documents = None
         with catalog.connection() as con:
             current = con.execute(
-                "SELECT version_id, dim FROM current_embedding_versions WHERE dtype = 'float32' AND model = ?",
-                [model]).fetchall()
-            self.dims = sorted({dim for _, dim in current})
+                "SELECT version_id, dim, params LIKE '%\"chunk_tokens\"%' FROM current_embedding_versions "
+                "WHERE dtype = 'float32' AND model = ?", [model]).fetchall()
+            self.dims = sorted({dim for _, dim, _ in current})
+            # The scan keeps a document's best chunk only where some current version is chunked
+            # (no window over an unchunked store's rows).
+            self.by_document = not by_chunk and any(chunked for _, _, chunked in current)
+            current = [(version_id, dim) for version_id, dim, _ in current]
             if exact or not current:
                 return
             records = [r for r in vector_index.current_indexes(con, model)
@@ -173,7 +173,7 @@ class VectorSearcher:
             return [[] for _ in queries]
         if self.loaded is None:
             with self.catalog.connection() as con:
-                return [exact_search(con, query, self.model, top_k, self.similarity_fn, self.by_chunk)
+                return [exact_search(con, query, self.model, top_k, self.similarity_fn, self.by_document)
                         for query in queries]
         return [self._merge(found, delta, top_k)
                 for found, delta in zip(self._from_index(queries, top_k), self._from_delta(queries, top_k),
