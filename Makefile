@@ -44,10 +44,12 @@ test: setup browser
 
 # The UI on http://127.0.0.1:3000 (`dg dev`; plain `dagster dev -w workspace.yaml` works too),
 # started in DAGSTER_HOME: started here, Dagster would warn that ./dagster.yaml is not the
-# instance's (it is its source, copied there).
+# instance's (it is its source, copied there). The store is the project's store/, the one
+# `make demo` writes (the code would also find it from DAGSTER_HOME: embedding_core.fs.project_dir).
 dev: setup
 	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	cd $(DAGSTER_HOME) && VIRTUAL_ENV="$(CURDIR)/$(VENV)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	  EMBEDDING_STORE_ROOT="$${EMBEDDING_STORE_ROOT:-$(CURDIR)/store}" \
 	  $(CURDIR)/$(VENV)/bin/dg dev -w $(CURDIR)/workspace.yaml
 
 # The distributed profile on loopback (deploy/): Postgres, Redis, S3 (moto), webserver, daemon,

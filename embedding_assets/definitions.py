@@ -5,7 +5,8 @@ Configuration comes from environment variables, read when the code location load
 run workers of a deployment must see the same values):
 
 =============================  =====================================================
-EMBEDDING_STORE_ROOT           store data path: folder or ``s3://bucket/prefix`` (default ``./store``)
+EMBEDDING_STORE_ROOT           store data path: folder or ``s3://bucket/prefix`` (default: ``store``
+                               in the project folder, wherever the UI or a command starts)
 EMBEDDING_CATALOG              DuckDB catalog file (default: under a local root) or
                                ``postgres:<libpq key=value string>`` (required for s3://)
 EMBEDDING_LANDING_DIR          corpus landing folder (default: the bundled sample corpus)
@@ -54,7 +55,7 @@ from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResou
 from embedding_assets.schedules import embeddings_automation, verify_embeddings_sweep
 from embedding_assets.sensors import corpus_landing_sensor, model_revision_sensor
 from embedding_core.chunking import ChunkingParams
-from embedding_core.fs import absolute_location
+from embedding_core.fs import absolute_location, default_store_root
 from embedding_core.hub import DEFAULT_MODEL_NAME
 from embedding_core.store.records import sha256_json
 
@@ -135,7 +136,7 @@ def definitions_from_env(environ: os._Environ | dict = os.environ) -> Definition
     # its snapshot is known (`EncoderConfig.params`).
     chunking = ChunkingParams.from_env(environ, max_seq_length=None)
     return build_definitions(
-        store_root=absolute_location(environ.get("EMBEDDING_STORE_ROOT") or "store"),
+        store_root=default_store_root(environ),
         landing_dir=absolute_location(environ.get("EMBEDDING_LANDING_DIR") or SAMPLE_CORPUS_DIR),
         on_delete=environ.get("EMBEDDING_LANDING_ON_DELETE") or "keep",
         catalog=environ.get("EMBEDDING_CATALOG") or None,

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from embedding_core.fs import is_uri
+from embedding_core.fs import default_store_root, is_uri
 from embedding_core.snapshot import load_snapshot_model
 from embedding_core.store import CATALOG_FILE_NAME, EmbeddingStore, ModelSnapshot, SearchHit
 
@@ -95,8 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _store_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", default=os.environ.get("EMBEDDING_STORE_ROOT", "store"),
-                        help="store root folder or URI (default: $EMBEDDING_STORE_ROOT or ./store)")
+    parser.add_argument("--store", default=default_store_root(),
+                        help="store root folder or URI (default: $EMBEDDING_STORE_ROOT, else store/ "
+                        "in the project folder)")
     parser.add_argument("--catalog", default=os.environ.get("EMBEDDING_CATALOG"),
                         help="DuckDB catalog file or postgres:<libpq string> (default: "
                         "$EMBEDDING_CATALOG, else the file under a local store; needed for s3://)")

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -18,6 +19,27 @@ def is_uri(location: str) -> bool:
 def absolute_location(location: str) -> str:
     """A local path made absolute; a URI as it is."""
     return location if is_uri(location) else os.path.abspath(location)
+
+
+def project_dir(start: str | os.PathLike | None = None) -> Path:
+    """The project folder ``start`` (default: the working directory) lies in: the nearest
+    folder from ``start`` up that holds both a ``workspace.yaml`` and a ``pyproject.toml``, or
+    ``start`` itself when none does.
+
+    `make dev` runs the Dagster UI inside ``.dagster_home`` while `make demo`, a plain
+    `dagster dev` and the commands run in the project root: all of them find the same folder,
+    so a default location relative to it is one place for all of them."""
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "workspace.yaml").is_file() and (folder / "pyproject.toml").is_file():
+            return folder
+    return here
+
+
+def default_store_root(environ: Mapping[str, str] = os.environ) -> str:
+    """``$EMBEDDING_STORE_ROOT`` (a relative path made absolute), else ``store`` in the
+    project folder (`project_dir`)."""
+    return absolute_location(environ.get("EMBEDDING_STORE_ROOT") or str(project_dir() / "store"))
 
 
 def filesystem_and_root(location: str) -> tuple[pafs.FileSystem, str]:
