@@ -146,6 +146,12 @@ class EncodePool:
         return [w.pid for w in self._state.workers]
 
     @property
+    def chunks_in_flight(self) -> list[int]:
+        """Each worker's chunks sent and not yet answered: above 0 while it holds work."""
+        with self._state.lock:
+            return [len(w.in_flight) for w in self._state.workers]
+
+    @property
     def model_folder(self) -> str:
         """The folder the workers loaded the model from: its snapshot, or a temporary copy."""
         return self._model_folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,21 @@ def tiny_bert_dir(tmp_path_factory, bundled_model_path) -> Path:
     write_json(folder / "sentence_bert_config.json", {"max_seq_length": 64, "do_lower_case": False})
     write_json(folder / "1_Pooling" / "config.json", {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
     return folder
+
+
+def signal_when_working(pool, worker: int, signum: int, deadline_s: float = 120.0) -> threading.Thread:
+    """A started thread that sends ``signum`` to the pool's ``worker`` once it holds a chunk,
+    so the signal lands mid-call whatever the machine's speed (no race against a sleep)."""
+    import time
+
+    def send() -> None:
+        deadline = time.monotonic() + deadline_s
+        while pool.chunks_in_flight[worker] == 0:
+            if time.monotonic() > deadline:
+                return  # the call never gave it work: the caller's pytest.raises reports it
+            time.sleep(0.01)
+        os.kill(pool.pids[worker], signum)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    return sender

@@ -75,12 +75,10 @@ def test_a_search_returns_while_a_writer_waits_for_a_foreign_read_only_connectio
         waiting = stderr.wait_for("Waiting", timeout=60)
         assert f"to write the catalog {filled.catalog}, held by process {holder.pid}" in waiting
 
-        # The writer is waiting: readers are not.
-        started = time.monotonic()
+        # The writer is waiting: readers are not (they return while it still waits).
         hits = filled.search(TextHashEncoder().vector(sample_rows.column("text")[4].as_py()), SNAPSHOT.model)
         version = filled.current_embedding_version("docs", SNAPSHOT.model)
         ids, vectors = filled.read_embeddings(version)
-        assert time.monotonic() - started < 10
         assert hits[0].id == sample_rows.column("id")[4].as_py() and vectors.shape == (30, DIM)
         assert writer.poll() is None  # still waiting
 
@@ -133,12 +131,10 @@ def test_on_postgres_a_foreign_open_read_transaction_blocks_neither_writers_nor_
             outcome.append(store.write_embeddings("docs", corpus, SNAPSHOT, EmbeddingParams(), TextHashEncoder()))
 
         writer = threading.Thread(target=write, daemon=True)
-        started = time.monotonic()
         writer.start()
         writer.join(60)
         assert not writer.is_alive() and outcome and outcome[0].created
         hits = store.search(TextHashEncoder().vector(sample_rows.column("text")[7].as_py()), SNAPSHOT.model)
         assert hits[0].id == sample_rows.column("id")[7].as_py()
-        assert time.monotonic() - started < 60
     finally:
         foreign.close()
