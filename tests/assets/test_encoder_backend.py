@@ -25,8 +25,6 @@ def test_the_backend_comes_from_embedding_backend_and_defaults_to_auto():
 
 
 def test_a_lossy_backend_materializes_its_own_version_beside_the_exact_one(tmp_path, landing, instance):
-    pytest.importorskip("openvino")
-    pytest.importorskip("nncf")
     store_root = str(tmp_path / "store")
     exact = build_definitions(store_root=store_root, landing_dir=str(landing))
     materialize_everything(exact, instance)

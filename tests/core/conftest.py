@@ -72,16 +72,6 @@ def runtime_cache(folder: Path):
         os.environ[CACHE_ENV] = previous
 
 
-# The packages each opt-in backend needs; a test of a backend whose packages are missing skips.
-BACKEND_PACKAGES = {
-    "onnx": ("onnx", "onnxruntime"),
-    "onnx-int8": ("onnx", "onnxruntime"),
-    "openvino": ("openvino",),
-    "openvino-bf16": ("openvino",),
-    "openvino-int8": ("openvino", "nncf"),
-}
-
-
 @pytest.fixture(scope="session")
 def backend_cache(tmp_path_factory):
     yield from runtime_cache(tmp_path_factory.mktemp("backend-cache"))
@@ -95,8 +85,6 @@ def load_backend(bundled_model_path, backend_cache):
     loaded = {}
 
     def load(name: str):
-        for package in BACKEND_PACKAGES[name]:
-            pytest.importorskip(package)
         if name not in loaded:
             model = SentenceTransformer(bundled_model_path, device="cpu", backend=name)
             assert model.backend == name

@@ -117,7 +117,6 @@ def test_save_names_modules_json_when_the_disk_is_full(model, tmp_path, monkeypa
 
 
 def test_onnx_cache_build_names_the_graph_path_when_the_disk_is_full(model, tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime")
     from embedding_core.backends import onnx as onnx_backend
 
     monkeypatch.setattr(onnx_backend, "_export", _disk_full)
@@ -127,7 +126,6 @@ def test_onnx_cache_build_names_the_graph_path_when_the_disk_is_full(model, tmp_
 
 
 def test_openvino_cache_build_names_the_model_folder_when_the_disk_is_full(model, tmp_path, monkeypatch):
-    pytest.importorskip("openvino")
     from embedding_core.backends import openvino as ov_backend
 
     monkeypatch.setattr(ov_backend, "_convert", _disk_full)

@@ -19,8 +19,6 @@ from embedding_core.backends import cache
 from embedding_core.backends.common import CACHE_ENV
 from tests.core.conftest import assert_rows_match
 
-pytest.importorskip("openvino")
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILT = "Built the OpenVINO fp32 model"
 
@@ -86,7 +84,6 @@ def test_racing_processes_build_the_entry_once(fresh_cache):
 
 def test_the_default_path_is_quiet(fresh_cache):
     """Cold cache, every warning shown: building, loading and encoding print nothing, NNCF included."""
-    pytest.importorskip("nncf")
     code = """
         import json
         from embedding_core.hub import DEFAULT_MODEL_NAME

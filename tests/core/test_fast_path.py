@@ -63,8 +63,6 @@ def onnx_model(load_backend):
 
 @pytest.fixture(scope="session")
 def onnx_backend():
-    pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
     from embedding_core.backends import onnx
 
     return onnx

@@ -14,14 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from embedding_core import SentenceTransformer
+from embedding_core.backends import openvino as ov_backend
 from tests.conftest import read_jsonl_texts
 from tests.core.conftest import assert_rows_match, row_cosines
-
-pytest.importorskip("openvino")
-pytest.importorskip("nncf")
-
-from embedding_core import SentenceTransformer  # noqa: E402
-from embedding_core.backends import openvino as ov_backend  # noqa: E402
 
 
 @pytest.fixture(scope="module")

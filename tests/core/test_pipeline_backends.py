@@ -25,8 +25,6 @@ from embedding_core.store import EmbeddingParams, EmbeddingStore
 from embedding_core.store.records import sha256_json
 from tests.core.conftest import row_cosines
 
-pytest.importorskip("openvino")
-
 SAMPLE_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "embedding_assets",
                              "sample_corpus", "python_docs.jsonl")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -94,7 +92,6 @@ def test_exact_backends_keep_the_params_and_lossy_ones_enter_them(backend_cache)
 
 
 def test_a_lossy_backend_makes_its_own_version_and_exact_ones_reuse_the_fp32_vectors(tmp_path, backend_cache):
-    pytest.importorskip("nncf")
     rows = read_corpus_file(SAMPLE_CORPUS).table
     store = EmbeddingStore(tmp_path / "store")
     docs = store.write_corpus("docs", rows.slice(0, 24))
