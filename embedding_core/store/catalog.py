@@ -292,6 +292,8 @@ class Catalog:
                             f"{what}: the commit conflicted with concurrent writers "
                             f"{attempt} times; nothing was stored, retry the step ({error})"
                         ) from error
+                    logger.info("%s: the commit conflicted with a concurrent writer (try %d of %d); "
+                                "retrying on a fresh snapshot.", what, attempt, self.commit_attempts)
                     time.sleep(0.1 * 2 ** attempt * (0.5 + random.random()))
                     continue
                 if after is not None:

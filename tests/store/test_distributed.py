@@ -2,7 +2,10 @@
 
 Each writer is a real process (`writer_process.py`) encoding with `TextHashEncoder`, so the
 parent can check every committed vector exactly. No lock is held while encoding: writers
-meet only in their short commits, and a conflicting commit is retried.
+meet only in their short commits, and a conflicting commit is retried. The concurrent-writer
+tests hold every writer inside its open commit transaction until all have arrived (a
+barrier, not a clock), so the commits overlap and genuinely conflict; each writer's log says
+whether it retried.
 """
 
 import json
@@ -45,9 +48,29 @@ def start_writer(store: EmbeddingStore, partition: str, *options: str) -> subpro
 
 
 def finish(writer: subprocess.Popen, timeout: float = 240) -> dict:
+    """The writer's JSON result, with its log (stderr) under ``"log"``."""
     out, err = writer.communicate(timeout=timeout)
     assert writer.returncode == 0, err[-3000:]
-    return json.loads(out.splitlines()[-1])
+    return {**json.loads(out.splitlines()[-1]), "log": err}
+
+
+CONFLICT_RETRIED = "the commit conflicted with a concurrent writer (try 1 of"
+
+
+def meeting(tmp_path: Path, writers: int, where: str = "commit") -> tuple[str, ...]:
+    """Writer options: wait at a barrier (``where``: in the commit transaction, or while
+    encoding) until all ``writers`` are there."""
+    folder = tmp_path / f"meet-in-{where}"
+    folder.mkdir()
+    return "--meet", str(folder), "--writers", str(writers), "--meet-in", where
+
+
+def assert_overlapped_and_a_conflict_was_retried(results: list[dict]) -> None:
+    writers = len(results)
+    assert all(f"met {writers} writers in commit" in result["log"] for result in results)  # all open at once
+    retried = [result for result in results if CONFLICT_RETRIED in result["log"]]
+    # The first commit wins; at least one other transaction conflicted and was rerun.
+    assert retried, [result["log"][-2000:] for result in results]
 
 
 def wait_for(path: Path, writer: subprocess.Popen, timeout: float = 120) -> None:
@@ -70,12 +93,13 @@ def lake_files(s3_server, root: str) -> set[str]:
     return {item["Key"] for page in pages for item in page.get("Contents", [])}
 
 
-def test_four_writer_processes_commit_different_partitions_at_once(lake):
+def test_four_writer_processes_commit_different_partitions_at_once(lake, tmp_path):
     partitions = [f"shard-{i}" for i in range(4)]
     corpora = {p: write_shard(lake, p, 500) for p in partitions}
-    commit_at = str(time.time() + 15)  # after every writer has started: the commits meet
-    writers = [start_writer(lake, p, "--commit-at", commit_at, "--run-id", f"run-{p}") for p in partitions]
+    meet = meeting(tmp_path, len(partitions))
+    writers = [start_writer(lake, p, *meet, "--run-id", f"run-{p}") for p in partitions]
     results = [finish(writer) for writer in writers]
+    assert_overlapped_and_a_conflict_was_retried(results)
 
     assert all(result["created"] for result in results)
     assert len({result["snapshot_id"] for result in results}) == 4  # four separate commits
@@ -90,12 +114,12 @@ def test_four_writer_processes_commit_different_partitions_at_once(lake):
         assert_vectors_exact(lake, version, lake.read_corpus(corpora[partition]).column("text").to_pylist())
 
 
-def test_two_writers_of_one_partition_both_commit_and_the_later_is_current(lake):
+def test_two_writers_of_one_partition_both_commit_and_the_later_is_current(lake, tmp_path):
     corpus = write_shard(lake, "shared", 300)
-    commit_at = str(time.time() + 12)
-    writers = [start_writer(lake, "shared", "--revision", revision * 40, "--commit-at", commit_at)
-               for revision in "cd"]
+    meet = meeting(tmp_path, 2)
+    writers = [start_writer(lake, "shared", "--revision", revision * 40, *meet) for revision in "cd"]
     results = [finish(writer) for writer in writers]
+    assert_overlapped_and_a_conflict_was_retried(results)
 
     versions = lake.embedding_versions("shared")
     assert sorted(v.revision for v in versions) == ["c" * 40, "d" * 40]
@@ -171,9 +195,12 @@ def test_writer_processes_take_turns_on_a_local_catalog_file(tmp_path):
     partitions = [f"local-{i}" for i in range(3)]
     for partition in partitions:
         write_shard(store, partition, 200)
-    commit_at = str(time.time() + 12)
-    results = [finish(writer) for writer in [start_writer(store, p, "--commit-at", commit_at) for p in partitions]]
+    # All three encode at once (a barrier); then one process at a time holds the catalog file.
+    meet = meeting(tmp_path, len(partitions), "encode")
+    results = [finish(writer) for writer in [start_writer(store, p, *meet) for p in partitions]]
+    assert all("met 3 writers in encode" in result["log"] for result in results)
     assert all(result["created"] for result in results)
+    assert len({result["snapshot_id"] for result in results}) == 3
     with store.connect() as con:
         assert con.execute("SELECT partition, count(*) FROM embeddings GROUP BY ALL ORDER BY 1").fetchall() == [
             (p, 200) for p in partitions]
