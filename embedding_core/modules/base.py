@@ -73,7 +73,8 @@ class Module(nn.Module):
         with open(config_path, encoding="utf-8") as fh:
             return json.load(fh)
 
-    def save(self, output_path: str) -> None:
+    def save(self, output_path: str, safe_serialization: bool = True) -> None:
+        """Write the module's config (and weights, for modules that have any) to ``output_path``."""
         self.save_config(output_path)
 
     @classmethod

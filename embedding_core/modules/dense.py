@@ -68,7 +68,8 @@ class Dense(Module):
     def get_config_dict(self) -> dict[str, Any]:
         return {**super().get_config_dict(), "activation_function": activation_name(self.activation_function)}
 
-    def save(self, output_path: str) -> None:
+    def save(self, output_path: str, safe_serialization: bool = True) -> None:
+        """Config and weights; the weights are always safetensors (no pickle is written)."""
         from safetensors.torch import save_file
 
         self.save_config(output_path)

@@ -19,7 +19,7 @@ class Normalize(Module):
         )
         return features
 
-    def save(self, output_path: str) -> None:
+    def save(self, output_path: str, safe_serialization: bool = True) -> None:
         """Nothing to write: the folder may be absent, and loading then uses the defaults."""
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -181,9 +182,17 @@ class Transformer(Module):
 
     @max_seq_length.setter
     def max_seq_length(self, value: int | None) -> None:
+        """Kept as given, as sentence-transformers does (the tokenizer's ``model_max_length``
+        follows); a value past the model's position embeddings is warned about, since texts
+        that long fail in the model."""
         if value is not None and value <= 0:
             raise ValueError(f"max_seq_length must be a positive integer, got {value}.")
-        self._max_seq_length = self._capped(value)
+        if value is not None and self._model_limit is not None and value > self._model_limit:
+            logger.warning("max_seq_length %d is above the %d positions the model supports: longer texts will "
+                           "fail.", value, self._model_limit)
+        self._max_seq_length = self._model_limit if value is None else int(value)
+        if self._max_seq_length is not None:
+            self.tokenizer.model_max_length = self._max_seq_length
 
     def get_word_embedding_dimension(self) -> int:
         return int(self.auto_config.hidden_size)
@@ -241,8 +250,13 @@ class Transformer(Module):
         features["token_embeddings"] = output.last_hidden_state
         return features
 
-    def save(self, output_path: str) -> None:
-        self.auto_model.save_pretrained(output_path)
+    def save(self, output_path: str, safe_serialization: bool = True) -> None:
+        """Model, tokenizer and config. transformers 5 always writes safetensors; older releases
+        take ``safe_serialization``."""
+        if "safe_serialization" in inspect.signature(self.auto_model.save_pretrained).parameters:
+            self.auto_model.save_pretrained(output_path, safe_serialization=safe_serialization)
+        else:
+            self.auto_model.save_pretrained(output_path)
         self.tokenizer.save_pretrained(output_path)
         self.save_config(output_path)
 

@@ -11,6 +11,7 @@ stay readable until `EmbeddingStore.maintain` expires what is no longer current.
 - `views`: `embeddings`, `document_embeddings`, `documents` and the current-version views
 - `queries`: reading records and rows back;  `writer`: reuse, encode, one commit
 - `maintenance`: expiring old versions and files;  `facade`: `EmbeddingStore`
+- `serving`: version sets, the serving one of each model, promotions and rollback
 - `damage`: finding missing or unreadable data files (`EmbeddingStore.verify`)
 - `vector_index`: building, updating and opening the ANN index of a model version;
   `index_files`: where its files live;  `search`: index + exact search (`VectorSearcher`)
@@ -21,7 +22,8 @@ from embedding_core.store.catalog import CATALOG_FILE_NAME, CommitConflictError,
 from embedding_core.store.damage import DamagedDataError, DamagedFile, VerifyReport
 from embedding_core.store.facade import EmbeddingStore
 from embedding_core.store.records import *  # noqa: F403 (the public records, as records.__all__ lists them)
+from embedding_core.store.serving import VersionError
 
 __all__ = ["CATALOG_FILE_NAME", "CommitConflictError", "DamagedDataError", "DamagedFile", "EmbeddingStore",
-           "StoreBusyError", "VerifyReport",
+           "StoreBusyError", "VerifyReport", "VersionError",
            *records.__all__]

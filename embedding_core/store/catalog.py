@@ -70,10 +70,17 @@ _TABLES = {
         dim INTEGER, metric VARCHAR, dtype VARCHAR, lake_snapshot BIGINT, versions VARCHAR,
         rows BIGINT, path VARCHAR, rows_path VARCHAR, bytes BIGINT, mode VARCHAR,
         build_seconds DOUBLE, run_id VARCHAR, created_at TIMESTAMPTZ""",
+    # One record per promotion of a version set to serving (`serving`), append-only: the
+    # latest of a model names its serving version set. Keys for people, revision and
+    # params hash for the views.
+    "promotions": """model VARCHAR, from_key VARCHAR, from_revision VARCHAR, from_params_hash VARCHAR,
+        to_key VARCHAR, to_revision VARCHAR, to_params_hash VARCHAR, metrics VARCHAR, reason VARCHAR,
+        forced BOOLEAN, run_id VARCHAR, created_at TIMESTAMPTZ""",
 }
 # One record per commit: kept in the catalog database (DuckLake "inlining"), not as one
 # tiny Parquet file per commit that every later query would have to open.
-_RECORD_TABLES = ("model_snapshots", "corpus_versions", "embedding_versions", "landing_files", "vector_indexes")
+_RECORD_TABLES = ("model_snapshots", "corpus_versions", "embedding_versions", "landing_files", "vector_indexes",
+                  "promotions")
 # Postgres advisory lock held while a brand-new catalog gets DuckLake's metadata and our
 # tables: two processes attaching it at once would both try to create them.
 _SCHEMA_LOCK_KEY = 0x656D6264_73746F72  # "embdstor"
@@ -241,17 +248,24 @@ class Catalog:
     def _create_schema(self) -> None:
         with self.connection(read_only=False) as con:
             missing = _missing_tables(con)
-            if not missing and _views_outdated(con):  # a store made by older code: new views
+            fresh = len(missing) == len(_TABLES)
+            if not fresh and (missing or _views_outdated(con)):  # a store made by older code
                 con.execute("BEGIN TRANSACTION")
+                for table in missing:  # tables added since
+                    con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_TABLES[table]})")
                 for table, _ in views.VECTOR_TABLES.values():  # columns added since (NULL in old rows)
                     for column in views.CHUNK_COLUMNS_SQL.split(", "):
                         con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}")
                 for statement in views.schema_views():
                     con.execute(statement)
+                # Older code served the latest version of each partition: each model now
+                # serves one version set, the one it served (`views.PIN_SERVING_SQL`).
+                con.execute(views.PIN_SERVING_SQL, [f"store schema version {views.SCHEMA_VERSION}: the version "
+                                                    "set older code served"])
                 views.ensure_embeddings_view(con)
                 set_commit_message(con, f"store views version {views.SCHEMA_VERSION}")
                 con.execute("COMMIT")
-            if missing:
+            elif fresh:
                 con.execute("BEGIN TRANSACTION")
                 for table in missing:
                     con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_TABLES[table]})")
@@ -259,9 +273,11 @@ class Catalog:
                     con.execute(statement)
                 set_commit_message(con, "create the store")
                 con.execute("COMMIT")
+            records = [table for table in _RECORD_TABLES if table in missing]
+            if records:
                 # Tables cannot take options in the transaction that creates them.
                 con.execute("BEGIN TRANSACTION")
-                for table in _RECORD_TABLES:
+                for table in records:
                     con.execute(f"CALL {lake_name(con)}.set_option('data_inlining_row_limit', 1000, "
                                 "table_name => ?)", [table])
                 set_commit_message(con, "keep version records in the catalog")

@@ -1,5 +1,9 @@
 """Keeping the lake small and its views right: expire what is no longer current, and
-repair the `embeddings` view after a commit raced another."""
+repair the `embeddings` view after a commit raced another.
+
+Never expired: the latest version of each partition in the serving version set of each
+model, in the set that served before it (a rollback's target), and in every candidate set;
+nor their vector indexes (`vector_index.expire_indexes`)."""
 
 from __future__ import annotations
 
@@ -14,23 +18,56 @@ from embedding_core.store.files import sql_str
 from embedding_core.store.records import MaintenanceReport
 from embedding_core.store.views import VECTOR_TABLES, ensure_embeddings_view
 
-__all__ = ["maintain", "repair_embeddings_view"]
+__all__ = ["KEPT_SETS_SQL", "maintain", "pin_serving", "repair_embeddings_view"]
 
 logger = logging.getLogger(__name__)
 
-# Versions nothing shows any more: not current, last made current before the cutoff.
-_EXPIRED_EMBEDDINGS = """
+# Version sets maintenance keeps: every one but those *retired*, which served a model (a
+# promotion's `from` or `to`) and now neither serve it nor served just before it (what a
+# rollback restores), once the model's latest promotion is older than the cutoff (the
+# parameter). Candidates, never promoted, stay until the user promotes something over them.
+KEPT_SETS_SQL = """
+    WITH latest AS (
+        SELECT model, created_at, from_revision, from_params_hash FROM promotions
+        QUALIFY row_number() OVER (PARTITION BY model ORDER BY snapshot_id DESC, rowid DESC) = 1),
+    served AS (
+        SELECT model, to_revision AS revision, to_params_hash AS params_hash FROM promotions
+        UNION SELECT model, from_revision, from_params_hash FROM promotions WHERE from_revision IS NOT NULL),
+    retired AS (
+        SELECT * FROM served
+        EXCEPT SELECT model, revision, params_hash FROM serving_version_sets
+        EXCEPT SELECT model, from_revision, from_params_hash FROM latest WHERE from_revision IS NOT NULL)
+    SELECT DISTINCT model, revision, params_hash FROM embedding_versions e
+    WHERE NOT EXISTS (SELECT 1 FROM retired r JOIN latest l ON l.model = r.model
+                      WHERE r.model = e.model AND r.revision = e.revision AND r.params_hash = e.params_hash
+                        AND l.created_at < ?)"""
+# The versions maintenance keeps: the latest of each partition in each kept set.
+_KEPT_VERSIONS = f"""
+    SELECT l.partition, l.corpus_version, l.version_id FROM latest_embedding_versions l SEMI JOIN ({KEPT_SETS_SQL}) k
+      ON k.model = l.model AND k.revision = l.revision AND k.params_hash = l.params_hash"""
+# Versions nothing keeps any more, last made current before the cutoff (2 parameters: cutoff).
+_EXPIRED_EMBEDDINGS = f"""
     SELECT version_id, any_value(dtype), list(DISTINCT write_id) FROM embedding_versions
-    WHERE version_id NOT IN (SELECT version_id FROM current_embedding_versions)
+    WHERE version_id NOT IN (SELECT version_id FROM ({_KEPT_VERSIONS}))
     GROUP BY version_id HAVING max(created_at) < ?"""
-# Corpus versions a current embedding version was made from stay: checks read them back.
-_EXPIRED_CORPUS = """
+# Corpus versions a kept embedding version was made from stay: checks read them back.
+_EXPIRED_CORPUS = f"""
     SELECT partition, corpus_version, list(DISTINCT write_id) FROM corpus_versions c
     WHERE NOT EXISTS (SELECT 1 FROM current_corpus_versions k
                       WHERE k.partition = c.partition AND k.corpus_version = c.corpus_version)
-      AND NOT EXISTS (SELECT 1 FROM current_embedding_versions e
+      AND NOT EXISTS (SELECT 1 FROM ({_KEPT_VERSIONS}) e
                       WHERE e.partition = c.partition AND e.corpus_version = c.corpus_version)
     GROUP BY partition, corpus_version HAVING max(created_at) < ?"""
+
+
+def pin_serving(con: duckdb.DuckDBPyConnection) -> None:
+    """Record, in the open transaction, the serving set of each model never promoted (its
+    first set), so that expiring that set's oldest records cannot change what it serves."""
+    con.execute("""INSERT INTO promotions
+        SELECT model, NULL, NULL, NULL, version_key, revision, params_hash, '{}',
+               'maintenance: the first version set serves until another is promoted', false, NULL,
+               current_timestamp
+        FROM serving_version_sets WHERE model NOT IN (SELECT model FROM promotions)""")
 
 
 def repair_embeddings_view(con: duckdb.DuckDBPyConnection, attempts: int = 3) -> None:
@@ -63,12 +100,13 @@ def maintain(catalog: Catalog, older_than: timedelta) -> MaintenanceReport:
     # Checked outside the transaction: on Postgres a failed read would abort it.
     with catalog.connection() as con:
         expiring = {w for query in (_EXPIRED_EMBEDDINGS, _EXPIRED_CORPUS)
-                    for *_, write_ids in con.execute(query, [cutoff]).fetchall() for w in write_ids}
+                    for *_, write_ids in con.execute(query, [cutoff, cutoff]).fetchall() for w in write_ids}
         damaged = damage.damaged_write_ids(con, expiring) if expiring else set()
 
     def expire_versions(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
-        embeddings = con.execute(_EXPIRED_EMBEDDINGS, [cutoff]).fetchall()
-        corpora = con.execute(_EXPIRED_CORPUS, [cutoff]).fetchall()
+        pin_serving(con)
+        embeddings = con.execute(_EXPIRED_EMBEDDINGS, [cutoff, cutoff]).fetchall()
+        corpora = con.execute(_EXPIRED_CORPUS, [cutoff, cutoff]).fetchall()
         if damaged:
             logger.warning("maintenance keeps %d expired version(s) whose data files are damaged",
                            sum(bool(damaged & set(ids)) for *_, ids in embeddings + corpora))

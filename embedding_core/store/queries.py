@@ -194,9 +194,11 @@ def _no_join_filter_pushdown(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         con.execute("SET disabled_optimizers = " + sql_str(previous))
 
 
-def model_snapshots(con: duckdb.DuckDBPyConnection, clause: str, args: list) -> list[ModelSnapshot]:
-    """Current model snapshots, filtered / ordered by `clause`."""
-    rows = con.execute(f"SELECT {_SNAPSHOT_COLUMNS} FROM current_model_snapshots {clause}", args).fetchall()
+def model_snapshots(con: duckdb.DuckDBPyConnection, clause: str, args: list,
+                    source: str = "current_model_snapshots") -> list[ModelSnapshot]:
+    """Current model snapshots (every recorded one, with `source` ``model_snapshots``),
+    filtered / ordered by `clause`."""
+    rows = con.execute(f"SELECT {_SNAPSHOT_COLUMNS} FROM {source} {clause}", args).fetchall()
     snapshots = []
     for (model_key, model, revision, source, path, dim, max_seq_length, requested_revision,
          pooling, prompts, default_prompt_name, similarity_fn, files_hash) in rows:

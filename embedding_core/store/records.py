@@ -26,11 +26,14 @@ __all__ = [
     "LandingRecord",
     "MaintenanceReport",
     "ModelSnapshot",
+    "Promotion",
     "SearchHit",
     "StoredRows",
+    "VersionSet",
     "corpus_table",
     "text_sha256",
     "vector_width",
+    "version_key",
 ]
 
 CORPUS_SCHEMA = pa.schema(
@@ -72,6 +75,14 @@ def vector_width(precision: str, dim: int) -> int:
 def stored_dtype(precision: str) -> str:
     """The NumPy dtype name a precision is stored as: float32, int8 or uint8."""
     return _PRECISIONS[precision][0]
+
+
+def version_key(revision: str, params_hash: str) -> str:
+    """The short key of a version set, what users type (``embedding-store promote KEY``): the
+    first 8 characters of the model revision (after a ``sha256:`` prefix, which local
+    folders' content revisions carry) and the first 8 of the params hash, joined by ``-``,
+    e.g. ``1f0c5bb2-3e9d6a41``. Stable: the same revision and parameters always give it."""
+    return f"{revision.removeprefix('sha256:')[:8]}-{params_hash[:8]}"
 
 
 def sha256_json(value: object) -> str:
@@ -323,3 +334,65 @@ class IndexBuild:
     added_rows: int
     removed_rows: int
     unchanged: bool
+
+
+@dataclass(frozen=True)
+class VersionSet:
+    """All vectors of one encoder configuration of a model: (model, revision, params hash),
+    over every partition it was written for (`EmbeddingStore.version_sets`).
+
+    Each model name has one *serving* version set, the one the `embeddings` and
+    `document_embeddings` views, search and the vector index serve; every other one is a
+    candidate (or one that served before). `key` is what users type (`version_key`).
+    `partitions_covered` / `partitions_total`: current corpus partitions whose current
+    corpus version it holds vectors of (an empty partition counts as covered), of all of
+    them; `complete` when it covers every one. `previous`: it served before the serving
+    one, so `rollback` restores it. `rows`: its rows over the partitions it covers.
+    `snapshot_id` / `created_at`: when it was first stored.
+    """
+
+    key: str
+    model: str
+    revision: str
+    params_hash: str
+    params: dict
+    dtype: str
+    dim: int
+    partitions_covered: int
+    partitions_total: int
+    complete: bool
+    serving: bool
+    previous: bool
+    rows: int
+    snapshot_id: int
+    created_at: datetime
+
+    @property
+    def embedding_params(self) -> EmbeddingParams:
+        """Its parameters as an `EmbeddingParams` (what a query is encoded with)."""
+        return EmbeddingParams(**self.params)
+
+    @property
+    def chunked(self) -> bool:
+        """Whether its rows are chunks (`EmbeddingParams.chunked`)."""
+        return self.params.get("chunk_tokens") is not None
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """One record of the append-only promotion history of a model (`EmbeddingStore.promotions`):
+    at `time` (committed by lake snapshot `snapshot_id`), version set `to_key` became the
+    serving one of `model`, replacing `from_key` (None when nothing served it before, as for
+    the version a store made by older code served). `metrics`: what the caller measured
+    (e.g. recall@10 of candidate and serving); `reason`: why; `forced`: promoted although
+    incomplete. A rollback is a promotion too, back to the previous version."""
+
+    time: datetime
+    run_id: str | None
+    model: str
+    from_key: str | None
+    to_key: str
+    metrics: dict
+    reason: str
+    forced: bool
+    snapshot_id: int

@@ -1,5 +1,6 @@
-"""Searching the current vectors of a model: through its vector index (`vector_index`) when
-one covers them, by an exact scan in DuckDB otherwise.
+"""Searching the current vectors of a model's serving version set (or of a candidate set,
+named by its key): through the set's vector index (`vector_index`) when one covers them, by
+an exact scan in DuckDB otherwise.
 
 A `VectorSearcher` is opened once (one catalog read) and answers many queries from memory:
 the index's hits, minus rows of versions that are no longer current, merged with an exact
@@ -17,11 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import embedding_core.store.damage as damage
+import embedding_core.store.serving as serving
 import embedding_core.store.vector_index as vector_index
 from embedding_core.store.catalog import Catalog
 from embedding_core.store.index_files import IndexFiles
 from embedding_core.store.queries import CHUNK_TEXT_SQL
-from embedding_core.store.records import SearchHit
+from embedding_core.store.records import ModelSnapshot, SearchHit
 
 __all__ = ["SIMILARITY_FUNCTIONS", "VectorSearcher", "exact_search"]
 
@@ -35,18 +37,19 @@ def check_similarity_fn(similarity_fn: str) -> None:
         raise ValueError(f"similarity_fn must be one of {sorted(SIMILARITY_FUNCTIONS)}, not {similarity_fn!r}")
 
 
-def exact_search(con: duckdb.DuckDBPyConnection, query: np.ndarray, model: str, top_k: int,
+def exact_search(con: duckdb.DuckDBPyConnection, query: np.ndarray, version: tuple[str, str, str], top_k: int,
                  similarity_fn: str, by_document: bool = False) -> list[SearchHit]:
-    """The `top_k` current rows of `model` nearest `query` (with `by_document`, only each
-    document's best chunk), by a scan of every row; a partition whose data files are damaged
-    is left out, with a warning. Only the hits' texts are read."""
+    """The `top_k` current rows of a version set, `version` = (model, revision, params_hash),
+    nearest `query` (with `by_document`, only each document's best chunk), by a scan of every
+    row; a partition whose data files are damaged is left out, with a warning. Only the
+    hits' texts are read."""
     dim = query.shape[0]
     best = "QUALIFY row_number() OVER (PARTITION BY partition, id ORDER BY score DESC, chunk) = 1" if by_document else ""
     sql = f"""WITH top AS (
                 SELECT {SIMILARITY_FUNCTIONS[similarity_fn]}(embedding::FLOAT[{dim}], ?::FLOAT[{dim}]) AS score,
                        id, partition, corpus_version, chunk, char_start, char_end
-                FROM embeddings WHERE model = ? AND len(embedding) = {dim}
-                     AND NOT list_contains(?::VARCHAR[], partition)
+                FROM all_version_embeddings WHERE model = ? AND revision = ? AND params_hash = ?
+                     AND len(embedding) = {dim} AND NOT list_contains(?::VARCHAR[], partition)
                 {best} ORDER BY score DESC, id, partition, chunk LIMIT ?)
               SELECT t.score, t.id, t.partition, {CHUNK_TEXT_SQL.format(rows="t", text="c.text")},
                      t.chunk, t.char_start, t.char_end
@@ -55,14 +58,15 @@ def exact_search(con: duckdb.DuckDBPyConnection, query: np.ndarray, model: str, 
               LEFT JOIN corpus_rows c ON c.write_id = v.write_id AND c.id = t.id
               ORDER BY t.score DESC, t.id, t.partition, t.chunk"""
     try:
-        rows = con.execute(sql, [query.tolist(), model, [""], top_k]).fetchall()
+        rows = con.execute(sql, [query.tolist(), *version, [""], top_k]).fetchall()
     except duckdb.Error as error:  # a damaged partition: search the others
         if not damage.is_damage_error(error):
             raise
-        skip = damage.verify(con).damaged_partitions
+        # Every partition with a damaged file: a candidate's versions are not "current".
+        skip = sorted({p for file in damage.verify(con).damaged_files for p in file.partitions})
         logger.warning("search leaves out partitions %s: their data files are damaged (run "
                        "`embedding-store verify`, then materialize them again)", skip)
-        rows = con.execute(sql, [query.tolist(), model, skip, top_k]).fetchall()
+        rows = con.execute(sql, [query.tolist(), *version, skip, top_k]).fetchall()
     return [SearchHit(float(score), *rest) for score, *rest in rows]
 
 
@@ -79,36 +83,60 @@ def first_per_document(codes: np.ndarray) -> np.ndarray:
 
 
 class VectorSearcher:
-    """Search of `model`'s current float32 vectors as of when it was opened: the best
-    documents, each by its best chunk (with `by_chunk`, the best chunks).
+    """Search of the float32 vectors of `model`'s serving version set (or of the set whose
+    key is `version`) as of when it was opened: the best documents, each by its best chunk
+    (with `by_chunk`, the best chunks). `version_key` says which set it serves (None: the
+    model has no vectors); `snapshot`, when given, is the model snapshot that encodes the
+    queries, refused when its revision is not the set's.
 
-    With `exact`, or when no readable index of the model exists, every query scans the
+    With `exact`, or when no readable index of the set exists, every query scans the
     store (and a log line says why); otherwise queries are answered from the index and the
     rows it does not cover yet.
     """
 
     def __init__(self, catalog: Catalog, files: IndexFiles, model: str,
-                 similarity_fn: str = "cosine", exact: bool = False, by_chunk: bool = False) -> None:
+                 similarity_fn: str = "cosine", exact: bool = False, by_chunk: bool = False,
+                 version: str | None = None, snapshot: ModelSnapshot | None = None) -> None:
         check_similarity_fn(similarity_fn)
         self.catalog, self.model, self.similarity_fn, self.by_chunk = catalog, model, similarity_fn, by_chunk
         self.loaded: vector_index.LoadedIndex | None = None
         self.index_documents = self.delta_documents = None
+        self.dims: list[int] = []
+        self.by_document = False
+        self.version_key = self.revision = self.params_hash = None
         with catalog.connection() as con:
+            if version is not None:
+                found = serving.find_version_set(con, model, version, catalog.label)
+                if found.dtype != "float32":
+                    raise ValueError(f"version {version!r} of {model} stores {found.params.get('precision')} "
+                                     f"vectors ({found.dtype}); search reads float32 versions only")
+                chosen = (found.key, found.revision, found.params_hash)
+            else:
+                chosen = serving.serving_set(con, model)
+            if chosen is None:
+                return
+            self.version_key, self.revision, self.params_hash = chosen
+            if snapshot is not None and (snapshot.model, snapshot.revision) != (model, self.revision):
+                raise ValueError(f"the query is encoded with {snapshot.model}@{snapshot.revision}, but version "
+                                 f"{self.version_key} of {model} holds vectors of revision {self.revision}: "
+                                 "encode it with that version's snapshot (EmbeddingStore.version_snapshot)")
             current = con.execute(
-                "SELECT version_id, dim, params LIKE '%\"chunk_tokens\"%' FROM current_embedding_versions "
-                "WHERE dtype = 'float32' AND model = ?", [model]).fetchall()
+                "SELECT version_id, dim, params LIKE '%\"chunk_tokens\"%' FROM latest_embedding_versions "
+                "WHERE dtype = 'float32' AND model = ? AND revision = ? AND params_hash = ?",
+                [model, self.revision, self.params_hash]).fetchall()
             self.dims = sorted({dim for _, dim, _ in current})
-            # The scan keeps a document's best chunk only where some current version is chunked
-            # (no window over an unchunked store's rows).
+            # The scan keeps a document's best chunk only where the set is chunked (no window
+            # over an unchunked store's rows).
             self.by_document = not by_chunk and any(chunked for _, _, chunked in current)
             current = [(version_id, dim) for version_id, dim, _ in current]
             if exact or not current:
                 return
             records = [r for r in vector_index.current_indexes(con, model)
-                       if r.metric == similarity_fn and r.dim in self.dims]
+                       if (r.revision, r.params_hash) == (self.revision, self.params_hash)
+                       and r.metric == similarity_fn and r.dim in self.dims]
             if not records:
-                logger.info("no vector index of %s (%s): exact search (materialize vector_index)",
-                            model, similarity_fn)
+                logger.info("no vector index of %s version %s (%s): exact search (materialize vector_index)",
+                            model, self.version_key, similarity_fn)
                 return
             try:
                 self.loaded = vector_index.load_index(files, records[0])
@@ -157,7 +185,7 @@ class VectorSearcher:
             raise ValueError(f"queries must be one vector or a (n, dim) array, not shape {queries.shape}")
         if self.dims and queries.shape[1] not in self.dims:
             raise ValueError(f"the query has {queries.shape[1]} dimensions; the vectors of {self.model} "
-                             f"have {' or '.join(map(str, self.dims))}")
+                             f"have {' or '.join(map(str, self.dims))} (version {self.version_key})")
         return queries
 
     def search(self, query: np.ndarray, top_k: int = 5) -> list[SearchHit]:
@@ -173,7 +201,8 @@ class VectorSearcher:
             return [[] for _ in queries]
         if self.loaded is None:
             with self.catalog.connection() as con:
-                return [exact_search(con, query, self.model, top_k, self.similarity_fn, self.by_document)
+                version = (self.model, self.revision, self.params_hash)
+                return [exact_search(con, query, version, top_k, self.similarity_fn, self.by_document)
                         for query in queries]
         return [self._merge(found, delta, top_k)
                 for found, delta in zip(self._from_index(queries, top_k), self._from_delta(queries, top_k),

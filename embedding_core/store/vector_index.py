@@ -1,7 +1,9 @@
-"""Approximate-nearest-neighbour indexes over the current vectors of a model version.
+"""Approximate-nearest-neighbour indexes over the current vectors of a model version set.
 
-One index per (model, revision, params_hash) over the current float32 vectors of every
-partition: a usearch HNSW graph with float16 vectors (``<name>.usearch``, memory-mapped by
+One index per version set, (model, revision, params_hash), over its current float32 vectors
+of every partition: the serving set's, and a candidate's when asked for (built before its
+promotion, so search switches to it at once; a set that served before keeps its index for a
+rollback). Each is a usearch HNSW graph with float16 vectors (``<name>.usearch``, memory-mapped by
 readers) and its rows (``<name>.rows.arrow``: key, version_id, partition, id, the text
 embedded, chunk and character span; Arrow IPC, memory-mapped), under ``<root>/indexes/``
 (`index_files`). docs/performance.md has the measurements that chose the library and its
@@ -37,6 +39,7 @@ import pyarrow as pa
 from embedding_core.store.catalog import Catalog
 from embedding_core.store.files import sql_str
 from embedding_core.store.index_files import INDEX_DIR, IndexFiles
+from embedding_core.store.maintenance import KEPT_SETS_SQL
 from embedding_core.store.queries import CHUNK_TEXT_SQL
 from embedding_core.store.records import IndexBuild, IndexRecord
 from embedding_core.store.rows import vectors_to_numpy
@@ -80,7 +83,7 @@ class LoadedIndex:
 
 
 def index_groups(con: duckdb.DuckDBPyConnection, model: str | None = None) -> list[tuple[str, str, str, int]]:
-    """(model, revision, params_hash, dim) of the current float32 versions: one index each."""
+    """(model, revision, params_hash, dim) of the current (serving) float32 versions: one index each."""
     where = "WHERE dtype = 'float32'" + (" AND model = ?" if model else "")
     return con.execute(f"SELECT DISTINCT model, revision, params_hash, dim FROM current_embedding_versions {where} "
                        "ORDER BY ALL", [model] if model else []).fetchall()
@@ -171,8 +174,9 @@ def version_rows(con: duckdb.DuckDBPyConnection, versions: list[str], dim: int) 
 
 def build_index(catalog: Catalog, files: IndexFiles, group: tuple[str, str, str, int], metric: str = "cosine",
                 run_id: str | None = None, rebuild: bool = False) -> IndexBuild:
-    """Make the index of one model version cover its current versions: an update of the
-    previous one when that is cheaper, a full build otherwise (or with `rebuild`)."""
+    """Make the index of one version set cover its current versions (the latest of each
+    partition): an update of the previous one when that is cheaper, a full build otherwise
+    (or with `rebuild`)."""
     from usearch.index import Index
 
     model, revision, params_hash, dim = group
@@ -183,7 +187,7 @@ def build_index(catalog: Catalog, files: IndexFiles, group: tuple[str, str, str,
         lake_snapshot = con.execute("SELECT max(snapshot_id) FROM ducklake_snapshots(current_database())").fetchone()[0]
     with catalog.connection(snapshot=lake_snapshot) as con:
         current = [v for (v,) in con.execute(
-            "SELECT version_id FROM current_embedding_versions WHERE dtype = 'float32' AND model = ? AND "
+            "SELECT version_id FROM latest_embedding_versions WHERE dtype = 'float32' AND model = ? AND "
             "revision = ? AND params_hash = ? ORDER BY version_id", [model, revision, params_hash]).fetchall()]
         previous = next((r for r in current_indexes(con, model)
                          if (r.revision, r.params_hash) == (revision, params_hash)), None)
@@ -261,12 +265,14 @@ def _slug(model: str) -> str:
 
 def expire_indexes(catalog: Catalog, files: IndexFiles, older_than: timedelta) -> int:
     """Delete the files of index records made before now - `older_than` that are not the
-    newest of a model version with current vectors (and those records), and files under ``indexes/`` no record names that are that old (a
-    build that died before its commit). Returns how many files were deleted."""
+    newest of a version set maintenance keeps (the serving one, the one before it, candidates:
+    `maintenance.KEPT_SETS_SQL`), and those records, and files under ``indexes/`` no record
+    names that are that old (a build that died before its commit). Returns how many files
+    were deleted."""
     cutoff = datetime.now(timezone.utc) - older_than
     with catalog.connection() as con:
-        # The newest index of each model version that still has current vectors.
-        live = {group[:3] for group in index_groups(con)}
+        # The newest index of each version set that maintenance keeps.
+        live = set(con.execute(KEPT_SETS_SQL, [cutoff]).fetchall())
         keep = {r.index_id for r in current_indexes(con) if (r.model, r.revision, r.params_hash) in live}
         records = [(index_id, path, rows_path, created) for index_id, path, rows_path, created in con.execute(
             "SELECT index_id, path, rows_path, created_at FROM vector_indexes").fetchall()]

@@ -1,6 +1,14 @@
 """DDL of the lake's views: which record of each key is current, and the `embeddings` and
 `documents` views a user queries.
 
+Embedding versions group into *version sets*: all versions of one (model, revision,
+params_hash), keyed by `VERSION_KEY_SQL`. `latest_embedding_versions` holds the latest version
+of each partition in every version set; each model serves one set (`serving_version_sets`:
+the latest `promotions` record's, else its first set), and `current_embedding_versions`,
+`embeddings` and `document_embeddings` show that set only. `all_version_embeddings` shows
+every set's vectors (candidates included) for a user who picks one by `version_key`, and
+`embedding_version_sets` each set's coverage of the current corpus.
+
 Every table is append-only, so "current" is the latest committed record per key: ordered
 by the lake snapshot that committed it (DuckLake's `snapshot_id` column), never by a
 clock. A version's own attributes (when it was first stored, by which run) come from its
@@ -13,7 +21,8 @@ from __future__ import annotations
 
 import duckdb
 
-__all__ = ["CHUNK_COLUMNS_SQL", "SCHEMA_VERSION", "VECTOR_TABLES", "embeddings_view_sql", "ensure_embeddings_view", "schema_views"]
+__all__ = ["CHUNK_COLUMNS_SQL", "PIN_SERVING_SQL", "SCHEMA_VERSION", "VECTOR_TABLES", "VERSION_KEY_SQL",
+           "embeddings_view_sql", "ensure_embeddings_view", "schema_views"]
 
 # stored dtype -> (rows table, DuckDB type). DuckLake has no fixed-size arrays: the
 # `embeddings` view casts to FLOAT[dim].
@@ -44,7 +53,27 @@ def _stored(table: str, key: str) -> str:
 
 
 # Raised when the views change: a store whose views are older gets them again on open.
-SCHEMA_VERSION = 3
+# 4: version sets, the `promotions` table, one serving version set per model.
+SCHEMA_VERSION = 4
+
+# `records.version_key` in SQL, of a row with `revision` and `params_hash` columns.
+VERSION_KEY_SQL = "left(regexp_replace(revision, '^sha256:', ''), 8) || '-' || left(params_hash, 8)"
+
+# Record, for each model without any promotion, the version set older code served: a complete
+# one first, then the one that was current (latest per partition and dtype) in the most
+# partitions, then the newest. The first parameter is the record's reason.
+PIN_SERVING_SQL = f"""INSERT INTO promotions
+    WITH old_current AS (
+        SELECT model, revision, params_hash, count(*) AS partitions FROM (
+            SELECT model, revision, params_hash FROM embedding_versions {_latest('partition, model, dtype')})
+        GROUP BY ALL),
+    chosen AS (
+        SELECT s.* FROM embedding_version_sets s LEFT JOIN old_current o USING (model, revision, params_hash)
+        WHERE s.model NOT IN (SELECT model FROM promotions)
+        QUALIFY row_number() OVER (PARTITION BY s.model ORDER BY s.complete DESC,
+                                   coalesce(o.partitions, 0) DESC, s.snapshot_id DESC) = 1)
+    SELECT model, NULL, NULL, NULL, version_key, revision, params_hash, '{{}}', ?, false, NULL,
+           current_timestamp FROM chosen"""
 
 
 def embeddings_view_sql(vector_type: str) -> list[str]:
@@ -76,6 +105,7 @@ def embeddings_view_sql(vector_type: str) -> list[str]:
 
 def schema_views() -> list[str]:
     """The views a new store starts with (`embeddings` typed FLOAT[] until it holds vectors)."""
+    previous = f"SELECT model, from_revision AS revision, from_params_hash AS params_hash FROM promotions {_latest('model')}"
     return [
         f"""CREATE OR REPLACE VIEW current_model_snapshots AS
             SELECT * FROM model_snapshots {_latest('model_key')}""",
@@ -87,14 +117,61 @@ def schema_views() -> list[str]:
             ) c ON c.partition = s.partition AND c.corpus_version = s.corpus_version""",
         f"""CREATE OR REPLACE VIEW stored_embedding_versions AS
             {_stored('embedding_versions', 'version_id')}""",
-        f"""CREATE OR REPLACE VIEW current_embedding_versions AS
-            SELECT s.* FROM stored_embedding_versions s SEMI JOIN (
-                SELECT version_id FROM embedding_versions {_latest('partition, model, dtype')}
+        # The latest version of each partition in each version set (serving or not).
+        f"""CREATE OR REPLACE VIEW latest_embedding_versions AS
+            SELECT s.*, {VERSION_KEY_SQL} AS version_key FROM stored_embedding_versions s SEMI JOIN (
+                SELECT version_id FROM embedding_versions {_latest('partition, model, revision, params_hash')}
             ) c ON c.version_id = s.version_id""",
+        # A model's latest promotion names its serving set; with none, its first set serves.
+        f"""CREATE OR REPLACE VIEW serving_version_sets AS
+            WITH promoted AS (
+                SELECT model, to_revision AS revision, to_params_hash AS params_hash FROM promotions
+                {_latest('model')}),
+            first AS (
+                SELECT model, revision, params_hash FROM embedding_versions
+                WHERE model NOT IN (SELECT model FROM promoted) {_first('model')})
+            SELECT *, {VERSION_KEY_SQL} AS version_key FROM (SELECT * FROM promoted UNION ALL SELECT * FROM first)""",
+        """CREATE OR REPLACE VIEW current_embedding_versions AS
+            SELECT l.* FROM latest_embedding_versions l SEMI JOIN serving_version_sets s
+              ON s.model = l.model AND s.revision = l.revision AND s.params_hash = l.params_hash""",
+        f"""CREATE OR REPLACE VIEW embedding_version_sets AS
+            WITH sets AS (
+                SELECT model, revision, params_hash, any_value(params) AS params, any_value(dtype) AS dtype,
+                       any_value(dim) AS dim, min(snapshot_id) AS snapshot_id, min(created_at) AS created_at
+                FROM embedding_versions GROUP BY model, revision, params_hash),
+            corpus AS (SELECT partition, corpus_version, rows FROM current_corpus_versions),
+            covered AS (
+                SELECT l.model, l.revision, l.params_hash, count(*) FILTER (WHERE c.rows > 0) AS partitions,
+                       sum(l.rows)::BIGINT AS rows
+                FROM latest_embedding_versions l
+                JOIN corpus c ON c.partition = l.partition AND c.corpus_version = l.corpus_version
+                GROUP BY ALL),
+            -- An empty partition (a retired landing file) has nothing to embed: covered.
+            counts AS (SELECT count(*) AS total, count(*) FILTER (WHERE rows = 0) AS empty FROM corpus)
+            SELECT {VERSION_KEY_SQL.replace('revision', 's.revision').replace('params_hash', 's.params_hash')}
+                       AS version_key, s.model, s.revision, s.params_hash, s.params, s.dtype, s.dim,
+                   coalesce(v.partitions, 0) + n.empty AS partitions_covered, n.total AS partitions_total,
+                   coalesce(v.partitions, 0) + n.empty >= n.total AS complete,
+                   g.model IS NOT NULL AS serving, p.model IS NOT NULL AS previous,
+                   coalesce(v.rows, 0) AS rows, s.snapshot_id, s.created_at
+            FROM sets s CROSS JOIN counts n
+            LEFT JOIN covered v ON v.model = s.model AND v.revision = s.revision AND v.params_hash = s.params_hash
+            LEFT JOIN serving_version_sets g
+              ON g.model = s.model AND g.revision = s.revision AND g.params_hash = s.params_hash
+            LEFT JOIN ({previous}) p
+              ON p.model = s.model AND p.revision = s.revision AND p.params_hash = s.params_hash""",
         """CREATE OR REPLACE VIEW documents AS
             SELECT r.id, r.text, r.text_sha256, c.partition, c.corpus_version
             FROM current_corpus_versions c JOIN corpus_rows r ON r.write_id = c.write_id""",
         *embeddings_view_sql("FLOAT[]"),
+        # Every version set's current float32 vectors, candidates included: pick one by
+        # `version_key` (what `search(version=...)` scans).
+        f"""CREATE OR REPLACE VIEW all_version_embeddings AS
+            SELECT r.id, r.text_sha256, v.partition, v.model, v.revision, v.params_hash, v.version_key,
+                   v.corpus_version, v.version_id, coalesce(r.chunk, 0) AS chunk, r.char_start, r.char_end,
+                   r.embedding
+            FROM latest_embedding_versions v JOIN {VECTOR_TABLES['float32'][0]} r ON r.write_id = v.write_id
+            WHERE v.dtype = 'float32'""",
         f"CREATE OR REPLACE VIEW store_schema AS SELECT {SCHEMA_VERSION} AS version",
     ]
 

@@ -82,9 +82,10 @@ def write_embeddings_batch(
         # Rows lost to a damaged data file: write the version again, under a new write_id.
         damaged = damage.damaged_write_ids(con, [v.write_id for v in existing.values()]) if existing else set()
         reuse = {vid: version for vid, version in existing.items() if version.write_id not in damaged}
+        # The latest version of each partition in this version set (serving or a candidate).
         current = {v.partition: v.version_id for v in queries.embedding_versions(
-            con, "current_embedding_versions WHERE model = ? AND dtype = ? AND list_contains(?, partition)",
-            [snapshot.model, dtype, partitions])}
+            con, "latest_embedding_versions WHERE model = ? AND revision = ? AND params_hash = ? "
+            "AND list_contains(?, partition)", [snapshot.model, snapshot.revision, params.params_hash, partitions])}
         to_write = [(corpus, vid) for corpus, vid in zip(corpora, vids, strict=True) if vid not in reuse]
         rows_by_write = corpus_rows_of(con, [corpus for corpus, _ in to_write], " (write the corpus again first)")
         if not params.chunked:
@@ -119,7 +120,7 @@ def write_embeddings_batch(
     records, encoded_rows, reused_rows, counted = [], {}, {}, set()
     for corpus, vid in zip(corpora, vids, strict=True):
         if vid in reuse:
-            if current.get(corpus.partition) != vid:  # the same inputs again: make it current
+            if current.get(corpus.partition) != vid:  # the same inputs again: its set's latest again
                 records.append({**asdict(reuse[vid]), "params": json.dumps(reuse[vid].params, sort_keys=True)})
             continue
         rows = rows_by_write[corpus.write_id]

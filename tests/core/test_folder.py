@@ -54,8 +54,8 @@ def test_save_reloads_identically_here_and_in_reference(tmp_path, bundled_model_
     original.save(str(tmp_path / "saved"))
     ours = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
     theirs = ReferenceModel(str(tmp_path / "saved"), device="cpu")
-    assert ours.prompts == {"query": "query: ", "doc": "passage: "} and ours.default_prompt_name == "query"
-    assert theirs.prompts["query"] == "query: " and theirs.default_prompt_name == "query"
+    assert ours.prompts == theirs.prompts == {"query": "query: ", "document": "", "doc": "passage: "}
+    assert ours.default_prompt_name == theirs.default_prompt_name == "query"
     assert ours.similarity_fn_name == "dot" and ours.max_seq_length == 256
     expected = original.encode(SENTENCES)
     np.testing.assert_array_equal(ours.encode(SENTENCES), expected)

@@ -2,6 +2,9 @@
 batch, deleted files kept, renamed files retired, a bad file named and the rest stored."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,7 +52,13 @@ class CountingReads:
 def test_buckets_are_stable_and_cover_every_file(landing):
     keys = list(LandingFolder(str(landing)).listing())
     assert {bucket_of(key, BUCKETS) for key in keys} <= set(ALL)
-    assert [bucket_of(key, BUCKETS) for key in keys] == [bucket_of(key, BUCKETS) for key in keys]
+    # Stable across processes, whatever their string-hash seed (Python's hash() would not be).
+    script = ("import json, sys; from embedding_core.landing import bucket_of; "
+              "print(json.dumps([bucket_of(k, int(sys.argv[1])) for k in json.loads(sys.argv[2])]))")
+    for seed in ("1", "2"):
+        other = subprocess.run([sys.executable, "-c", script, str(BUCKETS), json.dumps(keys)], check=True,
+                               capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        assert json.loads(other.stdout) == [bucket_of(key, BUCKETS) for key in keys]
     assert bucket_of("python_docs.jsonl", 16) == "bucket-04"
     assert bucket_keys(3) == ("bucket-00", "bucket-01", "bucket-02")
     with pytest.raises(ValueError, match="0 is not between 1 and 1000"):

@@ -90,7 +90,7 @@ def test_prompt_resolution_order(tiny_bert_dir):
 
 def test_unknown_prompt_name_lists_known_names(tiny_bert_dir):
     tiny = SentenceTransformer(str(tiny_bert_dir), device="cpu", prompts={"query": "q: ", "doc": "d: "})
-    with pytest.raises(ValueError, match=r"'summary'.*\['doc', 'query'\]"):
+    with pytest.raises(ValueError, match=r"'summary'.*\['query', 'document', 'doc'\]"):
         tiny.encode("x", prompt_name="summary")
     with pytest.raises(ValueError, match="default_prompt_name 'missing'"):
         SentenceTransformer(str(tiny_bert_dir), device="cpu", prompts={"query": "q: "}, default_prompt_name="missing")

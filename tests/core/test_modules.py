@@ -118,14 +118,18 @@ def test_model_needing_remote_code_fails_clearly(tmp_path, tiny_bert_dir):
         SentenceTransformer(str(folder), device="cpu")
 
 
-def test_max_seq_length_truncates_and_is_capped(tiny_bert_dir, caplog):
+def test_max_seq_length_truncates_and_is_kept_past_the_model_limit_with_a_warning(tiny_bert_dir, caplog):
     tiny = SentenceTransformer(str(tiny_bert_dir), device="cpu")
     assert tiny.max_seq_length == 64
     tiny.max_seq_length = 10
     tokens = tiny.encode("one two three four five six seven eight nine ten eleven", output_value="token_embeddings")
     assert tokens.shape == (10, 32)
+    assert tiny.tokenizer.model_max_length == 10
+    # As in sentence-transformers: the value is kept (and the tokenizer follows), with a
+    # warning naming the 128 positions the tiny model supports.
     with caplog.at_level(logging.WARNING):
         tiny.max_seq_length = 4096
-    assert tiny.max_seq_length == 128  # the tiny model's max_position_embeddings
+    assert tiny.max_seq_length == tiny.tokenizer.model_max_length == 4096
+    assert "128 positions" in caplog.text
     with pytest.raises(ValueError):
         tiny.max_seq_length = 0
