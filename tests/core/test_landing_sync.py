@@ -55,10 +55,9 @@ def test_buckets_are_stable_and_cover_every_file(landing):
     # Stable across processes, whatever their string-hash seed (Python's hash() would not be).
     script = ("import json, sys; from embedding_core.landing import bucket_of; "
               "print(json.dumps([bucket_of(k, int(sys.argv[1])) for k in json.loads(sys.argv[2])]))")
-    for seed in ("1", "2"):
-        other = subprocess.run([sys.executable, "-c", script, str(BUCKETS), json.dumps(keys)], check=True,
-                               capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed})
-        assert json.loads(other.stdout) == [bucket_of(key, BUCKETS) for key in keys]
+    other = subprocess.run([sys.executable, "-c", script, str(BUCKETS), json.dumps(keys)], check=True,
+                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "1"})
+    assert json.loads(other.stdout) == [bucket_of(key, BUCKETS) for key in keys]
     assert bucket_of("python_docs.jsonl", 16) == "bucket-04"
     assert bucket_keys(3) == ("bucket-00", "bucket-01", "bucket-02")
     with pytest.raises(ValueError, match="0 is not between 1 and 1000"):
