@@ -151,3 +151,28 @@ def test_files_fall_in_stable_buckets_whose_digests_move_with_names_and_fingerpr
     assert touched["bucket-04"] != first["bucket-04"] and touched["bucket-07"] == first["bucket-07"]
     (tmp_path / "stdlib_docstrings.txt").unlink()  # a deleted file: its bucket is gone
     assert sorted(bucket_digests(landing.listing(), 16)) == ["bucket-04"]
+
+
+def test_an_s3_landing_folder_is_listed_and_read(s3_server, s3_root):
+    """An ``s3://`` landing folder on the loopback S3 server: listed (nested files, hidden
+    and unsupported ones left out) and read, with s3:// URIs."""
+    bucket, prefix = s3_root.removeprefix("s3://").split("/", 1)
+    client = s3_server.client()
+    objects = {
+        "a.jsonl": '{"id": "a1", "text": "Ay."}\n{"id": "a2", "text": "Bee."}\n',
+        "team/b.jsonl": '{"id": "b1", "text": "Sea."}\n',
+        ".hidden.jsonl": '{"id": "h1", "text": "Not listed."}\n',
+        "notes.md": "not a corpus file\n",
+    }
+    for name, body in objects.items():
+        client.put_object(Bucket=bucket, Key=f"{prefix}/landing/{name}", Body=body.encode())
+
+    landing = LandingFolder(f"{s3_root}/landing")
+    assert not isinstance(landing.filesystem, pafs.LocalFileSystem)
+    files = landing.files()
+    assert list(files) == ["a.jsonl", "team__b.jsonl"]
+    assert files["team__b.jsonl"].uri == f"{s3_root}/landing/team/b.jsonl"
+    assert files["a.jsonl"].fingerprint.startswith(f"{len(objects['a.jsonl'])}:")
+    shard = landing.read(files["a.jsonl"])
+    assert shard.table.column("id").to_pylist() == ["a1", "a2"]
+    assert shard.table.column("text").to_pylist() == ["Ay.", "Bee."]
