@@ -1,11 +1,14 @@
 """Automation: the embeddings AutomationCondition (what the nightly schedule used to compute by
-hand) and the weekly spot-check sweep, against a real store and instance."""
+hand), the weekly spot-check sweep and the weekly store maintenance, against a real store and
+instance."""
 
 import json
+from datetime import datetime, timezone
 
 from dagster import (
     AssetKey,
     DagsterInstance,
+    DefaultScheduleStatus,
     build_schedule_context,
     evaluate_automation_conditions,
 )
@@ -15,8 +18,10 @@ from embedding_assets.definitions import build_definitions
 from embedding_assets.resources import EncoderResource
 from embedding_assets.schedules import verify_embeddings_sweep
 from embedding_core.landing import bucket_of
+from embedding_core.store import EmbeddingParams, EmbeddingStore, corpus_table
 from tests.assets.conftest import SHARDS, materialize_everything
 from tests.assets.test_pipeline import local_model_copy
+from tests.store.fakes import TextHashEncoder, bumped
 
 SAMPLE_BUCKETS = sorted(bucket_of(name, 16) for name in SHARDS)  # bucket-04, -07, -11
 
@@ -78,3 +83,34 @@ def test_weekly_sweep_runs_the_spot_check_over_every_partition(defs, instance):
         ("embeddings_match_model", bucket, True) for bucket in landing_partitions()]
     compared = {e.partition: e.metadata["texts_compared"].value for e in evaluations}
     assert compared == {bucket: 4 if bucket in SAMPLE_BUCKETS else 0 for bucket in landing_partitions()}
+
+
+def test_weekly_store_maintenance_requests_a_run_that_maintains_the_store(tmp_path, landing, instance):
+    """Sundays 03:00: the schedule's request, run as the daemon would launch it, maintains the
+    store and keeps what was replaced this week (older_than_days defaults to 7)."""
+    store_root = tmp_path / "store"
+    defs = build_definitions(store_root=str(store_root), landing_dir=str(landing))
+    schedule = defs.resolve_schedule_def("weekly_store_maintenance")
+    assert schedule.cron_schedule == "0 3 * * 0" and schedule.job_name == "store_maintenance_job"
+    assert schedule.default_status == DefaultScheduleStatus.RUNNING
+
+    store = EmbeddingStore(store_root)
+    corpus = store.write_corpus("docs", corpus_table(["d1", "d2"], ["First text.", "Second text."]))
+    replaced = store.write_embeddings("docs", corpus, bumped(revision="a" * 40), EmbeddingParams(),
+                                      TextHashEncoder()).version
+    newer = store.write_embeddings("docs", corpus, bumped(revision="b" * 40), EmbeddingParams(),
+                                   TextHashEncoder()).version
+    serving = store.current_embedding_version("docs", newer.model)
+
+    sunday = datetime(2026, 12, 6, 3, 0, tzinfo=timezone.utc)
+    with build_schedule_context(instance=instance, scheduled_execution_time=sunday) as context:
+        (request,) = schedule.evaluate_tick(context).run_requests
+    result = defs.resolve_job_def(schedule.job_name).execute_in_process(
+        instance=instance, run_config=request.run_config, tags=request.tags)
+
+    assert result.success
+    metadata = result.asset_materializations_for_node("store_maintenance")[0].metadata
+    assert metadata["older_than_days"].value == 7.0
+    assert metadata["expired_embedding_versions"].value == 0  # replaced minutes ago: kept
+    assert [v.version_id for v in store.embedding_versions("docs")] == [replaced.version_id, newer.version_id]
+    assert store.current_embedding_version("docs", newer.model) == serving
