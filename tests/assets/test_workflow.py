@@ -4,13 +4,15 @@ Its steps' own shell lines run as GitHub Actions runs them (`bash --noprofile --
 pipefail`, in the checkout, with the job's `env`). `${{ vars.* }}`, `${{ secrets.* }}` and
 `${{ inputs.* }}` are replaced as GitHub replaces them. A variable or secret not given becomes
 an empty string. The values given here are a local store, landing folder and instance.
-`actions/checkout` is the only step that is not a shell line: this repository is the checkout.
-So a workflow that cannot run (a file it copies is gone, a flag the command no longer takes)
-fails this test.
+`actions/checkout` is the only step that is not a shell line: a temporary copy of this
+working tree is the checkout, so no step (`make setup` included) touches the repository. So a
+workflow that cannot run (a file it copies is gone, a flag the command no longer takes) fails
+this test.
 """
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,6 +37,26 @@ def render(text: str, contexts: dict[str, dict[str, str]]) -> str:
     return rendered
 
 
+def temporary_checkout(folder: Path) -> Path:
+    """A copy of the working tree's files (tracked and untracked, not ignored) in ``folder``,
+    as `actions/checkout` leaves them, with the project's virtual environment linked in and
+    marked installed, so `make setup` there finds it ready and installs nothing anywhere."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=PROJECT, check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = PROJECT / name
+        if source.is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, folder / name)
+    venv = folder / ".venv"
+    venv.mkdir()
+    for entry in (PROJECT / ".venv").iterdir():
+        if entry.name != ".installed":
+            (venv / entry.name).symlink_to(entry)
+    (venv / ".installed").touch()  # newer than the copied pyproject.toml: nothing to install
+    return folder
+
+
 def run_workflow(tmp_path: Path, contexts: dict[str, dict[str, str]]) -> tuple[dict[str, str], list]:
     """Run the workflow's steps here with these vars/secrets/inputs: (the job's env, [(step
     name, completed process)]); asserts each step exits 0."""
@@ -46,6 +68,7 @@ def run_workflow(tmp_path: Path, contexts: dict[str, dict[str, str]]) -> tuple[d
     env = {key: render(str(value), contexts) for key, value in job["env"].items()}
     base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
     base.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    checkout = temporary_checkout(tmp_path / "checkout")
     ran = []
     for step in job["steps"]:
         if "uses" in step:
@@ -54,7 +77,7 @@ def run_workflow(tmp_path: Path, contexts: dict[str, dict[str, str]]) -> tuple[d
         script = tmp_path / f"step_{len(ran)}.sh"
         script.write_text(render(step["run"], contexts))
         result = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
-                                cwd=PROJECT, env={**base, **env}, capture_output=True, text=True, timeout=1200)
+                                cwd=checkout, env={**base, **env}, capture_output=True, text=True, timeout=1200)
         assert result.returncode == 0, f"step {step.get('name')!r} exited {result.returncode}:\n" \
             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         ran.append((step.get("name"), result))
