@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from torch import nn
 
 from embedding_core.fs import writing
@@ -31,6 +34,8 @@ def load_folder(path: str, **context: Any) -> tuple[list[nn.Module], dict[str, A
         with open(config_path, encoding="utf-8") as fh:
             config = json.load(fh)
 
+    check_requirements(config.get("requirements"), source=path)
+
     modules_path = os.path.join(path, MODULES_FILE)
     if not os.path.exists(modules_path):
         logger.warning(
@@ -50,6 +55,39 @@ def load_folder(path: str, **context: Any) -> tuple[list[nn.Module], dict[str, A
         dimension = module.output_dimension(dimension)
         modules.append(module)
     return modules, config
+
+
+def check_requirements(requirements: Any, source: str) -> None:
+    """Fail to load a model whose ``requirements`` (package -> PEP 440 specifier, or
+    ``{"specifier", "reason"}``; ``python`` means the interpreter) the installed packages do
+    not meet, naming each unmet one. A specifier that cannot be read is warned about, not fatal."""
+    if not requirements:
+        return
+    if not isinstance(requirements, dict):
+        logger.warning("Ignoring the requirements of %s: expected a dict of version specifiers.", source)
+        return
+    unmet = []
+    for package, requirement in requirements.items():
+        package = {"pytorch": "torch"}.get(package, package)
+        specifier = requirement.get("specifier", "") if isinstance(requirement, dict) else requirement
+        reason = requirement.get("reason", "") if isinstance(requirement, dict) else ""
+        try:
+            wanted = SpecifierSet(specifier)
+        except (InvalidSpecifier, TypeError):
+            logger.warning("Cannot read the %r requirement of %s on %s; not checked.", specifier, source, package)
+            continue
+        if package == "python":
+            installed: str | None = platform.python_version()
+        else:
+            try:
+                installed = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                installed = None
+        if installed is None or not wanted.contains(installed, prereleases=True):
+            have = f"{installed} is installed" if installed else "it is not installed"
+            unmet.append(f"{package}{specifier} ({have}{'; ' + reason if reason else ''})")
+    if unmet:
+        raise ImportError(f"{source} requires {', '.join(unmet)}.")
 
 
 def save_folder(path: str, modules: Sequence[nn.Module], config: dict[str, Any], safe_serialization: bool = True) -> None:

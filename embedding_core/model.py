@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Literal
 
 import numpy as np
@@ -186,7 +187,8 @@ class SentenceTransformer(ModuleChain):
 
     @similarity_fn_name.setter
     def similarity_fn_name(self, value: str | SimilarityFunction) -> None:
-        value = value.value if isinstance(value, SimilarityFunction) else value
+        # Any enum with these values: ours, or sentence-transformers' own SimilarityFunction.
+        value = value.value if isinstance(value, Enum) else value
         name = SIMILARITY_ALIASES.get(value, value)
         if name not in SIMILARITY_FUNCTIONS:
             raise ValueError(f"Unknown similarity_fn_name {value!r}; expected one of {list(SIMILARITY_FUNCTIONS)}.")
