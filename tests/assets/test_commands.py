@@ -156,3 +156,42 @@ def test_two_concurrent_backfill_processes_of_different_partitions_are_both_reco
         materialized = instance.fetch_materializations(
             AssetRecordsFilter(asset_key=AssetKey("embeddings")), limit=10).records
         assert sorted(r.partition_key for r in materialized) == ["bucket-04", "bucket-11"]
+
+
+@pytest.mark.slow
+def test_search_by_chunk_and_verify_read_rows_run_as_commands(tmp_path, command_env):
+    """`embedding-search --by-chunk --json` finds a chunk by its own text, with its span;
+    `embedding-store verify --read-rows --json` reads every row, and names a damaged file."""
+    env = {**command_env, "EMBEDDING_CHUNK_TOKENS": "24"}
+    backfill = run([sys.executable, "-m", "embedding_assets.backfill",
+                    "--from", "python_docs.jsonl", "--to", "python_docs.jsonl"], env)
+    assert backfill.returncode == 0, backfill.stderr[-3000:]
+    store_root = tmp_path / "store"
+    with EmbeddingStore(store_root).connect() as con:
+        (doc_id, chunk, start, end, text), = con.execute(
+            "SELECT e.id, e.chunk, e.char_start, e.char_end, d.text FROM embeddings e JOIN documents d "
+            "USING (partition, id) WHERE e.chunk = 1 ORDER BY e.id LIMIT 1").fetchall()
+
+    search = run([str(Path(sys.executable).with_name("embedding-search")), text[start:end],
+                  "--store", str(store_root), "--top-k", "3", "--by-chunk", "--json"], env)
+    assert search.returncode == 0, search.stderr[-3000:]
+    hits = [json.loads(line) for line in search.stdout.splitlines()]
+    assert len(hits) == 3 and all(hit["chunk"] is not None for hit in hits)
+    assert (hits[0]["id"], hits[0]["chunk"], hits[0]["char_start"], hits[0]["char_end"]) == (doc_id, 1, start, end)
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
+
+    verify = [str(Path(sys.executable).with_name("embedding-store")), "verify", "--store", str(store_root),
+              "--read-rows", "--json"]
+    healthy = run(verify, env)
+    assert healthy.returncode == 0, healthy.stderr[-3000:]
+    report = json.loads(healthy.stdout)
+    assert report["read_rows"] is True and report["files_checked"] > 0
+    assert report["damaged_files"] == [] and report["damaged_partitions"] == []
+
+    damaged = max(store_root.rglob("*.parquet"), key=lambda path: path.stat().st_size)
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    broken = run(verify, env)
+    assert broken.returncode == 1, broken.stderr[-3000:]
+    report = json.loads(broken.stdout)
+    assert [Path(file["path"]).name for file in report["damaged_files"]] == [damaged.name]
+    assert report["damaged_partitions"] == ["python_docs.jsonl"]
