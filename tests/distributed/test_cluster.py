@@ -34,7 +34,8 @@ from embedding_assets.partitions import partition_range_tags
 from embedding_assets.submit import Deployment
 from tests.conftest import DATA_DIR
 
-pytestmark = pytest.mark.slow
+# The first test also pays for the module's cluster and backfill (minutes on 2 busy cores).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 PROJECT = Path(__file__).resolve().parents[2]
 SHARDS = ["shard_a.jsonl", "shard_b.jsonl", "shard_c.jsonl", "shard_d.jsonl"]
