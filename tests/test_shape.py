@@ -1,9 +1,13 @@
 """The shape of the code, checked: embedding_core stands alone (no dagster), its modules
-import each other without a cycle, and no source file grows past 400 lines."""
+import each other without a cycle, no source file grows past 400 lines, and neither package
+imports sentence-transformers."""
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,3 +111,24 @@ def test_no_source_file_is_over_400_lines():
         and (count := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert long_files == {}
+
+
+def test_neither_package_imports_sentence_transformers():
+    """sentence-transformers is the reference the tests compare with, never a dependency:
+    importing every module of both packages leaves it unimported."""
+    script = (
+        "import importlib, pkgutil, sys\n"
+        "import embedding_core, embedding_assets\n"
+        "names = []\n"
+        "for package in (embedding_core, embedding_assets):\n"
+        "    for info in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
+        "        importlib.import_module(info.name)\n"
+        "        names.append(info.name)\n"
+        "print(len(names), sorted(m for m in sys.modules if m.split('.')[0] == 'sentence_transformers'))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                               timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    imported, loaded = completed.stdout.split()[0], completed.stdout.split(maxsplit=1)[1].strip()
+    assert int(imported) >= len(core_modules()) - 1  # every module was imported (less the package)
+    assert loaded == "[]"
