@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+# Extra pytest arguments for `make test`, e.g. PYTEST_ARGS="--durations=15" (.ci/run) or a path.
+PYTEST_ARGS ?=
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -40,7 +42,7 @@ test: setup browser
 	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m ruff check embedding_core embedding_assets deploy tests benchmarks scripts
 	$(DG) check defs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The UI on http://127.0.0.1:3000 (`dg dev`; plain `dagster dev -w workspace.yaml` works too),
 # started in DAGSTER_HOME: started here, Dagster would warn that ./dagster.yaml is not the
