@@ -8,7 +8,13 @@ import pytest
 from embedding_core.chunking import ChunkingParams, chunk_strings, chunk_texts
 from embedding_core.corpus import read_corpus_file
 from embedding_core.snapshot import EncoderConfig
-from embedding_core.store import EmbeddingParams, EmbeddingStore, corpus_table, text_sha256
+from embedding_core.store import (
+    EmbeddingParams,
+    EmbeddingStore,
+    corpus_table,
+    text_sha256,
+    version_key,
+)
 from tests.store.conftest import SAMPLE_CORPUS
 from tests.store.fakes import SNAPSHOT, TextHashEncoder
 
@@ -140,9 +146,11 @@ def test_changing_the_chunking_makes_partitions_stale_and_keeps_every_version(tm
     second = write(store, session, "docs", ids, texts, plain)
     assert second.version.rows == len(texts) and second.created
     assert store.read_embeddings(second.version)[0].column_names == ["id", "text_sha256"]
-    assert store.stale_partitions(session.snapshot, chunked) == ["docs"]
+    # Each chunking is a version set of its own: the chunked one serves until the other is promoted.
+    assert store.stale_partitions(session.snapshot, chunked) == []
     assert [v.version_id for v in store.embedding_versions("docs")] == [first.version.version_id,
                                                                         second.version.version_id]
+    store.promote(session.snapshot.model, version_key(session.snapshot.revision, plain.params_hash))
     with store.connect() as con:  # a text embedded whole: chunk 0, no span
         assert con.execute("SELECT DISTINCT chunk, char_start, char_end FROM embeddings").fetchall() == [(0, None, None)]
     hits = store.search(session.encode([texts[0]])[0], session.snapshot.model, top_k=1)

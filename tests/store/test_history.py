@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import numpy as np
 
-from embedding_core.store import EmbeddingParams
+from embedding_core.store import EmbeddingParams, version_key
 from tests.store.fakes import SNAPSHOT, TextHashEncoder, bumped
 
 
@@ -18,12 +18,15 @@ def parquet_files(root: str) -> list[str]:
 def test_the_whole_store_reads_as_of_an_earlier_lake_snapshot(store, sample_rows):
     corpus = store.write_corpus("docs", sample_rows)
     old = store.write_embeddings("docs", corpus, SNAPSHOT, EmbeddingParams(), TextHashEncoder(), run_id="r1").version
-    store.write_embeddings("docs", corpus, bumped(), EmbeddingParams(), TextHashEncoder(salt="v2"), run_id="r2")
+    new = store.write_embeddings("docs", corpus, bumped(), EmbeddingParams(), TextHashEncoder(salt="v2"),
+                                 run_id="r2").version
+    store.promote(SNAPSHOT.model, version_key(new.revision, new.params_hash), run_id="r3")  # it serves now
 
     messages = [snapshot.message for snapshot in store.lake_snapshots()]
     assert [m for m in messages if m and m.startswith("embeddings")] == [
         f"embeddings docs test/model@{'a' * 12} {EmbeddingParams().params_hash} (run r1)",
         f"embeddings docs test/model@{'b' * 12} {EmbeddingParams().params_hash} (run r2)"]
+    assert messages[-1] == f"promote test/model: {version_key(new.revision, new.params_hash)}"
     query = TextHashEncoder().vector(sample_rows.column("text")[4].as_py())
     with store.connect(snapshot=old.snapshot_id) as con:
         assert con.execute("SELECT DISTINCT revision FROM embeddings").fetchall() == [("a" * 40,)]

@@ -11,7 +11,13 @@ import os
 import numpy as np
 import pytest
 
-from embedding_core.store import EmbeddingParams, EmbeddingStore, corpus_table, text_sha256
+from embedding_core.store import (
+    EmbeddingParams,
+    EmbeddingStore,
+    corpus_table,
+    text_sha256,
+    version_key,
+)
 from tests.store.fakes import DIM, SNAPSHOT, TextHashEncoder, bumped
 
 
@@ -159,16 +165,20 @@ def test_revision_bump_adds_a_version_beside_the_old_one(store, sample_rows):
     new = store.write_embeddings("docs", corpus, bumped(), EmbeddingParams(), TextHashEncoder(salt="v2")).version
 
     assert [v.revision for v in store.embedding_versions("docs")] == ["a" * 40, "b" * 40]
+    # The new revision is a candidate beside the serving one until it is promoted.
+    assert store.current_embedding_version("docs", SNAPSHOT.model) == old
+    store.promote(SNAPSHOT.model, version_key(new.revision, new.params_hash))
     assert store.current_embedding_version("docs", SNAPSHOT.model) == new
     with store.connect() as con:
         assert con.execute("SELECT DISTINCT revision FROM embeddings").fetchall() == [("b" * 40,)]
     _, old_vectors = store.read_embeddings(old)  # not current, still readable
     np.testing.assert_array_equal(old_vectors[0], TextHashEncoder().vector(sample_rows.column("text")[0].as_py()))
 
-    # Asking for the old inputs again makes the stored version current without encoding.
+    # Asking for the old inputs again finds the stored version without encoding.
     encoder = TextHashEncoder()
     again = store.write_embeddings("docs", corpus, SNAPSHOT, EmbeddingParams(), encoder)
     assert not again.created and encoder.calls == [] and again.version == old
+    store.rollback(SNAPSHOT.model)
     with store.connect() as con:
         assert con.execute("SELECT DISTINCT revision FROM embeddings").fetchall() == [("a" * 40,)]
 
