@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from embedding_core.fs import default_store_root, is_uri
+from embedding_core.hub import folder_content_hash
 from embedding_core.snapshot import load_snapshot_model
 from embedding_core.store import (
     CATALOG_FILE_NAME,
@@ -49,6 +50,12 @@ def search(store: EmbeddingStore, query: str, model_key: str | None = None, top_
     if snapshot is None:
         raise SystemExit(f"version {chosen.key} of {model_name} has no recorded model snapshot of revision "
                          f"{chosen.revision}: materialize model_snapshot at that revision")
+    if snapshot.source in ("local", "bundled") and os.path.isdir(snapshot.path):
+        found = folder_content_hash(snapshot.path)
+        if found != snapshot.revision:  # the folder changed since: its files are another revision
+            raise SystemExit(f"version {chosen.key} of {model_name} holds vectors of revision {snapshot.revision}, "
+                             f"but {snapshot.path} now holds revision {found}: the query cannot be encoded as "
+                             "they were (promote a version of the new revision, or restore the folder)")
     params = chosen.embedding_params
     model = _load_for(snapshot, params.backend, device)
     if params.max_seq_length is not None:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embedding_core.corpus import read_corpus_file
+from embedding_core.snapshot import EncoderConfig
 from embedding_core.store import (
     EmbeddingParams,
     EmbeddingStore,
@@ -25,6 +27,7 @@ from embedding_core.store import (
     version_key,
 )
 from embedding_core.store.views import SCHEMA_VERSION
+from tests.store.conftest import SAMPLE_CORPUS
 from tests.store.fakes import SNAPSHOT, TextHashEncoder, bumped
 
 DIM = 16
@@ -327,6 +330,7 @@ def store_command(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([command, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_versions_promote_and_rollback_commands(tmp_path):
     store = half_finished_rollout(tmp_path)
     root = str(tmp_path / "store")
@@ -368,3 +372,46 @@ def test_versions_promote_and_rollback_commands(tmp_path):
     assert listed[2].startswith("    promoted ") and listed[2].endswith(": rollback")
     assert listed[3].startswith(f"  {KEY_B}  {MODEL}  previous ")
     assert listed[4].endswith(": recall +2%")
+
+
+def search_command(query: str, root: str, *options: str) -> tuple[str, str]:
+    """`embedding-search` run as a process: its header line and its best hit's line."""
+    command = str(Path(sys.executable).with_name("embedding-search"))
+    result = subprocess.run([command, query, "--store", root, "--top-k", "1", *options], capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, best, *_ = result.stdout.splitlines()
+    return header, best
+
+
+@pytest.mark.slow
+def test_search_command_encodes_the_query_as_the_serving_version_was_encoded(tmp_path, bundled_model_path):
+    """A candidate of other parameters (normalized, truncated to 64 dims) written for one
+    partition while the model's configuration says so: `embedding-search` still encodes the
+    query as the serving version's vectors were (384 dims) and finds the second partition's
+    text itself; `--version` queries the candidate, encoded with its parameters."""
+    store = EmbeddingStore(tmp_path / "store")
+    serving_config = EncoderConfig(bundled_model_path)
+    candidate_config = EncoderConfig(bundled_model_path, normalize_embeddings=True, truncate_dim=64)
+    snapshot = serving_config.resolve()
+    store.record_model_snapshot(snapshot)
+    sample = read_corpus_file(SAMPLE_CORPUS).table
+    shards = {"p1": sample.slice(0, 12), "p2": sample.slice(12, 12)}
+    corpora = {name: store.write_corpus(name, table) for name, table in shards.items()}
+    for config, partitions in ((serving_config, ["p1", "p2"]), (candidate_config, ["p1"])):
+        params = config.params(snapshot)
+        with config.session(snapshot, params) as session:
+            store.write_embeddings_batch([corpora[p] for p in partitions], snapshot, params, session.encode)
+    key = version_key(snapshot.revision, serving_config.params(snapshot).params_hash)
+    candidate = version_key(snapshot.revision, candidate_config.params(snapshot).params_hash)
+    assert store.serving_version(snapshot.model).key == key
+
+    target = shards["p2"].column("text")[4].as_py()
+    header, best = search_command(target, store.root)
+    assert header.startswith(f"{snapshot.model}@{snapshot.revision[:19]}  version {key} (serving)  ")
+    assert best == f" 1. 1.0000  [p2] {shards['p2'].column('id')[4].as_py()}"
+
+    own = shards["p1"].column("text")[7].as_py()
+    header, best = search_command(own, store.root, "--version", candidate)
+    assert f"  version {candidate} (candidate)  " in header
+    assert best == f" 1. 1.0000  [p1] {shards['p1'].column('id')[7].as_py()}"
