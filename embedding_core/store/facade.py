@@ -362,8 +362,9 @@ class EmbeddingStore:
     def rollback(self, model: str, *, run_id: str | None = None, reason: str = "") -> Promotion:
         """Promote again the version set that served `model` before the serving one: its vectors
         and index are still there (maintenance keeps them), so search switches back at once.
-        Recorded as a promotion whose reason starts with "rollback". `VersionError` when
-        there is no previous version (the model was never promoted)."""
+        Recorded as a promotion whose reason starts with "rollback" (and as forced when the
+        set lacks partitions added since it served). `VersionError` when there is no
+        previous version (the model was never promoted)."""
         return serving.rollback(self._catalog, model, run_id=run_id, reason=reason)
 
     def promotions(self, model: str | None = None) -> list[Promotion]:
