@@ -43,10 +43,11 @@ def test_fp32_backend_token_embeddings_match_torch(load_backend, backend, model,
 @pytest.mark.parametrize("backend", INT8)
 def test_int8_backend_keeps_vectors_and_neighbours_close_on_mixed_corpus(load_backend, backend, model):
     texts = read_jsonl_texts("mixed_texts.jsonl")
-    # Top-10 neighbour overlap of 2,000 mixed texts: ONNX Runtime's dynamic int8 measured
-    # 0.89995 here on 2026-12-03 (one neighbour in 20,000 under 0.9), OpenVINO's >= 0.9.
-    min_overlap = 0.89 if backend == "onnx-int8" else 0.9
-    assert_fast_path_quality(load_backend(backend).encode(texts), model.encode(texts), min_overlap=min_overlap)
+    # Top-10 neighbour overlap of 2,000 mixed texts, the 0.9 bar for both. ONNX
+    # Runtime's dynamic int8 kernels decide the number: 0.89995 with the runtime of 2026-12-03,
+    # 0.903 with onnxruntime 1.32.0 (2026-12-07, this 2-core x86 machine), which the [test]
+    # extra pins; OpenVINO's >= 0.9.
+    assert_fast_path_quality(load_backend(backend).encode(texts), model.encode(texts), min_overlap=0.9)
 
 
 @pytest.mark.parametrize("backend", INT8)
