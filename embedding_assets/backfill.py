@@ -5,7 +5,10 @@
 Steps: materialize `model_snapshot` (pinning the requested revision); then `corpus` +
 `embeddings` for the selected partitions (landing buckets; a landing file's key names its
 bucket) in runs of at most `MAX_PARTITIONS_PER_RUN` contiguous buckets (the assets'
-backfill policy). Runs execute in this process and are recorded in the
+backfill policy). With `--promote`, once every run succeeded, the `promote_candidate` job:
+`vector_index`, the blocking check `candidate_retrieval_quality` and `serving_version`,
+which promotes the new version set when it is complete and passes (the exit status is 1
+when the check holds it back; its reason is printed). Runs execute in this process and are recorded in the
 instance under `$DAGSTER_HOME` (an in-memory instance when it is unset). With
 `--submit <webserver URL>` nothing executes here: one Dagster backfill of the same assets and
 partitions is launched on a running deployment (e.g. `make cluster`) and followed to its end
@@ -42,6 +45,7 @@ from dagster import (
     RunsFilter,
 )
 
+from embedding_assets.assets.serving_version import GATE_KEY, PROMOTE_CANDIDATE
 from embedding_assets.heartbeat import Heartbeat
 from embedding_assets.jobs import EMBED_CORPUS, SNAPSHOT_MODEL
 from embedding_assets.partitions import (
@@ -218,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-partitions-per-run", type=int,
                         help=f"partitions per run, in process (default {MAX_PARTITIONS_PER_RUN}); "
                         "a --submit backfill follows the assets' backfill policy")
+    parser.add_argument("--promote", action="store_true", help="then run the promote_candidate job: "
+                        "evaluate the new version set against the serving one and promote it when it "
+                        "passes (in this process; not with --submit)")
     parser.add_argument("--submit", metavar="URL", help="launch one Dagster backfill on the "
                         "deployment whose webserver is at URL (e.g. http://127.0.0.1:3000) and "
                         "wait for it, instead of executing the runs in this process")
@@ -226,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="with --submit: how long to retry while the deployment is unreachable "
                         f"or failing (default EMBEDDING_SUBMIT_RETRY_S or {DEFAULT_RETRY_FOR_S:.0f})")
     args = parser.parse_args(argv)
+    if args.submit and args.promote:
+        parser.error("--promote runs in this process; with --submit, launch promote_candidate on the "
+                     "deployment (its UI, or its schedule) once the backfill is done")
     if args.submit:
         return submit_main(args, parser)
     if args.model_revision:
@@ -297,6 +307,10 @@ def backfill_in_process(args: argparse.Namespace, parser: argparse.ArgumentParse
                         defs, instance, SHARD_ASSETS, selected, tags=tags,
                         max_partitions_per_run=args.max_partitions_per_run or MAX_PARTITIONS_PER_RUN,
                         stopped=lambda: stop.signum is not None)
+                if args.promote and all(result.success for result in runs.results) and stop.signum is None:
+                    runs.results.append(defs.resolve_job_def(PROMOTE_CANDIDATE).execute_in_process(
+                        instance=instance, tags=tags, raise_on_error=False))
+                    print(f"promotion: {promotion_outcome(instance)}")
             if stop.signum is not None or was_interrupted(runs.results[-1]):
                 raise BackfillInterrupted(stop.signum)
         except BackfillInterrupted as interruption:
@@ -309,6 +323,17 @@ def backfill_in_process(args: argparse.Namespace, parser: argparse.ArgumentParse
         store = defs.resources["embedding_store"].open()
         print(f"{len(selected)} partition(s); catalog: {store.catalog_label}")
         return 0 if all(result.success for result in runs.results) else 1
+
+
+def promotion_outcome(instance: DagsterInstance) -> str:
+    """What the last promote_candidate run did: the gate's verdict and serving_version's action."""
+    record = instance.get_latest_asset_check_evaluation_record(GATE_KEY)
+    gate = record.event.asset_check_evaluation if record is not None and record.event else None
+    served = instance.fetch_materializations(AssetKey("serving_version"), limit=1).records
+    action = served[0].asset_materialization.metadata.get("action") if served else None
+    return "; ".join(part for part in (
+        f"{'passed' if gate.passed else 'FAILED'}: {gate.description}" if gate else "",
+        f"serving_version: {action.value}" if action else "") if part) or "nothing recorded"
 
 
 def local_catalog_file(defs: Definitions) -> str | None:

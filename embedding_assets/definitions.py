@@ -26,6 +26,12 @@ EMBEDDING_NORMALIZE            1 to store unit-length vectors
 EMBEDDING_CHUNK_TOKENS         split texts into windows of this many tokens (at most the model's
                                max_seq_length), a row per window; unset: cut at max_seq_length
 EMBEDDING_CHUNK_OVERLAP        tokens neighbouring windows share (default 0, fewer than the window)
+EMBEDDING_PROMOTION_TOLERANCE  how much lower than the serving version's each retrieval metric of a
+                               candidate may be (recall@10, MRR@10, nDCG@10; absolute, default 0.01)
+                               for ``serving_version`` to promote it (check candidate_retrieval_quality)
+EMBEDDING_EVALUATION_QUERIES   known-item queries the evaluation makes from the corpus (default 300)
+EMBEDDING_EVALUATION_BEIR_DIR  a BEIR-format folder (queries.jsonl, qrels/test.tsv) evaluated too;
+                               its corpus ids are the store's document ids (unset: none)
 EMBEDDING_EXECUTOR             ``celery``: every step runs on a Celery worker (deploy/);
                                unset: Dagster's default (multiprocess) executor
 EMBEDDING_CELERY_BROKER        the Celery broker URL (required for celery), ``redis://h:p/0``
@@ -42,19 +48,28 @@ from pathlib import Path
 from dagster import BetaWarning, Definitions, ExecutorDefinition, with_source_code_references
 
 from embedding_assets.assets import (
+    candidate_retrieval_quality,
     landing_buckets,
     model_snapshot,
+    serving_version,
     store_maintenance,
     vector_index,
     weekly_store_maintenance,
 )
+from embedding_assets.assets.serving_version import promote_candidate
 from embedding_assets.assets.store_maintenance import store_maintenance_job
 from embedding_assets.assets.vector_index import index_vectors
 from embedding_assets.jobs import embed_corpus, snapshot_model, verify_embeddings
-from embedding_assets.resources import CorpusSourceResource, EmbeddingStoreResource, EncoderResource
+from embedding_assets.resources import (
+    CorpusSourceResource,
+    EmbeddingStoreResource,
+    EncoderResource,
+    PromotionGateResource,
+)
 from embedding_assets.schedules import embeddings_automation, verify_embeddings_sweep
 from embedding_assets.sensors import corpus_landing_sensor, model_revision_sensor
 from embedding_core.chunking import ChunkingParams
+from embedding_core.evaluation import KNOWN_ITEM_QUERIES
 from embedding_core.fs import absolute_location, default_store_root
 from embedding_core.hub import DEFAULT_MODEL_NAME
 from embedding_core.store.records import sha256_json
@@ -65,23 +80,28 @@ SAMPLE_CORPUS_DIR = str(Path(__file__).parent / "sample_corpus")
 def build_definitions(
     store_root: str, landing_dir: str = SAMPLE_CORPUS_DIR, catalog: str | None = None,
     encoder: EncoderResource | None = None, executor: ExecutorDefinition | None = None,
-    on_delete: str = "keep",
+    on_delete: str = "keep", promotion_gate: PromotionGateResource | None = None,
 ) -> Definitions:
     """Definitions over a given store and landing folder (tests and scripts build their own)."""
     encoder = encoder or EncoderResource(model_name=DEFAULT_MODEL_NAME)
+    promotion_gate = promotion_gate or PromotionGateResource()
     configured_buckets = landing_buckets.map_asset_specs(
         lambda spec: spec.replace_attributes(code_version=encoder_code_version(spec.code_version, encoder))
         if spec.key.to_user_string() == "embeddings" else spec)
     return Definitions(
         executor=executor,
-        assets=code_references([configured_buckets, model_snapshot, vector_index, store_maintenance]),
-        jobs=[embed_corpus, snapshot_model, verify_embeddings, index_vectors, store_maintenance_job],
+        assets=code_references([configured_buckets, model_snapshot, vector_index, serving_version,
+                                 store_maintenance]),
+        asset_checks=[candidate_retrieval_quality],
+        jobs=[embed_corpus, snapshot_model, verify_embeddings, index_vectors, promote_candidate,
+              store_maintenance_job],
         sensors=[corpus_landing_sensor, model_revision_sensor, embeddings_automation],
         schedules=[verify_embeddings_sweep, weekly_store_maintenance],
         resources={
             "embedding_store": EmbeddingStoreResource(root=store_root, catalog=catalog),
             "corpus_source": CorpusSourceResource(landing_dir=landing_dir, on_delete=on_delete),
             "encoder": encoder,
+            "promotion_gate": promotion_gate,
         },
     )
 
@@ -152,6 +172,11 @@ def definitions_from_env(environ: os._Environ | dict = os.environ) -> Definition
             chunk_tokens=chunking.tokens if chunking else None, chunk_overlap=chunking.overlap if chunking else 0,
         ),
         executor=executor_from_env(environ),
+        promotion_gate=PromotionGateResource(
+            tolerance=float(environ.get("EMBEDDING_PROMOTION_TOLERANCE") or 0.01),
+            known_item_queries=int(environ.get("EMBEDDING_EVALUATION_QUERIES") or KNOWN_ITEM_QUERIES),
+            beir_dir=absolute_location(beir) if (beir := environ.get("EMBEDDING_EVALUATION_BEIR_DIR")) else None,
+        ),
     )
 
 

@@ -6,6 +6,9 @@ command run (each run shows its job name in the UI's Runs and Overview pages).
 - `verify_embeddings`: only the `embeddings_match_model` spot check, over the partitions of
   the run (the weekly sweep runs it over all of them).
 - `store_maintenance_job`: `store_maintenance` (defined with its weekly schedule).
+- `promote_candidate`: `vector_index` and `serving_version`, with the blocking check
+  `candidate_retrieval_quality` between them (defined with them, in
+  `embedding_assets.assets.serving_version`).
 """
 
 from dagster import AssetSelection, define_asset_job

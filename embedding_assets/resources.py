@@ -11,11 +11,17 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from embedding_core.evaluation import (
+    KNOWN_ITEM_QUERIES,
+    QuerySet,
+    load_beir,
+    store_known_item_queries,
+)
 from embedding_core.landing import LandingFolder
 from embedding_core.snapshot import EncoderConfig
 from embedding_core.store import EmbeddingStore
 
-__all__ = ["CorpusSourceResource", "EmbeddingStoreResource", "EncoderResource"]
+__all__ = ["CorpusSourceResource", "EmbeddingStoreResource", "EncoderResource", "PromotionGateResource"]
 
 
 class EmbeddingStoreResource(ConfigurableResource):
@@ -99,3 +105,29 @@ class EncoderResource(ConfigurableResource):
             truncate_dim=self.truncate_dim, backend=self.backend, chunk_tokens=self.chunk_tokens,
             chunk_overlap=self.chunk_overlap,
         )
+
+
+class PromotionGateResource(ConfigurableResource):
+    """How a candidate version set is judged before it is promoted: the queries of the
+    retrieval evaluation and how much worse than the serving version it may be
+    (`embedding_core.evaluation`, `embedding_core.rollout`)."""
+
+    tolerance: float = Field(
+        default=0.01, ge=0.0, description="How much lower than the serving version's each metric "
+        "(recall@10, MRR@10, nDCG@10; absolute, 0.01 = one point) may be on every query set.")
+    known_item_queries: int = Field(
+        default=KNOWN_ITEM_QUERIES, ge=1, description="Known-item queries made from the current corpus "
+        "(a sentence of a document -> that document).")
+    seed: int = Field(default=0, description="Which documents and sentences the known-item queries take.")
+    beir_dir: str | None = Field(
+        default=None, description="A BEIR-format folder (queries.jsonl, qrels/<split>.tsv, optional "
+        "corpus.jsonl) evaluated too; its corpus ids are the store's document ids.")
+    beir_split: str = Field(default="test", description="The qrels file of beir_dir: qrels/<split>.tsv.")
+
+    def query_sets(self, store: EmbeddingStore) -> list[QuerySet]:
+        """The known-item queries of `store`'s current corpus, and the BEIR set when configured
+        (a malformed file fails here, naming its line)."""
+        sets = [store_known_item_queries(store, self.known_item_queries, self.seed)]
+        if self.beir_dir:
+            sets.append(load_beir(self.beir_dir, self.beir_split))
+        return sets

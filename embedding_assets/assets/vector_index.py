@@ -17,8 +17,10 @@ from dagster import (
 
 from embedding_assets.assets.embeddings import EMBEDDINGS_SPEC
 from embedding_assets.partitions import ASSET_OWNERS, ASSET_TAGS
-from embedding_assets.resources import EmbeddingStoreResource
-from embedding_core.store import EmbeddingStore, IndexBuild
+from embedding_assets.resources import EmbeddingStoreResource, EncoderResource
+from embedding_core.rollout import configured_version
+from embedding_core.snapshot import EncoderConfig, SnapshotNotCurrentError
+from embedding_core.store import EmbeddingStore, IndexBuild, version_key
 
 RECALL_TARGET = 0.95
 RECALL_QUERIES = 100
@@ -42,14 +44,18 @@ RECALL_SPEC = AssetCheckSpec(
     deps=[EMBEDDINGS_SPEC.key], group_name="vectors", kinds={"usearch"}, owners=ASSET_OWNERS, tags=ASSET_TAGS,
     code_version="1", automation_condition=VECTOR_INDEX_AUTOMATION, check_specs=[RECALL_SPEC],
 )
-def vector_index(context: AssetExecutionContext, embedding_store: EmbeddingStoreResource) -> MaterializeResult:
-    """An HNSW index (usearch, float16 vectors) per model version over the current embeddings
-    of every bucket, under `<store>/indexes/`, recorded in the catalog with the lake snapshot
-    it covers. After new buckets land it is updated (new versions added, replaced ones
-    removed), rebuilt only when more than 30% of it would go or its files cannot be read.
+def vector_index(context: AssetExecutionContext, embedding_store: EmbeddingStoreResource,
+                 encoder: EncoderResource) -> MaterializeResult:
+    """An HNSW index (usearch, float16 vectors) of each model's serving version set over the
+    current embeddings of every bucket, and of the configured encoder's version set once it is
+    a complete candidate (so a promotion switches search to an index at once), under
+    `<store>/indexes/`, recorded in the catalog with the lake snapshot it covers. After new
+    buckets land it is updated (new versions added, replaced ones removed), rebuilt only
+    when more than 30% of it would go or its files cannot be read.
     `EmbeddingStore.search` uses it, and searches rows newer than it exactly."""
     store = embedding_store.open()
     builds = store.build_vector_indexes(run_id=context.run.run_id)
+    builds += candidate_index(context, store, encoder.open())
     recalls = {build.record.index_id: index_recall(store, build) for build in builds}
     for build in builds:
         record = build.record
@@ -64,7 +70,8 @@ def vector_index(context: AssetExecutionContext, embedding_store: EmbeddingStore
             check_name=RECALL_SPEC.name, passed=worst >= RECALL_TARGET, severity=AssetCheckSeverity.ERROR,
             description=None if builds else "no vectors to index",
             metadata={"recall_at_10": round(worst, 4), "target": RECALL_TARGET, "queries": RECALL_QUERIES,
-                      **{f"recall_at_10 {b.record.model}": round(recalls[b.record.index_id], 4) for b in builds}})],
+                      **{f"recall_at_10 {b.record.model} {version_key(b.record.revision, b.record.params_hash)}":
+                         round(recalls[b.record.index_id], 4) for b in builds}})],
     )
 
 
@@ -74,16 +81,30 @@ def index_recall(store: EmbeddingStore, build: IndexBuild, queries: int = RECALL
     record = build.record
     if record.rows == 0:
         return 1.0
-    fast = store.searcher(record.model, record.metric)
+    version = version_key(record.revision, record.params_hash)
+    fast = store.searcher(record.model, record.metric, version=version)
     if fast.loaded is None or fast.loaded.record.index_id != record.index_id:
         return 0.0  # the index just built cannot be read (or another one is newer)
     keys = fast.loaded.rows.column("key").to_numpy()
     picked = np.random.default_rng(0).choice(keys, size=min(queries, len(keys)), replace=False)
     vectors = np.asarray(fast.loaded.index.get(picked), dtype=np.float32).reshape(len(picked), record.dim)
-    exact = store.searcher(record.model, record.metric, exact=True)
+    exact = store.searcher(record.model, record.metric, exact=True, version=version)
     found, truth = fast.search_batch(vectors, k), exact.search_batch(vectors, k)
     return float(np.mean([len({(h.partition, h.id) for h in f} & {(h.partition, h.id) for h in t}) / max(len(t), 1)
                           for f, t in zip(found, truth, strict=True)]))
+
+
+def candidate_index(context: AssetExecutionContext, store: EmbeddingStore, config: EncoderConfig) -> list[IndexBuild]:
+    """The index of the configured encoder's version set when it is a complete candidate (not
+    serving yet): built before the promotion that switches search to it."""
+    try:
+        candidate = configured_version(store, config)
+    except SnapshotNotCurrentError:
+        return []
+    if candidate is None or candidate.serving or not candidate.complete or candidate.dtype != "float32":
+        return []
+    context.log.info(f"indexing candidate {candidate.key} of {candidate.model} ({candidate.rows} rows)")
+    return store.build_vector_indexes(candidate.model, version=candidate.key, run_id=context.run.run_id)
 
 
 def index_metadata(store: EmbeddingStore, builds: list[IndexBuild], recalls: dict[str, float]) -> dict:
@@ -100,7 +121,8 @@ def index_metadata(store: EmbeddingStore, builds: list[IndexBuild], recalls: dic
             "recall_at_10": round(recalls[record.index_id], 4), "library": "usearch HNSW (float16)"})
     elif builds:
         metadata["by_model"] = MetadataValue.json([
-            {"model": b.record.model, "revision": b.record.revision, "rows": b.record.rows, "mode": b.record.mode,
+            {"model": b.record.model, "version": version_key(b.record.revision, b.record.params_hash),
+             "revision": b.record.revision, "rows": b.record.rows, "mode": b.record.mode,
              "path": store.uri(b.record.path), "recall_at_10": round(recalls[b.record.index_id], 4)} for b in builds])
     return metadata
 

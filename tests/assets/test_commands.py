@@ -109,10 +109,11 @@ def test_dg_check_and_list_defs_load_the_project(command_env):
     defs = json.loads(listed.stdout)
     assert {a["asset_key"]: a["group_name"] for a in defs["assets"]} == {
         "corpus": "ingest", "model_snapshot": "models", "embeddings": "vectors",
-        "vector_index": "vectors", "store_maintenance": "maintenance"}
+        "vector_index": "vectors", "serving_version": "vectors", "store_maintenance": "maintenance"}
     assert all(a["owners"] == [{"team": "search-platform"}] for a in defs["assets"])
     assert sorted(j["name"] for j in defs["jobs"]) == [
-        "embed_corpus", "index_vectors", "snapshot_model", "store_maintenance_job", "verify_embeddings"]
+        "embed_corpus", "index_vectors", "promote_candidate", "snapshot_model", "store_maintenance_job",
+        "verify_embeddings"]
     assert sorted(s["name"] for s in defs["sensors"]) == [
         "corpus_landing_sensor", "embeddings_automation", "model_revision_sensor"]
 

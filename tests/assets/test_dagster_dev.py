@@ -170,7 +170,9 @@ def test_dagster_dev_serves_the_graph_and_runs_queued_materializations(dagster_d
              for node in nodes}
     assert graph == {"corpus": ("ingest", []), "model_snapshot": ("models", []),
                      "embeddings": ("vectors", ["corpus", "model_snapshot"]),
-                     "vector_index": ("vectors", ["embeddings"]), "store_maintenance": ("maintenance", [])}
+                     "vector_index": ("vectors", ["embeddings"]),
+                     "serving_version": ("vectors", ["embeddings", "model_snapshot", "vector_index"]),
+                     "store_maintenance": ("maintenance", [])}
 
     # This test launches every run itself: the automation sensor (running by default, every
     # 30 s) would otherwise embed messy_rows.jsonl's bucket once its corpus lands, racing the

@@ -23,14 +23,14 @@ def test_definitions_hold_the_lineage_graph_checks_jobs_automation_and_policies(
     # Location, groups and assets have distinct names (the location is embedding_pipeline).
     assert {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()} == {
         "corpus": "ingest", "model_snapshot": "models", "embeddings": "vectors",
-        "vector_index": "vectors", "store_maintenance": "maintenance"}
+        "vector_index": "vectors", "serving_version": "vectors", "store_maintenance": "maintenance"}
     checks = {key.name: key for key in graph.asset_check_keys}
     assert set(checks) == {"rows_valid", "encodes_canary", "rows_match_corpus", "dim_matches_model",
                            "vectors_finite", "unit_norm", "texts_fit_max_seq_length",
-                           "embeddings_match_model", "recall_at_10"}
+                           "embeddings_match_model", "recall_at_10", "candidate_retrieval_quality"}
     partitioned = {name for name, key in checks.items()
                    if graph.get(key).partitions_def is not None}
-    assert partitioned == set(checks) - {"encodes_canary", "recall_at_10"}
+    assert partitioned == set(checks) - {"encodes_canary", "recall_at_10", "candidate_retrieval_quality"}
     for key in ("corpus", "embeddings"):
         node = graph.get(AssetKey(key))
         assert node.partitions_def == corpus_partitions
@@ -42,7 +42,8 @@ def test_definitions_hold_the_lineage_graph_checks_jobs_automation_and_policies(
     # No store-wide lock: N workers encode and commit N shards at once.
     assert all(not graph.get(AssetKey(key)).pools for key in ("corpus", "model_snapshot", "embeddings"))
     jobs = {job.name: job for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
-    assert sorted(jobs) == ["embed_corpus", "index_vectors", "snapshot_model", "store_maintenance_job", "verify_embeddings"]
+    assert sorted(jobs) == ["embed_corpus", "index_vectors", "promote_candidate", "snapshot_model",
+                            "store_maintenance_job", "verify_embeddings"]
     assert jobs["embed_corpus"].asset_layer.executable_asset_keys == {AssetKey("corpus"), AssetKey("embeddings")}
     assert jobs["embed_corpus"].partitions_def == corpus_partitions
     # The partitions are the 16 landing buckets (EMBEDDING_LANDING_BUCKETS), not the files.
@@ -59,6 +60,12 @@ def test_definitions_hold_the_lineage_graph_checks_jobs_automation_and_policies(
     assert graph.get(AssetKey("vector_index")).parent_keys == {AssetKey("embeddings")}
     assert graph.get(AssetKey("vector_index")).partitions_def is None
     assert graph.get(AssetKey("vector_index")).automation_condition.get_label() == "missing or embeddings updated"
+    # The promotion, behind the blocking retrieval check on vector_index.
+    assert graph.get(AssetKey("serving_version")).parent_keys == {
+        AssetKey("embeddings"), AssetKey("model_snapshot"), AssetKey("vector_index")}
+    assert graph.get(checks["candidate_retrieval_quality"]).blocking
+    assert jobs["promote_candidate"].asset_layer.executable_asset_keys == {
+        AssetKey("vector_index"), AssetKey("serving_version")}
     encoder = defs.resources["encoder"]
     assert (encoder.target_devices, encoder.normalize_embeddings) == (["cuda:0", "cuda:1"], True)
     assert defs.resources["embedding_store"].root == "/tmp/unused-store"
