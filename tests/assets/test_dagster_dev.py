@@ -159,6 +159,7 @@ def stop_sensor(graphql: GraphQL, name: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # dagster dev and several runs, each allowed 300 s
 def test_dagster_dev_serves_the_graph_and_runs_queued_materializations(dagster_dev):
     graphql, tmp_path = dagster_dev
     # The instance is the project's dagster.yaml, not a bare default one.

@@ -65,6 +65,7 @@ def settled(graphql: GraphQL, runs_before: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # several daemon rounds, each allowed 300 s
 def test_every_landing_change_is_embedded_through_the_daemon(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDDING_LANDING_SENSOR_INTERVAL_S", "3")
     landing = tmp_path / "landing"

@@ -29,7 +29,8 @@ from tests.assets.test_backfill_signals import Backfill
 from tests.assets.test_dagster_dev import WORKSPACE, GraphQL, dev_server, free_port
 from tests.assets.test_workflow import run_workflow
 
-pytestmark = pytest.mark.slow
+# A deployment, the workflow and several backfills, the first allowed 900 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def Submit(env: dict, *args: str) -> Backfill:  # noqa: N802 - a Backfill of the plain command

@@ -34,6 +34,7 @@ def chromium_path() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # dg dev, a run allowed 300 s, a browser at 60 s a step
 def test_ui_shows_the_graph_partitions_checks_and_launches_a_partition_by_clicking(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 

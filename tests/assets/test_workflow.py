@@ -23,7 +23,7 @@ from dagster import DagsterInstance, DagsterRunStatus
 from embedding_core.store import EmbeddingStore
 from tests.assets.conftest import SHARDS, write_sample_slice
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # each step is allowed 1200 s
 
 PROJECT = Path(__file__).resolve().parents[2]
 WORKFLOW = PROJECT / ".github" / "workflows" / "backfill.yml"
