@@ -4,10 +4,13 @@ recall@10 against exact search checked on every build."""
 
 import numpy as np
 from dagster import (
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
+    AssetSelection,
     AutomationCondition,
     MaterializeResult,
     MetadataValue,
@@ -99,7 +102,8 @@ def candidate_index(context: AssetExecutionContext, store: EmbeddingStore, confi
     serving yet): built before the promotion that switches search to it."""
     try:
         candidate = configured_version(store, config)
-    except SnapshotNotCurrentError:
+    except (SnapshotNotCurrentError, ValueError) as error:  # model_snapshot says what to fix
+        context.log.info(f"no candidate index: {error}")
         return []
     if candidate is None or candidate.serving or not candidate.complete or candidate.dtype != "float32":
         return []
@@ -127,6 +131,10 @@ def index_metadata(store: EmbeddingStore, builds: list[IndexBuild], recalls: dic
     return metadata
 
 
+# Without the promotion's gate (evaluated by promote_candidate, before serving_version).
 index_vectors = define_asset_job(
-    "index_vectors", selection=[vector_index],
-    description="Bring the vector index of each model version up to the current embeddings.")
+    "index_vectors",
+    selection=AssetSelection.assets(vector_index)
+    - AssetSelection.checks(AssetCheckKey(AssetKey("vector_index"), "candidate_retrieval_quality")),
+    description="Bring the vector index of each model's serving version (and of a complete candidate) "
+    "up to the current embeddings.")
