@@ -149,6 +149,21 @@ def executor_from_env(environ: os._Environ | dict = os.environ) -> ExecutorDefin
     )
 
 
+def env_number(environ: os._Environ | dict, name: str, default: float, kind: type = float) -> float:
+    """The number environment variable `name` holds (`default` when unset or empty); a value
+    that is not one, or is negative, fails the load naming the variable."""
+    value = (environ.get(name) or "").strip()
+    if not value:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: expected a{'' if kind is float else ' whole'} number") from None
+    if number < 0:
+        raise ValueError(f"{name}={value!r}: expected a number of at least 0")
+    return number
+
+
 def definitions_from_env(environ: os._Environ | dict = os.environ) -> Definitions:
     """Definitions configured by the EMBEDDING_* environment variables (see module doc)."""
     target_devices = environ.get("EMBEDDING_TARGET_DEVICES")
@@ -173,8 +188,8 @@ def definitions_from_env(environ: os._Environ | dict = os.environ) -> Definition
         ),
         executor=executor_from_env(environ),
         promotion_gate=PromotionGateResource(
-            tolerance=float(environ.get("EMBEDDING_PROMOTION_TOLERANCE") or 0.01),
-            known_item_queries=int(environ.get("EMBEDDING_EVALUATION_QUERIES") or KNOWN_ITEM_QUERIES),
+            tolerance=env_number(environ, "EMBEDDING_PROMOTION_TOLERANCE", 0.01, float),
+            known_item_queries=env_number(environ, "EMBEDDING_EVALUATION_QUERIES", KNOWN_ITEM_QUERIES, int),
             beir_dir=absolute_location(beir) if (beir := environ.get("EMBEDDING_EVALUATION_BEIR_DIR")) else None,
         ),
     )

@@ -112,3 +112,18 @@ def test_loading_the_code_location_prints_no_warning(tmp_path):
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == "loaded"
     assert "Warning" not in probe.stderr, probe.stderr
+
+
+def test_promotion_settings_come_from_the_environment_and_bad_ones_are_named():
+    gate = definitions_from_env({"EMBEDDING_STORE_ROOT": "/tmp/unused-store", "EMBEDDING_PROMOTION_TOLERANCE": "0.02",
+                                 "EMBEDDING_EVALUATION_QUERIES": "500"}).resources["promotion_gate"]
+    assert (gate.tolerance, gate.known_item_queries, gate.beir_dir) == (0.02, 500, None)
+    assert definitions_from_env({"EMBEDDING_STORE_ROOT": "/tmp/unused-store"}).resources["promotion_gate"].tolerance == 0.01
+    for env, message in ((dict(EMBEDDING_PROMOTION_TOLERANCE="one point"),
+                          "EMBEDDING_PROMOTION_TOLERANCE='one point': expected a number"),
+                         (dict(EMBEDDING_PROMOTION_TOLERANCE="-0.1"),
+                          "EMBEDDING_PROMOTION_TOLERANCE='-0.1': expected a number of at least 0"),
+                         (dict(EMBEDDING_EVALUATION_QUERIES="2.5"),
+                          "EMBEDDING_EVALUATION_QUERIES='2.5': expected a whole number")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            definitions_from_env({"EMBEDDING_STORE_ROOT": "/tmp/unused-store", **env})
