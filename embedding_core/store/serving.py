@@ -116,12 +116,13 @@ def promote(catalog: Catalog, model: str, key: str, *, run_id: str | None = None
             known = sorted({s.model for s in version_sets(con)})
             raise VersionError(f"model {model!r} has no embeddings in {catalog.label}; models: "
                                f"{', '.join(known) or 'none'}")
-        current = next(s for s in sets if s.serving)
+        current = next((s for s in sets if s.serving), None)  # None: its promoted set has no vectors left
         if rollback:
             target = next((s for s in sets if s.previous), None)
             if target is None:
                 raise VersionError(f"model {model!r} has no previous serving version to roll back to: "
-                                   f"{current.key} serves it and was never promoted over another")
+                                   f"{current.key if current else 'nothing'} serves it and was never promoted "
+                                   "over another")
         else:
             target = find_version_set(con, model, key, catalog.label)
             if target.serving:
@@ -134,8 +135,9 @@ def promote(catalog: Catalog, model: str, key: str, *, run_id: str | None = None
                     f"of {target.partitions_total} partitions (missing {', '.join(missing)}"
                     f"{f' and {more} more' if more > 0 else ''}); embed the missing partitions with its "
                     "configuration first, or promote with force=True (--force)")
+        before = [current.key, current.revision, current.params_hash] if current else [None, None, None]
         con.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
-                    [model, current.key, current.revision, current.params_hash, target.key, target.revision,
+                    [model, *before, target.key, target.revision,
                      target.params_hash, metrics_json,
                      (f"rollback: {reason}" if reason else "rollback") if rollback else reason,
                      not target.complete, run_id])
@@ -156,7 +158,7 @@ def promote(catalog: Catalog, model: str, key: str, *, run_id: str | None = None
         logger.warning("%s of %s: version %s serves it, covering %d of %d partitions",
                        "rollback" if rollback else "promotion", model, target.key, target.partitions_covered,
                        target.partitions_total)
-    logger.info("%s serves version %s (was %s)", model, target.key, current.key)
+    logger.info("%s serves version %s (was %s)", model, target.key, current.key if current else None)
     return done[0]
 
 
