@@ -45,7 +45,7 @@ from embedding_assets.resources import (
     EncoderResource,
     PromotionGateResource,
 )
-from embedding_core.evaluation import METRICS
+from embedding_core.evaluation import METRICS, BeirFormatError
 from embedding_core.rollout import (
     Comparison,
     RolloutError,
@@ -127,7 +127,7 @@ def candidate_retrieval_quality(
     try:
         comparison = compare_with_serving(store, candidate, config, promotion_gate.query_sets(store),
                                           promotion_gate.tolerance)
-    except RolloutError as error:
+    except (RolloutError, BeirFormatError) as error:  # a model that is gone, a malformed BEIR line
         return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR, description=str(error),
                                 metadata={"candidate": candidate.key})
     context.log.info(f"{comparison.describe()} ({comparison.seconds:.1f} s)")

@@ -6,6 +6,7 @@ The model is the bundled MiniLM laid out as a hub repository with immutable revi
 a pinned hub model is): A, B (A's weights with a slight change: as good) and C (A's weights
 with noise: worse), so every revision stays loadable to encode its own queries."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from embedding_assets.assets.serving_version import GATE_KEY
 from embedding_assets.backfill import landing_partitions, materialize_selection
 from embedding_assets.definitions import build_definitions
-from embedding_assets.resources import EncoderResource
+from embedding_assets.resources import EncoderResource, PromotionGateResource
 from embedding_core.hub import bundled_model_path
 from embedding_core.landing import bucket_of
 from embedding_core.rollout import configured_version
@@ -78,10 +79,11 @@ class Rollout:
     def __init__(self, tmp_path: Path, landing: Path, cache: Path, instance: DagsterInstance) -> None:
         self.store_root, self.landing, self.cache, self.instance = str(tmp_path / "store"), str(landing), cache, instance
 
-    def defs(self, revision: str = COMMIT_A, **encoding) -> Definitions:
+    def defs(self, revision: str = COMMIT_A, gate: PromotionGateResource | None = None, **encoding) -> Definitions:
         encoder = EncoderResource(model_name=REPO, revision=revision, cache_folder=str(self.cache),
                                   local_files_only=True, backend="torch", **encoding)
-        return build_definitions(store_root=self.store_root, landing_dir=self.landing, encoder=encoder)
+        return build_definitions(store_root=self.store_root, landing_dir=self.landing, encoder=encoder,
+                                 promotion_gate=gate)
 
     def embed(self, defs: Definitions, buckets: list[str] | None = None) -> None:
         """model_snapshot, then corpus + embeddings of `buckets` (all by default)."""
@@ -119,15 +121,28 @@ def metrics_table(evaluation) -> dict[tuple[str, str], dict]:
     return {(record.data["query_set"], record.data["metric"]): record.data for record in table.records}
 
 
-def test_a_half_finished_rollout_serves_a_then_the_gate_promotes_b_and_search_switches(rollout):
+def write_beir_set(folder: Path) -> Path:
+    """Three questions about the slice's Python-doc paragraphs, graded (2: the answer, 1: related)."""
+    (folder / "qrels").mkdir(parents=True)
+    queries = {"q1": "how does unpacking into a starred target work",
+               "q2": "what is called when attribute lookup fails with AttributeError",
+               "q3": "async with statement and asynchronous context managers"}
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq1\tpydoc-assignment-5\t2\nq1\tpydoc-assignment-6\t1\n"
+        "q2\tpydoc-attribute-access-2\t2\nq2\tpydoc-attribute-access-1\t1\nq3\tpydoc-async-8\t2\n")
+    return folder
+
+
+def test_a_half_finished_rollout_serves_a_then_the_gate_promotes_b_and_search_switches(rollout, tmp_path):
     a = rollout.defs(COMMIT_A)
     rollout.embed(a)
     store = a.resources["embedding_store"].open()
     key_a = configured_version(store, a.resources["encoder"].open()).key
     assert store.serving_version(REPO).key == key_a  # a fresh store serves its first version
 
-    # Revision B, but the backfill stopped after the first bucket.
-    b = rollout.defs(COMMIT_B)
+    # Revision B, but the backfill stopped after the first bucket. The gate also runs the user's BEIR set.
+    b = rollout.defs(COMMIT_B, gate=PromotionGateResource(beir_dir=str(write_beir_set(tmp_path / "beir"))))
     rollout.embed(b, [DOCS_BUCKET])
     candidate = configured_version(store, b.resources["encoder"].open())
     assert (candidate.partitions_covered, candidate.partitions_total, candidate.complete) == (1, 3, False)
@@ -155,9 +170,11 @@ def test_a_half_finished_rollout_serves_a_then_the_gate_promotes_b_and_search_sw
     assert gate.passed and gate.severity == AssetCheckSeverity.ERROR
     metadata = {key: value.value for key, value in gate.metadata.items()}
     assert (metadata["candidate"], metadata["serving"], metadata["tolerance"]) == (candidate.key, key_a, 0.01)
-    assert metadata["queries"] == 23 and metadata["seconds_per_1000_queries"] > 0
+    assert metadata["queries"] == 23 + 3 and metadata["seconds_per_1000_queries"] > 0
     table = metrics_table(gate)
-    assert set(table) == {("known-item (seed 0)", m) for m in ("recall@10", "mrr@10", "ndcg@10")}
+    assert set(table) == {(query_set, m) for query_set in ("known-item (seed 0)", "BEIR beir (test)")
+                          for m in ("recall@10", "mrr@10", "ndcg@10")}
+    assert table[("BEIR beir (test)", "ndcg@10")]["serving"] > 0.5  # graded: the answers rank high
     for row in table.values():
         assert row["delta"] == pytest.approx(row["candidate"] - row["serving"], abs=2e-4)
         assert row["within_tolerance"] and row["delta"] >= -0.01
