@@ -61,6 +61,27 @@ def encode_texts(sentences: Any) -> tuple[list[str], bool]:
     return texts, False
 
 
+TextPair = tuple[str, str]
+
+
+def encode_inputs(inputs: Any) -> tuple[list[str] | list[TextPair], bool]:
+    """``encode_texts``, or text pairs: a list whose items are ``(text, text)`` tuples or
+    2-item lists, or a 2-D numpy array of strings (one pair per row), each pair encoded as
+    one input the way a cross-attending model reads two segments."""
+    if isinstance(inputs, np.ndarray) and inputs.ndim >= 1 and inputs.dtype.kind in ("U", "O"):
+        inputs = inputs.tolist()
+    if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], (list, tuple)):
+        pairs = []
+        for index, item in enumerate(inputs):
+            if not (isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(t, str) for t in item)):
+                raise EncodeInputError(
+                    f"encode() takes text pairs as (str, str); item {index} is {type(item).__name__}: {item!r:.80}"
+                )
+            pairs.append((item[0], item[1]))
+        return pairs, False
+    return encode_texts(inputs)
+
+
 OutputValue = Literal["sentence_embedding", "token_embeddings"] | None
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 
@@ -90,20 +111,23 @@ class TokenizedTexts:
     """Token ids of many texts, stored flat: text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
 
     ``prompt_length`` is the number of leading prompt tokens that pooling leaves out, or
-    ``None`` when the prompt (if any) is pooled like the rest of the text.
+    ``None`` when the prompt (if any) is pooled like the rest of the text. For text pairs,
+    ``second_starts[i]`` is where text ``i``'s second segment starts (its token type 1).
     """
 
     ids: np.ndarray
     offsets: np.ndarray
     prompt_length: int | None = None
+    second_starts: np.ndarray | None = None
 
     @classmethod
-    def from_rows(cls, rows: Sequence[np.ndarray], prompt_length: int | None = None) -> TokenizedTexts:
+    def from_rows(cls, rows: Sequence[np.ndarray], prompt_length: int | None = None,
+                  second_starts: np.ndarray | None = None) -> TokenizedTexts:
         """Pack token id rows (one array per text) into the flat layout."""
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum([len(row) for row in rows], out=offsets[1:])
         ids = np.concatenate(rows) if len(rows) else np.zeros(0, dtype=np.int32)
-        return cls(ids, offsets, prompt_length)
+        return cls(ids, offsets, prompt_length, second_starts)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -117,7 +141,17 @@ class TokenizedTexts:
 
     def subset(self, indices: Sequence[int]) -> TokenizedTexts:
         """The texts at ``indices``, in that order, compact (what a pool worker receives)."""
-        return TokenizedTexts.from_rows(self.rows(indices), self.prompt_length)
+        starts = None if self.second_starts is None else self.second_starts[np.asarray(indices, dtype=np.int64)]
+        return TokenizedTexts.from_rows(self.rows(indices), self.prompt_length, starts)
+
+    def token_type_ids(self, indices: np.ndarray, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """The padded token types of the texts at ``indices`` (1 from each second segment on),
+        or ``None`` when these are not text pairs."""
+        if self.second_starts is None:
+            return None
+        starts = torch.from_numpy(self.second_starts[indices]).unsqueeze(1)
+        positions = torch.arange(attention_mask.shape[1]).unsqueeze(0)
+        return ((positions >= starts) & attention_mask.bool()).long()
 
 
 def length_order(lengths: Sequence[int]) -> np.ndarray:

@@ -21,6 +21,7 @@ from embedding_core.batching import (
     EncodeOptions,
     Gather,
     PaddedBatch,
+    TextPair,
     TokenizedTexts,
     length_order,
     pad_batch,
@@ -33,11 +34,17 @@ from embedding_core.modules import Pooling, Transformer
 _TOKENIZE_CHUNK = 4096
 
 
-def _prompted_chunks(texts: Sequence[str], prompt: str | None) -> Iterator[list[str]]:
-    """``texts`` in chunks of ``_TOKENIZE_CHUNK``, the prompt prepended to each."""
+def _prompted_chunks(texts: Sequence[str] | Sequence[TextPair], prompt: str | None) -> Iterator[list[Any]]:
+    """``texts`` in chunks of ``_TOKENIZE_CHUNK``, the prompt prepended to each (to the first
+    text of a pair)."""
     for start in range(0, len(texts), _TOKENIZE_CHUNK):
         chunk = texts[start : start + _TOKENIZE_CHUNK]
-        yield [prompt + text for text in chunk] if prompt else list(chunk)
+        if not prompt:
+            yield list(chunk)
+        elif chunk and isinstance(chunk[0], tuple):
+            yield [(prompt + first, second) for first, second in chunk]
+        else:
+            yield [prompt + text for text in chunk]
 
 
 def default_device() -> str:
@@ -102,20 +109,26 @@ class ModuleChain(nn.Sequential):
         return dimension
 
     # ------------------------------------------------------------------ tokens
-    def prepare(self, texts: Sequence[str], prompt: str | None = None) -> TokenizedTexts:
-        """Tokenize every text once (prompt prepended), kept as flat int32 arrays, with the
-        prompt's length when pooling leaves the prompt out."""
+    def prepare(self, texts: Sequence[str] | Sequence[TextPair], prompt: str | None = None) -> TokenizedTexts:
+        """Tokenize every text (or text pair) once (prompt prepended), kept as flat int32
+        arrays, with the prompt's length when pooling leaves the prompt out."""
         pieces: list[np.ndarray] = []
         lengths: list[np.ndarray] = []
+        second_starts: list[np.ndarray] | None = [] if texts and isinstance(texts[0], tuple) else None
         for chunk in _prompted_chunks(texts, prompt):
-            ids = self.transformer.tokenize_to_ids(chunk)
+            if second_starts is None:
+                ids = self.transformer.tokenize_to_ids(chunk)
+            else:
+                ids, starts = self.transformer.tokenize_pairs_to_ids(chunk)
+                second_starts.append(np.asarray(starts, dtype=np.int64))
             lengths.append(np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids)))
             pieces.append(np.fromiter((t for row in ids for t in row), dtype=np.int32))
         flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         if lengths:
             np.cumsum(np.concatenate(lengths), out=offsets[1:])
-        return TokenizedTexts(flat, offsets, self._prompt_length(prompt))
+        starts_array = np.concatenate(second_starts) if second_starts else None
+        return TokenizedTexts(flat, offsets, self._prompt_length(prompt), starts_array)
 
     def token_lengths(self, texts: Sequence[str], prompt: str | None = None) -> np.ndarray:
         """Tokens each text takes before ``max_seq_length`` cuts it, counted as ``prepare``
@@ -169,6 +182,9 @@ class ModuleChain(nn.Sequential):
                 }
                 if tokens.prompt_length:
                     features["prompt_length"] = tokens.prompt_length
+                token_type_ids = tokens.token_type_ids(indices, padded.attention_mask)
+                if token_type_ids is not None:
+                    features["token_type_ids"] = token_type_ids.to(target, non_blocking=True)
                 yield indices, padded, features
 
         with tqdm(total=len(tokens), desc="Encoding", unit="text", disable=not show_progress_bar) as progress:

@@ -27,7 +27,13 @@ from torch import nn
 
 from embedding_core._version import __version__
 from embedding_core.backends import check_backend, runs_on
-from embedding_core.batching import OUTPUT_VALUES, EncodeOptions, OutputValue, encode_texts
+from embedding_core.batching import (
+    OUTPUT_VALUES,
+    EncodeOptions,
+    OutputValue,
+    TextPair,
+    encode_inputs,
+)
 from embedding_core.chain import ModuleChain, default_device
 from embedding_core.folder import load_folder, save_folder
 from embedding_core.hub import ResolvedModel, resolve_model
@@ -306,7 +312,7 @@ class SentenceTransformer(ModuleChain):
     # ------------------------------------------------------------------ encode
     def encode(
         self,
-        inputs: str | Sequence[str] | None = None,
+        inputs: str | Sequence[str] | Sequence[TextPair] | None = None,
         prompt_name: str | None = None,
         prompt: str | None = None,
         batch_size: int = 32,
@@ -324,6 +330,9 @@ class SentenceTransformer(ModuleChain):
         **kwargs: Any,
     ) -> np.ndarray | torch.Tensor | list[Any] | dict[str, Any]:
         """Embed one text or a list of texts.
+
+        ``inputs`` may also be text pairs (``(text, text)`` tuples, or a 2-D numpy array of
+        strings), each encoded as one input of two segments.
 
         Returns a ``[n, dim]`` numpy array by default (one ``[dim]`` vector for a single
         string), in the model's dtype (float32 unless it was loaded or cast to half
@@ -361,7 +370,7 @@ class SentenceTransformer(ModuleChain):
         if output_value != "sentence_embedding":
             convert_to_numpy = convert_to_tensor = False
 
-        texts, single = encode_texts(inputs)
+        texts, single = encode_inputs(inputs)
         resolved_prompt = self.resolve_prompt(prompt, prompt_name)
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
         options = EncodeOptions(
@@ -382,10 +391,24 @@ class SentenceTransformer(ModuleChain):
                     texts, resolved_prompt, options, device=device, to_cpu=convert_to_numpy,
                     show_progress_bar=show_progress_bar,
                 )
-        if output_value is None and truncate_dim is not None:
-            for features in embeddings:
-                features["sentence_embedding"] = truncate_embeddings(features["sentence_embedding"], truncate_dim)
+        if output_value is None:
+            self._complete_features(embeddings, resolved_prompt, truncate_dim)
         return self._finish(embeddings, output_value, precision, convert_to_numpy, convert_to_tensor, single)
+
+    def _complete_features(self, rows: list[dict[str, Any]], prompt: str | None, truncate_dim: int | None) -> None:
+        """``output_value=None`` rows as sentence-transformers gives them: sentence embeddings
+        truncated to ``truncate_dim``, ``token_type_ids`` for a tokenizer that has them, the
+        prompt's ``prompt_length`` whenever a prompt was applied, and ``modality``."""
+        has_token_types = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
+        prompt_length = self.transformer.prompt_length(prompt) if prompt else None
+        for features in rows:
+            if truncate_dim is not None:
+                features["sentence_embedding"] = truncate_embeddings(features["sentence_embedding"], truncate_dim)
+            if has_token_types and "token_type_ids" not in features:
+                features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+            if prompt_length is not None and "prompt_length" not in features:
+                features["prompt_length"] = prompt_length
+            features.setdefault("modality", "text")
 
     @contextmanager
     def _call_max_seq_length(self, max_length: int | None) -> Iterator[None]:

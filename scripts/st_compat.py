@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("reference", "ours"), help="run one side only (while iterating)")
     parser.add_argument("--reference-report", type=Path,
                         help="reuse a reference run's junit XML (from --keep) instead of running it again")
+    parser.add_argument("--ours-report", type=Path, help="reuse a run's junit XML for our side, likewise")
     parser.add_argument("--ours-root", type=Path, default=REPOSITORY,
                         help="import embedding_core from this tree (e.g. a git worktree of an older commit)")
     parser.add_argument("--stand-in", action="append", default=[], metavar="NAME",
@@ -170,6 +171,8 @@ def main() -> None:
         sides = {}
         if args.reference_report and args.only != "ours":
             sides["reference"] = outcomes(args.reference_report)
+        if args.ours_report and args.only != "reference":
+            sides["ours"] = outcomes(args.ours_report)
         for side in ("reference", "ours"):
             if args.only in (None, side) and side not in sides:
                 sides[side] = outcomes(run_side(checkout, files, args.keyword, side == "ours", work,

@@ -221,6 +221,24 @@ class Transformer(Module):
         )
         return encoded["input_ids"]
 
+    def tokenize_pairs_to_ids(self, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], list[int]]:
+        """Token ids of each text pair as one input (``[CLS] a [SEP] b [SEP]`` for BERT), cut
+        to ``max_seq_length`` longest text first, and where each pair's second segment starts;
+        for a model without token types every start is past the end (all type 0)."""
+        firsts, seconds = [first for first, _ in pairs], [second for _, second in pairs]
+        if self.do_lower_case:
+            firsts, seconds = [t.lower() for t in firsts], [t.lower() for t in seconds]
+        cut = self._max_seq_length is not None
+        encoded = self.tokenizer(
+            firsts, seconds, add_special_tokens=True, truncation="longest_first" if cut else False,
+            max_length=self._max_seq_length if cut else None, return_attention_mask=False,
+            return_token_type_ids=True,
+        )
+        ids = encoded["input_ids"]
+        if "token_type_ids" not in self.tokenizer.model_input_names:
+            return ids, [len(row) for row in ids]
+        return ids, [len(types) - sum(types) for types in encoded["token_type_ids"]]
+
     def prompt_length(self, prompt: str) -> int:
         """Tokens the prompt takes at the start of a text, leading special tokens included."""
         ids = self.tokenize_to_ids([prompt])[0]

@@ -118,10 +118,40 @@ def test_inputs_task_and_processing_kwargs_are_taken(model, reference):
     assert model.max_seq_length == 256  # the cut lasts one call
 
 
-def test_output_value_none_has_the_features_the_reference_gives(model, reference):
-    ours, theirs = model.encode(TEXTS[0], output_value=None), reference.encode(TEXTS[0], output_value=None)
-    assert {"input_ids", "attention_mask", "token_embeddings", "sentence_embedding"} <= set(ours)
-    assert set(ours) <= set(theirs)
+@pytest.mark.parametrize("prompt", [None, "query: "])
+def test_output_value_none_has_the_features_the_reference_gives(model, reference, prompt):
+    ours = model.encode(TEXTS[0], output_value=None, prompt=prompt)
+    theirs = reference.encode(TEXTS[0], output_value=None, prompt=prompt)
+    assert set(ours) == set(theirs)
+    assert ours["token_type_ids"].tolist() == theirs["token_type_ids"].tolist()
+    assert ours["input_ids"].tolist() == theirs["input_ids"].tolist()
+    assert ours.get("prompt_length") == theirs.get("prompt_length")
+    assert (prompt is None) == ("prompt_length" not in ours)
+
+
+PAIRS = [
+    ("Hello Word, a test sentence", "Second input for model"),
+    ("My second tuple", "With two inputs"),
+    ("A long first text", "and a second one that runs on " * 60),
+]
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [PAIRS, [list(pair) for pair in PAIRS], np.array(PAIRS), tuple(PAIRS)],
+    ids=["tuples", "lists", "2d-array", "tuple-of-tuples"],
+)
+def test_text_pairs_encode_as_two_segments_like_the_reference(model, reference, inputs):
+    ours, theirs = model.encode(inputs), reference.encode(inputs)
+    assert ours.shape == theirs.shape == (3, 384)
+    assert_rows_match(ours, theirs)
+    # A pair is not its two texts run together: the second segment has token type 1.
+    joined = model.encode([first + " " + second for first, second in PAIRS])
+    assert not np.allclose(ours, joined, atol=1e-3)
+
+
+def test_text_pairs_take_the_prompt_on_the_first_text(model, reference):
+    assert_rows_match(model.encode(PAIRS, prompt="query: "), reference.encode(PAIRS, prompt="query: "))
 
 
 # ---------------------------------------------------------------- dtypes and util
