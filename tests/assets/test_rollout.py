@@ -79,9 +79,10 @@ class Rollout:
     def __init__(self, tmp_path: Path, landing: Path, cache: Path, instance: DagsterInstance) -> None:
         self.store_root, self.landing, self.cache, self.instance = str(tmp_path / "store"), str(landing), cache, instance
 
-    def defs(self, revision: str = COMMIT_A, gate: PromotionGateResource | None = None, **encoding) -> Definitions:
+    def defs(self, revision: str = COMMIT_A, gate: PromotionGateResource | None = None, backend: str = "torch",
+             **encoding) -> Definitions:
         encoder = EncoderResource(model_name=REPO, revision=revision, cache_folder=str(self.cache),
-                                  local_files_only=True, backend="torch", **encoding)
+                                  local_files_only=True, backend=backend, **encoding)
         return build_definitions(store_root=self.store_root, landing_dir=self.landing, encoder=encoder,
                                  promotion_gate=gate)
 
@@ -202,7 +203,7 @@ def test_a_half_finished_rollout_serves_a_then_the_gate_promotes_b_and_search_sw
     assert len(store.promotions(REPO)) == 1
 
 
-def test_a_candidate_with_noise_in_its_weights_is_held_back_by_the_blocking_check(rollout):
+def test_a_candidate_with_noise_in_its_weights_is_held_back_and_a_lossy_backend_is_judged_alike(rollout):
     a = rollout.defs(COMMIT_A)
     rollout.embed(a)
     store = a.resources["embedding_store"].open()
@@ -236,6 +237,21 @@ def test_a_candidate_with_noise_in_its_weights_is_held_back_by_the_blocking_chec
     assert f"the gate failed for candidate {candidate.key}" in str(failure.step_failure_data.user_failure_data
                                                                     .description)
     assert store.serving_version(REPO).key == key_a
+
+    # A lossy backend (ONNX int8) is a candidate of its own, judged by the same gate (its queries
+    # encoded with that backend too).
+    lossy = rollout.defs(COMMIT_A, backend="onnx-int8")
+    rollout.embed(lossy)
+    int8 = configured_version(store, lossy.resources["encoder"].open())
+    assert int8.params["backend"] == "onnx-int8" and int8.key not in {key_a, candidate.key}
+    result = rollout.promote(lossy)
+    gate = rollout.gate()
+    assert (gate.metadata["candidate"].value, gate.metadata["serving"].value) == (int8.key, key_a)
+    # ONNX int8 keeps every known item where float32 has it: promoted.
+    assert result.success and gate.passed
+    assert all(row["delta"] == 0.0 for row in metrics_table(gate).values())
+    assert store.serving_version(REPO).key == int8.key
+    assert [(p.from_key, p.to_key) for p in store.promotions(REPO)] == [(key_a, int8.key)]
 
 
 def test_chunking_on_and_off_go_through_the_same_gate(rollout):
