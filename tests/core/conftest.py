@@ -25,17 +25,26 @@ def parity_texts() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def reference_vectors(reference, parity_texts):
+    """``reference_vectors(**options)``: sentence-transformers' vectors of ``parity_texts``
+    with these encode options, encoded once per session for every test that compares with them."""
+    encoded = {}
+
+    def vectors(**options):
+        key = tuple(sorted(options.items()))
+        if key not in encoded:
+            encoded[key] = reference.encode(parity_texts, **options)
+            encoded[key].setflags(write=False)
+        return encoded[key]
+
+    return vectors
+
+
+@pytest.fixture(scope="session")
 def vectors() -> tuple[np.ndarray, np.ndarray]:
     """Random float32 queries (23 x 48) and corpus (1000 x 48)."""
     rng = np.random.default_rng(7)
     return rng.normal(size=(23, 48)).astype(np.float32), rng.normal(size=(1000, 48)).astype(np.float32)
-
-
-@pytest.fixture(scope="session")
-def reference(bundled_model_path):
-    from sentence_transformers import SentenceTransformer as ReferenceModel
-
-    return ReferenceModel(bundled_model_path, device="cpu")
 
 
 @pytest.fixture(scope="session")

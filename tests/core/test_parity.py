@@ -24,9 +24,9 @@ from tests.core.conftest import assert_rows_match, linked_copy, write_json
     ],
     ids=["default", "normalize", "truncate", "truncate+normalize", "prompt", "batch7"],
 )
-def test_encode_matches_reference(model, reference, parity_texts, options):
+def test_encode_matches_reference(model, reference_vectors, parity_texts, options):
     ours = model.encode(parity_texts, **options)
-    theirs = reference.encode(parity_texts, **options)
+    theirs = reference_vectors(**options)
     assert ours.dtype == np.float32
     assert_rows_match(ours, theirs)
 

@@ -178,10 +178,8 @@ def _assert_equal_to_direct_encode(model, ids, vectors, texts_by_id):
 
 
 @pytest.fixture(scope="module")
-def reference_model(bundled_model_path):
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(bundled_model_path, device="cpu")
+def reference_model(reference):
+    return reference
 
 
 def _backfills(cluster) -> dict[str, tuple[str, list[str]]]:
