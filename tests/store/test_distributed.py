@@ -114,7 +114,7 @@ def test_four_writer_processes_commit_different_partitions_at_once(lake, tmp_pat
         assert_vectors_exact(lake, version, lake.read_corpus(corpora[partition]).column("text").to_pylist())
 
 
-def test_two_writers_of_one_partition_both_commit_and_the_later_is_current(lake, tmp_path):
+def test_two_writers_of_one_partition_both_commit_and_the_first_is_served(lake, tmp_path):
     corpus = write_shard(lake, "shared", 300)
     meet = meeting(tmp_path, 2)
     writers = [start_writer(lake, "shared", "--revision", revision * 40, *meet) for revision in "cd"]
@@ -123,9 +123,10 @@ def test_two_writers_of_one_partition_both_commit_and_the_later_is_current(lake,
 
     versions = lake.embedding_versions("shared")
     assert sorted(v.revision for v in versions) == ["c" * 40, "d" * 40]
-    later = max(results, key=lambda result: result["snapshot_id"])
+    # A model never promoted serves its first version set: the one committed first.
+    first = min(results, key=lambda result: result["snapshot_id"])
     current = lake.current_embedding_version("shared", bumped().model)
-    assert current.version_id == later["version_id"]
+    assert current.version_id == first["version_id"]
     with lake.connect() as con:
         assert con.execute("SELECT DISTINCT revision, count(*) FROM embeddings GROUP BY ALL").fetchall() == [
             (current.revision, 300)]
@@ -175,7 +176,8 @@ def test_a_writer_killed_mid_encode_or_mid_commit_leaves_the_previous_version_cu
         assert lake_files(s3_server, lake.root) == files_before
 
     rerun = lake.write_embeddings("docs", corpus, bumped(revision="e" * 40, dim=DIM), EmbeddingParams(), TextHashEncoder(DIM))
-    assert rerun.created and lake.current_embedding_version("docs", previous.model) == rerun.version
+    # The rerun stores its revision whole; the served version stays the first until a promotion.
+    assert rerun.created and lake.current_embedding_version("docs", previous.model) == previous
     assert_vectors_exact(lake, rerun.version, texts)
 
 
