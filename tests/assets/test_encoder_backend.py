@@ -11,7 +11,7 @@ from embedding_assets.partitions import LANDING_BUCKETS
 from embedding_assets.resources import EncoderResource
 from embedding_core.hub import DEFAULT_MODEL_NAME
 from embedding_core.landing import bucket_of
-from embedding_core.store import EmbeddingStore
+from embedding_core.store import EmbeddingStore, version_key
 from tests.assets.conftest import materialize_everything
 
 
@@ -45,15 +45,23 @@ def test_a_lossy_backend_materializes_its_own_version_beside_the_exact_one(tmp_p
         _, lossy_vectors = store.read_embeddings(version)
         _, exact_vectors = store.read_embeddings(exact_versions[partition])
         assert not np.array_equal(lossy_vectors, exact_vectors)
-        assert store.current_embedding_version(partition, version.model).version_id == version.version_id
+        # A candidate beside the serving exact version until promoted.
+        assert store.current_embedding_version(partition, version.model).version_id == \
+            exact_versions[partition].version_id
+    model = next(iter(lossy.values())).model
+    lossy_key = version_key(next(iter(lossy.values())).revision, next(iter(lossy.values())).params_hash)
+    store.promote(model, lossy_key, reason="int8")
+    for partition, version in lossy.items():
+        assert store.current_embedding_version(partition, model).version_id == version.version_id
 
-    # Back to the default: the exact version is current again, nothing re-encoded.
+    # Back to the default: nothing re-encoded, and a rollback serves the exact version again.
     buckets = sorted({bucket_of(partition, LANDING_BUCKETS) for partition in exact_versions})
     again = materialize_selection(exact, instance, [AssetKey("embeddings")], buckets)
     assert all(result.success for result in again)
     encoded = [m.metadata["encoded_rows"].value for r in again for m in r.asset_materializations_for_node("landing_buckets")
                if m.asset_key == AssetKey("embeddings")]
     assert len(encoded) == len(exact_versions) and set(encoded) == {0}
+    store.rollback(model)
     for partition, version in exact_versions.items():  # the exact version is current again
         current = store.current_embedding_version(partition, version.model)
         assert current.version_id == version.version_id
