@@ -237,3 +237,26 @@ class Gather:
         if self.sentences is None:
             return torch.zeros((0, empty_width), dtype=torch.float32)
         return self.sentences.float() if self.sentences.dtype != torch.float32 else self.sentences
+
+
+def take_inputs(inputs: Any, kwargs: dict[str, Any]) -> Any:
+    """``inputs``, or ``sentences=`` (its older name) from ``kwargs``."""
+    if "sentences" in kwargs:
+        if inputs is not None:
+            raise ValueError("Both `inputs` and `sentences` were given; pass only `inputs`.")
+        inputs = kwargs.pop("sentences")
+    return inputs
+
+
+def call_max_length(processing_kwargs: dict[str, Any] | None) -> int | None:
+    """The token limit ``processing_kwargs={"text": {"max_length": n, "truncation": True}}`` asks for."""
+    if not processing_kwargs:
+        return None
+    text = dict(processing_kwargs.get("text", {}))
+    unsupported = sorted(set(processing_kwargs) - {"text"}) + sorted(set(text) - {"max_length", "truncation"})
+    if unsupported or text.get("truncation", True) is False:
+        raise ValueError(
+            f"processing_kwargs supports {{'text': {{'max_length': n, 'truncation': True}}}} only; got "
+            f"{processing_kwargs!r}."
+        )
+    return text.get("max_length")
