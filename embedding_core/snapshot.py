@@ -83,6 +83,13 @@ def load_snapshot_model(snapshot: ModelSnapshot, device: str | None = None, cach
     return model
 
 
+def configured_prompts(model: SentenceTransformer) -> dict[str, str]:
+    """The prompts the model's folder configures: the empty ``query``/``document`` prompts every
+    model has (as in sentence-transformers) change no vector, so a snapshot leaves them out and
+    records the same prompts as before they existed."""
+    return {name: prompt for name, prompt in model.prompts.items() if prompt}
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """A configured model and how texts are encoded with it (what ``EncoderResource`` holds)."""
@@ -128,7 +135,7 @@ class EncoderConfig:
         return replace(
             pinned, dim=int(model.get_sentence_embedding_dimension()),
             max_seq_length=model.max_seq_length,
-            pooling=tuple(model.pooling_modes), prompts=dict(model.prompts),
+            pooling=tuple(model.pooling_modes), prompts=configured_prompts(model),
             default_prompt_name=model.default_prompt_name,
             similarity_fn=model.similarity_fn_name,
             files_hash=folder_content_hash(resolved.path),
