@@ -63,11 +63,15 @@ def test_chunked_embeddings_split_long_documents_and_pass_every_check(tmp_path, 
     assert hits[0].char_start < start + len(sentence) and hits[0].char_end > start
     assert hits[0].text == long_text[hits[0].char_start:hits[0].char_end]
 
-    # Chunking off again: the unchunked version is written beside the chunked one.
+    # Chunking off again: the unchunked version is written beside the chunked one, which
+    # keeps serving until the unchunked one is promoted.
     plain = definitions_from_env({**env, "EMBEDDING_CHUNK_TOKENS": ""})
     assert all(r.success for r in materialize_selection(plain, instance, [AssetKey("embeddings")],
                                                         landing_partitions()))
     assert [v.rows for v in store.embedding_versions(DOCS)] == [len(chunks), rows]
+    assert store.current_embedding_version(DOCS, DEFAULT_MODEL_NAME).rows == len(chunks)
+    (candidate,) = [s for s in store.version_sets(DEFAULT_MODEL_NAME) if not s.serving]
+    store.promote(DEFAULT_MODEL_NAME, candidate.key, reason="chunking off")
     assert store.current_embedding_version(DOCS, DEFAULT_MODEL_NAME).rows == ROWS_PER_SHARD + len(LONG_DOCS)
 
 
