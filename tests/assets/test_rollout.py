@@ -247,9 +247,10 @@ def test_a_candidate_with_noise_in_its_weights_is_held_back_and_a_lossy_backend_
     result = rollout.promote(lossy)
     gate = rollout.gate()
     assert (gate.metadata["candidate"].value, gate.metadata["serving"].value) == (int8.key, key_a)
-    # ONNX int8 keeps every known item where float32 has it: promoted.
+    # ONNX int8 loses no metric by more than the tolerance: promoted. (Its deltas are 0 on one
+    # run and -0.00x on another: int8 vectors move with the runtime's kernels, so no exact value.)
     assert result.success and gate.passed
-    assert all(row["delta"] == 0.0 for row in metrics_table(gate).values())
+    assert all(row["within_tolerance"] and row["delta"] >= -0.01 for row in metrics_table(gate).values())
     assert store.serving_version(REPO).key == int8.key
     assert [(p.from_key, p.to_key) for p in store.promotions(REPO)] == [(key_a, int8.key)]
 
