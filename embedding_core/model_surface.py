@@ -145,6 +145,34 @@ class ModelSurface:
             return False
         return True
 
+    def preprocess(self, inputs: Sequence[str | tuple[str, str] | list[str]], prompt: str | None = None,
+                   processing_kwargs: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """The features the model takes for a batch of texts or text pairs, as the tokenizer
+        gives them (``input_ids``, ``attention_mask``, ``token_type_ids`` where the tokenizer has
+        them), with ``modality`` and, when ``prompt`` is prepended, its ``prompt_length``.
+        ``processing_kwargs`` overrides the tokenizer's arguments for this call (``"common"`` and
+        ``"text"`` entries). An empty batch gives ``{}``."""
+        if not len(inputs):
+            return {}
+        if isinstance(inputs, str):
+            raise TypeError("preprocess takes a batch of inputs: wrap the single text in a list")
+        pairs = [isinstance(item, tuple | list) for item in inputs]
+        if any(pairs) and not all(pairs):
+            raise ValueError("preprocess takes texts or text pairs, not both in one batch")
+        first = [item[0] if is_pair else item for item, is_pair in zip(inputs, pairs)]
+        second = [item[1] for item in inputs] if all(pairs) else None
+        if prompt:
+            first = [prompt + text for text in first]
+        arguments: dict[str, Any] = {"padding": True, "truncation": "longest_first",
+                                     "max_length": self.max_seq_length, "return_tensors": "pt"}
+        for section in ("common", "text"):
+            arguments.update((processing_kwargs or {}).get(section) or {})
+        features = dict(self.tokenizer(first, second, **arguments))
+        features["modality"] = "text"
+        if prompt:
+            features["prompt_length"] = self.transformer.prompt_length(prompt)
+        return features
+
     # ------------------------------------------------------------------ queries and documents
     def encode_query(self, inputs: str | Sequence[str] | None = None, prompt_name: str | None = None,
                      prompt: str | None = None, **kwargs: Any) -> Any:

@@ -358,3 +358,17 @@ def test_model_card_usage_snippet_names_the_model_id(model, tmp_path):
     reloaded.save(str(tmp_path / "second"), model_name="test_user/test_model")
     assert 'model = SentenceTransformer("test_user/test_model")' in (tmp_path / "second" / "README.md").read_text()
     assert reloaded.model_card_data.model_id == "test_user/test_model"
+
+
+@pytest.mark.parametrize("inputs, prompt", [
+    (TEXTS, None), (TEXTS, "query: "), ([("A question?", "An answer."), ("Short", "a longer second text")], None),
+    ([], None)])
+def test_preprocess_gives_the_features_the_reference_gives(prompted, inputs, prompt):
+    ours, reference = prompted
+    expected = reference.preprocess(inputs, prompt=prompt)
+    got = ours.preprocess(inputs, prompt=prompt)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(got[key], value) if torch.is_tensor(value) else got[key] == value, key
+    with pytest.raises(ValueError, match="not both"):
+        ours.preprocess(["a text", ("a", "pair")])
