@@ -69,6 +69,16 @@ class GraphQL:
         raise AssertionError(f"run {run_id} still not finished after {timeout_s} s")
 
 
+def roomy_instance(text: str) -> str:
+    """The project's dagster.yaml (for `dev_server`'s `instance_config`) with four concurrent
+    runs and a queue checked every second: a test's small runs do not wait for each other's
+    slots or the 5-s default dequeue. Asserts both settings are still there to change."""
+    assert "max_concurrent_runs: 2" in text and "class: QueuedRunCoordinator\n" in text
+    text = text.replace("max_concurrent_runs: 2", "max_concurrent_runs: 4")
+    return text.replace("class: QueuedRunCoordinator", "class: QueuedRunCoordinator\n  config:\n"
+                        "    dequeue_interval_seconds: 1")
+
+
 @contextlib.contextmanager
 def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None,
                instance_config: Callable[[str], str] = lambda text: text, in_project: bool = False,
