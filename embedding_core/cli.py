@@ -24,7 +24,6 @@ from collections.abc import Sequence
 
 from embedding_core.fs import default_store_root, is_uri
 from embedding_core.hub import folder_content_hash
-from embedding_core.snapshot import load_snapshot_model
 from embedding_core.store import (
     CATALOG_FILE_NAME,
     EmbeddingStore,
@@ -86,6 +85,9 @@ def _pick_version(store: EmbeddingStore, model: str, key: str | None) -> Version
 def _load_for(snapshot: ModelSnapshot, backend: str | None, device: str | None):
     """The snapshot's model on the version's backend (a lossy one, when it runs here; the
     exact one otherwise: its vectors are what the lossy one approximates)."""
+    # torch loads here, to encode a query: the store's commands never import it
+    from embedding_core.snapshot import load_snapshot_model
+
     if backend is not None:
         try:
             return load_snapshot_model(snapshot, device=device, backend=backend)
