@@ -16,6 +16,11 @@ A file that left the folder:
   until maintenance) when its content is still in the folder under another name (a
   rename, or a copy: the rows live on there), or with ``on_delete="retire"``.
 
+A file whose stored corpus rows lie in a damaged data file (missing, of another size than
+recorded, or found damaged by `verify --read-rows`) is read again even when unchanged: that
+writes its rows again and repairs it. Gone from the folder, it cannot be repaired that way:
+it fails, named with its partition.
+
     >>> report = sync_buckets(LandingFolder("landing"), store, ["bucket-03"], bucket_count=16)
     >>> report.stored, report.unchanged, report.failed
 """
@@ -69,6 +74,8 @@ def sync_buckets(
     read = read or landing.read
     listing = landing.listing()
     records = store.landing_records()
+    damaged = _damaged_keys(store, [key for key in set(listing) | set(records)
+                                    if bucket_of(key, bucket_count) in wanted])
     report = SyncReport()
     present_versions: dict[str, str] = {  # content version -> a present file that has it
         record.corpus_version: key for key, record in records.items()
@@ -85,7 +92,7 @@ def sync_buckets(
             continue
         file, record = files[0], records.get(key)
         if (record is not None and record.state == "stored" and record.fingerprint == file.fingerprint
-                and record.relative_path == file.relative_path):
+                and record.relative_path == file.relative_path and key not in damaged):
             report.unchanged.append(key)
             continue
         try:
@@ -100,7 +107,15 @@ def sync_buckets(
                                     relative_path=file.relative_path, fingerprint=file.fingerprint)
     for key, record in records.items():
         bucket = bucket_of(key, bucket_count)
-        if bucket not in wanted or key in listing or record.state != "stored":
+        if bucket not in wanted or key in listing:
+            continue
+        if key in damaged:
+            report.bucket_of[key] = bucket
+            report.failed[key] = (f"landing file {record.relative_path} (partition {key!r}) is gone and its "
+                                  f"stored corpus rows lie in a damaged data file ({damaged[key]}): put the "
+                                  f"file back in the landing folder and materialize {bucket} again")
+            continue
+        if record.state != "stored":
             continue
         report.bucket_of[key] = bucket
         renamed_to = present_versions.get(record.corpus_version)
@@ -120,6 +135,15 @@ def sync_buckets(
                                                 report=sorted(report.bucket_of))
     report.stored = {key: report.current[key] for key in report.shards}
     return report
+
+
+def _damaged_keys(store: EmbeddingStore, keys: list[str]) -> dict[str, str]:
+    """key -> the damaged data file its current corpus rows lie in, for those of `keys` whose
+    rows do: a check of the recorded sizes (and of what `verify --read-rows` recorded)."""
+    current = store.current_corpus_versions(keys)
+    files = store.damaged_files([version.write_id for version in current.values()])
+    return {key: file.path for file in files for key, version in current.items()
+            if version.write_id in file.write_ids}
 
 
 def bucket_state(store: EmbeddingStore, buckets: Iterable[str], bucket_count: int

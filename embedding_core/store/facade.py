@@ -251,13 +251,33 @@ class EmbeddingStore(ServingMethods):
         return sorted({partition for (partition,) in rows}
                       | {partition for partition, write_id in current if write_id in damaged})
 
+    def damaged_files(self, write_ids: Sequence[str]) -> list[damage.DamagedFile]:
+        """The data files holding rows of `write_ids` that are missing, of another size than
+        recorded, or recorded damaged by `verify --read-rows`: a step's cheap check of its
+        inputs (no file is opened)."""
+        if not write_ids:
+            return []
+        with self.connect() as con:
+            return damage.damaged_files(con, write_ids, footers=False)[1]
+
     def verify(self, read_rows: bool = False) -> VerifyReport:
         """Check every data file the lake references: that it exists, has the size the
         catalog recorded and a readable Parquet footer (and, with `read_rows`, that every
-        row reads: slower, it reads the whole lake). Names the damaged files and the
-        partitions whose current versions they hold; writing those again repairs them."""
+        row reads: slower, it reads the whole lake); and the files of each version set's
+        newest vector index (with `read_rows`, that they hold the stored rows and vectors).
+        Names the damaged files and the partitions whose current versions they hold;
+        writing those again (and building the index again) repairs them. Damage the size
+        does not show is recorded in the catalog, so the next materialization repairs it."""
         with self.connect() as con:
-            return damage.verify(con, read_rows=read_rows)
+            report = damage.verify(con, read_rows=read_rows)
+            indexes = vector_index.damaged_index_files(con, self._index_files, read_rows)
+        for path, problem in indexes:
+            logger.warning("Damaged vector index file %s: %s", self.uri(path), problem)
+        report = replace(report, damaged_files=report.damaged_files + [
+            damage.DamagedFile(self.uri(path), damage.INDEX_TABLE, problem, (), current=True)
+            for path, problem in indexes])
+        damage.record_damage(self._catalog, report.damaged_files)
+        return report
 
     # ------------------------------------------------------------------ writing
 

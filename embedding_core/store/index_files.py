@@ -42,6 +42,21 @@ class IndexFiles:
             os.replace(partial, target)
         return str(target)
 
+    def size(self, relative: str) -> int | None:
+        """The stored file's size in bytes (not a cached copy's), None when it is missing."""
+        info = self.filesystem.get_file_info(f"{self.base}/{relative}")
+        return info.size if info.type == pafs.FileType.File else None
+
+    def fresh_copy(self, relative: str, directory: str) -> str:
+        """A local file with the stored bytes of `relative` now: itself for a local store, a
+        download into `directory` (not the cache) for S3."""
+        if self.is_local:
+            return os.path.join(self.base, relative)
+        target = os.path.join(directory, relative.replace("/", "__"))
+        pafs.copy_files(f"{self.base}/{relative}", target, source_filesystem=self.filesystem,
+                        destination_filesystem=pafs.LocalFileSystem())
+        return target
+
     def put(self, local: str, relative: str) -> int:
         """Store the local file `local` as `relative` (a new name: nothing is overwritten)."""
         if self.is_local:

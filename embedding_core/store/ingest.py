@@ -134,6 +134,8 @@ def write_corpus_changes(catalog: Catalog, changes: Sequence[CorpusChange], run_
                    extra=json.dumps({"run_id": run_id, **({"partition": partitions[0]} if len(partitions) == 1
                                                           else {"partition_count": len(partitions)})}),
                    after=lambda con: after_commit.update(current_versions(con, wanted)))
+    if damaged:  # the damaged files' rows may all be written again by now
+        damage.retire_damaged_files(catalog, run_id)
     return after_commit
 
 

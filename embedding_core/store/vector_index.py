@@ -35,7 +35,9 @@ from datetime import datetime, timedelta, timezone
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+import embedding_core.store.damage as damage
 from embedding_core.store.catalog import Catalog
 from embedding_core.store.files import sql_str
 from embedding_core.store.index_files import INDEX_DIR, IndexFiles
@@ -105,19 +107,35 @@ def _record(row: tuple) -> IndexRecord:
     return IndexRecord(**values)
 
 
-_loaded: dict[str, LoadedIndex] = {}
+# (store root, index id) -> the open index: a copied store holds the same index ids.
+_loaded: dict[tuple[str, str], LoadedIndex] = {}
 _loaded_lock = threading.Lock()
 
 
 def load_index(files: IndexFiles, record: IndexRecord) -> LoadedIndex:
     """The index of `record`, memory-mapped (kept open per process: files never change).
     Raises `OSError` or `ValueError` when a file is missing or damaged."""
+    key = (files.root, record.index_id)
+    with _loaded_lock:
+        if key in _loaded:
+            return _loaded[key]
+    loaded = _read_index(record, files.local_path(record.path), files.local_path(record.rows_path))
+    group = (files.root, record.model, record.revision, record.params_hash)
+    with _loaded_lock:  # an older index of the same model version is not needed any more
+        for old in [k for k, o in _loaded.items() if (k[0], o.record.model, o.record.revision,
+                                                       o.record.params_hash) == group]:
+            del _loaded[old]
+        _loaded[key] = loaded
+    return loaded
+
+
+def _read_index(record: IndexRecord, index_path: str, rows_path: str) -> LoadedIndex:
+    """Open the index files of `record` at these local paths, checking them against it."""
     from usearch.index import Index
 
-    with _loaded_lock:
-        if record.index_id in _loaded:
-            return _loaded[record.index_id]
-    index_path, rows_path = files.local_path(record.path), files.local_path(record.rows_path)
+    if os.path.exists(index_path) and os.path.getsize(index_path) != record.bytes:
+        raise ValueError(f"index file {record.path} is damaged: {os.path.getsize(index_path)} bytes, the "
+                         f"catalog recorded {record.bytes}")
     for path, name in ((index_path, record.path), (rows_path, record.rows_path)):
         if not os.path.exists(path):
             raise ValueError(f"index file {name} is missing")
@@ -140,14 +158,60 @@ def load_index(files: IndexFiles, record: IndexRecord) -> LoadedIndex:
     if rows.num_rows != record.rows:
         raise ValueError(f"index rows file {record.rows_path} holds {rows.num_rows} rows, the catalog "
                          f"recorded {record.rows}")
-    loaded = LoadedIndex(record, index, rows)
-    group = (record.model, record.revision, record.params_hash)
-    with _loaded_lock:  # an older index of the same model version is not needed any more
-        for index_id in [i for i, o in _loaded.items() if (o.record.model, o.record.revision,
-                                                            o.record.params_hash) == group]:
-            del _loaded[index_id]
-        _loaded[record.index_id] = loaded
-    return loaded
+    return LoadedIndex(record, index, rows)
+
+
+def damaged_index_files(con: duckdb.DuckDBPyConnection, files: IndexFiles,
+                        read_rows: bool = False) -> list[tuple[str, str]]:
+    """(root-relative file, problem) for each damaged file of every version set's newest index: missing,
+    of another size than recorded, unreadable, and (with `read_rows`) holding rows or
+    vectors other than the stored ones. The next `vector_index` materialization rebuilds it."""
+    damaged = []
+    for record in current_indexes(con):
+        size = files.size(record.path)
+        if size is None or files.size(record.rows_path) is None:
+            missing = record.path if size is None else record.rows_path
+            damaged.append((missing, "missing"))
+            continue
+        if size != record.bytes:
+            damaged.append((record.path, f"size {size} bytes, the catalog recorded {record.bytes}"))
+            continue
+        with tempfile.TemporaryDirectory(prefix="verify-index-") as scratch:
+            try:
+                loaded = _read_index(record, files.fresh_copy(record.path, scratch),
+                                     files.fresh_copy(record.rows_path, scratch))
+                problem = _content_problem(con, loaded) if read_rows else None
+            except ValueError as error:
+                problem = f"unreadable: {error}"
+            if problem is not None:
+                damaged.append((record.rows_path if record.rows_path in problem else record.path, problem))
+    return damaged
+
+
+def _content_problem(con: duckdb.DuckDBPyConnection, loaded: LoadedIndex) -> str | None:
+    """Whether the index's rows and vectors are those the lake stores for its versions."""
+    stored = {v for (v,) in con.execute("SELECT version_id FROM stored_embedding_versions "
+                                        "WHERE list_contains(?, version_id)",
+                                        [list(loaded.record.versions)]).fetchall()}
+    try:
+        rows, vectors = version_rows(con, sorted(stored), loaded.record.dim)
+    except duckdb.Error as error:  # the lake's own damage, which its check reports
+        if damage.is_damage_error(error):
+            return None
+        raise
+    order = [("version_id", "ascending"), ("id", "ascending"), ("chunk", "ascending")]
+    held = loaded.rows.filter(pc.is_in(loaded.rows.column("version_id"), pa.array(sorted(stored))))
+    held = held.take(pc.sort_indices(held, order))
+    expected = pc.sort_indices(rows, order)
+    if not held.drop(["key"]).equals(rows.take(expected)):
+        return "its rows are not the stored rows of the versions it covers"
+    indexed = np.asarray(loaded.index.get(held.column("key").to_numpy()), np.float32).reshape(len(held), -1)
+    wanted = vectors[expected.to_numpy()]
+    cosine = np.sum(indexed * wanted, axis=1) / np.maximum(
+        np.linalg.norm(indexed, axis=1) * np.linalg.norm(wanted, axis=1), 1e-12)
+    if len(cosine) and cosine.min() < 0.99:
+        return f"{int((cosine < 0.99).sum())} of its vectors are not the stored ones"
+    return None
 
 
 # ----------------------------------------------------------------------------- building
@@ -191,7 +255,8 @@ def build_index(catalog: Catalog, files: IndexFiles, group: tuple[str, str, str,
             "revision = ? AND params_hash = ? ORDER BY version_id", [model, revision, params_hash]).fetchall()]
         previous = next((r for r in current_indexes(con, model)
                          if (r.revision, r.params_hash) == (revision, params_hash)), None)
-        base = _usable_previous(files, previous, dim, metric) if previous and not rebuild else None
+        base = (_usable_previous(files, previous, dim, metric, damage.recorded_damage(con))
+                if previous and not rebuild else None)
         if base is not None and set(base.record.versions) == set(current):
             return IndexBuild(base.record, 0, 0, unchanged=True)
         retired = set(base.record.versions) - set(current) if base else set()
@@ -246,9 +311,17 @@ def build_index(catalog: Catalog, files: IndexFiles, group: tuple[str, str, str,
     return IndexBuild(record, len(vectors), removed, unchanged=False)
 
 
-def _usable_previous(files: IndexFiles, record: IndexRecord, dim: int, metric: str) -> LoadedIndex | None:
-    """The previous index, if it can be updated: same shape, and its files read."""
+def _usable_previous(files: IndexFiles, record: IndexRecord, dim: int, metric: str,
+                     recorded: dict[str, str]) -> LoadedIndex | None:
+    """The previous index, if it can be updated: same shape, its stored files of the recorded
+    size (not only a cached copy), not found damaged by `verify --read-rows`, and read."""
     if record.dim != dim or record.metric != metric:
+        return None
+    problem = recorded.get(os.path.basename(record.path))
+    if problem is None and (files.size(record.path) != record.bytes or files.size(record.rows_path) is None):
+        problem = "missing or of another size than recorded"
+    if problem is not None:
+        logger.warning("vector index %s is not updated but built again: %s", record.path, problem)
         return None
     try:
         return load_index(files, record)

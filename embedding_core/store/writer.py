@@ -4,6 +4,7 @@ connection open, then one short lake transaction for rows, record and commit mes
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -39,6 +40,8 @@ from embedding_core.store.rows import (
 from embedding_core.store.views import VECTOR_TABLES, ensure_embeddings_view
 
 __all__ = ["corpus_rows", "corpus_rows_of", "version_id", "write_embeddings", "write_embeddings_batch"]
+
+logger = logging.getLogger(__name__)
 
 
 def version_id(partition: str, snapshot: ModelSnapshot, params: EmbeddingParams, corpus_version: str) -> str:
@@ -89,7 +92,7 @@ def write_embeddings_batch(
         to_write = [(corpus, vid) for corpus, vid in zip(corpora, vids, strict=True) if vid not in reuse]
         rows_by_write = corpus_rows_of(con, [corpus for corpus, _ in to_write], " (write the corpus again first)")
         if not params.chunked:
-            unique_shas, known = _stored_vectors(con, snapshot, params, dtype, width, rows_by_write)
+            unique_shas, known = _stored_vectors(con, snapshot, params, dtype, width, rows_by_write, damaged)
     if params.chunked:
         if chunker is None:
             raise ValueError(f"embedding params {params.params_hash} chunk texts "
@@ -97,7 +100,7 @@ def write_embeddings_batch(
         # Tokenizing: no connection open. The chunks' hashes are what is looked up.
         rows_by_write = chunk_rows(rows_by_write, chunker)
         with catalog.connection() as con:
-            unique_shas, known = _stored_vectors(con, snapshot, params, dtype, width, rows_by_write)
+            unique_shas, known = _stored_vectors(con, snapshot, params, dtype, width, rows_by_write, damaged)
 
     # Encoding: no connection, no transaction, no lock of any kind is held.
     missing_shas = [sha for sha in unique_shas if sha not in known]
@@ -148,6 +151,8 @@ def write_embeddings_batch(
         reused_rows[vid] = rows.num_rows - new_rows
     committed, created, stored_rows = _commit_versions(catalog, records, run_id, damaged,
                                                        read_back_of=corpora if read_back else ())
+    if damaged:  # the damaged files' rows may all be written again by now
+        damage.retire_damaged_files(catalog, run_id)
     results = []
     for vid in vids:
         encoded = encoded_rows.get(vid, 0) if vid in created else 0
@@ -160,18 +165,28 @@ def write_embeddings_batch(
 
 
 def _stored_vectors(con: duckdb.DuckDBPyConnection, snapshot: ModelSnapshot, params: EmbeddingParams, dtype: str,
-                    width: int, rows_by_write: dict[str, pa.Table]) -> tuple[list[str], dict[str, np.ndarray]]:
+                    width: int, rows_by_write: dict[str, pa.Table], damaged: set[str]
+                    ) -> tuple[list[str], dict[str, np.ndarray]]:
     """The distinct text hashes of the rows to write, and the vectors stored for them already
-    (none from damaged files)."""
+    (none from damaged files: those known, `damaged`, and any a read runs into)."""
     all_shas = pa.chunked_array([rows.column("text_sha256") for rows in rows_by_write.values()], type=pa.string())
     unique_shas, _ = unique_with_first_index(all_shas)
     args = (con, snapshot.model, snapshot.revision, params.params_hash, dtype, unique_shas, width)
     try:
-        return unique_shas, queries.stored_vectors(*args)
+        return unique_shas, queries.stored_vectors(*args, exclude=damaged)
     except duckdb.Error as error:  # reuse nothing from damaged files
         if not damage.is_damage_error(error):
             raise
-        return unique_shas, queries.stored_vectors(*args, exclude=damage.damaged_write_ids(con))
+    try:
+        return unique_shas, queries.stored_vectors(*args, exclude=damaged | damage.damaged_write_ids(con))
+    except duckdb.Error as error:
+        # A damaged file's write id range can span healthy writes of other files: the scan
+        # cannot skip it by its statistics. Until it is written again, encode instead.
+        if not damage.is_damage_error(error):
+            raise
+        logger.warning("stored vectors lie past a damaged data file; encoding the texts again: %s",
+                       str(error).splitlines()[0])
+        return unique_shas, {}
 
 
 def corpus_rows(con: duckdb.DuckDBPyConnection, corpus: CorpusVersion, hint: str = "") -> pa.Table:
