@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 # Extra pytest arguments for `make test`, e.g. PYTEST_ARGS="--durations=15" (.ci/run) or a path.
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`; each takes whole test modules (--dist loadfile), so a
+# module's shared servers and stores are built once. 0 runs the suite in this process.
+PYTEST_WORKERS ?= 2
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -42,7 +45,7 @@ test: setup browser
 	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m ruff check embedding_core embedding_assets deploy tests benchmarks scripts
 	$(DG) check defs
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The UI on http://127.0.0.1:3000 (`dg dev`; plain `dagster dev -w workspace.yaml` works too),
 # started in DAGSTER_HOME: started here, Dagster would warn that ./dagster.yaml is not the

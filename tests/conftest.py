@@ -51,6 +51,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.line(f"SKIPPED {nodeid}: {reason}", red=True)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules with end-to-end (``slow``) tests first, those allowed the longest timeout
+    first among them: on two workers (`make test`, which keeps xdist from reordering) the long
+    modules start early and the short ones fill in around them, so both workers finish
+    together. A module's tests keep their order."""
+    rank: dict[str, tuple[bool, float]] = {}
+    for item in items:
+        slow = item.get_closest_marker("slow") is not None
+        timeout = item.get_closest_marker("timeout")
+        allowed = float(timeout.args[0]) if timeout and timeout.args else 0.0
+        was_slow, was_allowed = rank.get(item.module.__name__, (False, 0.0))
+        rank[item.module.__name__] = (was_slow or slow, max(was_allowed, allowed))
+    items.sort(key=lambda item: (not rank[item.module.__name__][0], -rank[item.module.__name__][1]))
+
+
 def read_jsonl_texts(name: str) -> list[str]:
     with open(DATA_DIR / name, encoding="utf-8") as fh:
         return [json.loads(line)["text"] for line in fh if line.strip()]

@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_pytest(folder: Path, ci: str | None) -> subprocess.CompletedProcess:
+def run_pytest(folder: Path, ci: str | None, workers: str = "0") -> subprocess.CompletedProcess:
     (folder / "test_one_skip.py").write_text(
         "import pytest\n\n"
         "def test_runs():\n    assert True\n\n"
@@ -24,13 +26,14 @@ def run_pytest(folder: Path, ci: str | None) -> subprocess.CompletedProcess:
     # The suite's conftest as a plugin, on a folder of its own (no ini file, no other tests).
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
-         "--rootdir", str(folder), "-c", os.devnull, str(folder)],
+         "-n", workers, "--rootdir", str(folder), "-c", os.devnull, str(folder)],
         capture_output=True, text=True, cwd=folder, env=env, timeout=120,
     )
 
 
-def test_a_skip_fails_the_run_under_ci_and_is_named(tmp_path):
-    completed = run_pytest(tmp_path, "true")
+@pytest.mark.parametrize("workers", ["0", "2"])  # in this process, and on xdist workers as `make test` runs
+def test_a_skip_fails_the_run_under_ci_and_is_named(tmp_path, workers):
+    completed = run_pytest(tmp_path, "true", workers)
     assert completed.returncode == 1, completed.stdout
     assert "skipped tests fail the run under CI=true" in completed.stdout
     assert "SKIPPED test_one_skip.py::test_needs_a_missing_thing: Skipped: no frobnicator here" in completed.stdout
