@@ -1,5 +1,8 @@
 """Where a store lives: root, catalog, environment variables, and the duckdb shell one-liner."""
 
+import subprocess
+import sys
+
 import pytest
 
 from embedding_core.store import EmbeddingParams, EmbeddingStore
@@ -81,3 +84,13 @@ def test_duckdb_shell_sql_opens_the_views_in_a_plain_connection(store, sample_ro
         shell.execute("USE memory")
         shell.execute("DETACH lake")
         shell.close()
+
+
+def test_the_store_and_its_commands_start_without_the_encoder():
+    """A writer process or `embedding-store` imports neither torch nor transformers (seconds of
+    start-up each); they load when a text is encoded."""
+    code = ("import sys, embedding_core.cli, embedding_core.store\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    started = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert started.stdout.strip() == "[]"
