@@ -64,7 +64,7 @@ def run_workflow(tmp_path: Path, contexts: dict[str, dict[str, str]]) -> tuple[d
     workflow = yaml.safe_load(WORKFLOW.read_text())
     job = workflow["jobs"]["backfill"]
     inputs = workflow[True]["workflow_dispatch"]["inputs"]  # YAML 1.1 reads the key `on` as True
-    assert set(contexts["inputs"]) <= set(inputs) == {"model_revision", "from", "to"}
+    assert set(contexts["inputs"]) <= set(inputs) == {"model_revision", "from", "to", "promote"}
     env = {key: render(str(value), contexts) for key, value in job["env"].items()}
     base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
     base.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -90,12 +90,14 @@ def test_the_backfill_workflow_steps_run_here_and_store_every_row(tmp_path, monk
     workflow against a deployment)."""
     landing = write_sample_slice(tmp_path / "landing", rows=4)
     first, last = sorted(SHARDS)[0], sorted(SHARDS)[-1]
-    env, _ = run_workflow(tmp_path, {
+    env, ran = run_workflow(tmp_path, {
         "vars": {"DAGSTER_HOME": str(tmp_path / "dagster_home"), "EMBEDDING_STORE_ROOT": str(tmp_path / "store"),
                  "EMBEDDING_LANDING_DIR": str(landing)},
         "secrets": {},  # EMBEDDING_CATALOG unset: the store's own DuckDB catalog
-        "inputs": {"model_revision": "", "from": first, "to": last},
+        "inputs": {"model_revision": "", "from": first, "to": last, "promote": "true"},
     })
+    # promote=true: the gate judged the new version set (here the model's first, so it serves)
+    assert re.search(r"^promotion: .*serving_version: \w+", ran[-1][1].stdout, re.M), ran[-1][1].stdout[-3000:]
 
     # Every landing row is stored once, with its vector; the runs are in the job's instance.
     store = EmbeddingStore(env["EMBEDDING_STORE_ROOT"])
@@ -108,4 +110,4 @@ def test_the_backfill_workflow_steps_run_here_and_store_every_row(tmp_path, monk
     with DagsterInstance.get() as instance:
         runs = instance.get_runs()
     assert runs and {run.status for run in runs} == {DagsterRunStatus.SUCCESS}
-    assert {run.job_name for run in runs} == {"snapshot_model", "embed_corpus"}
+    assert {run.job_name for run in runs} == {"snapshot_model", "embed_corpus", "promote_candidate"}
