@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.assets.test_dagster_dev import REPOSITORY, WORKSPACE, GraphQL, dev_server
+from tests.assets.test_dagster_dev import REPOSITORY, WORKSPACE, GraphQL, dev_server, roomy_instance
 
 FILES = {
     "alpha.jsonl": [("a1", "The cat sat on the mat."), ("a2", "A dog barked at the mailman.")],
@@ -74,7 +74,7 @@ def test_every_landing_change_is_embedded_through_the_daemon(tmp_path, monkeypat
         write(landing, name, rows)
     store_root = tmp_path / "store"
     dagster = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", WORKSPACE]
-    with dev_server(tmp_path, dagster, landing=landing) as (graphql, _, _):
+    with dev_server(tmp_path, dagster, landing=landing, instance_config=roomy_instance) as (graphql, _, _):
         sensor_id = graphql("""query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
             ... on Sensor { id sensorState { status } } } }""",
                             selector={**REPOSITORY, "sensorName": "corpus_landing_sensor"})["sensorOrError"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.assets.test_dagster_dev import WORKSPACE, dev_server
+from tests.assets.test_dagster_dev import WORKSPACE, dev_server, roomy_instance
 
 PARTITION = "bucket-04"  # the landing bucket of python_docs.jsonl (its only file)
 ROWS = 4  # rows per landing file (dev_server's sample slice)
@@ -40,7 +40,7 @@ def test_ui_shows_the_graph_partitions_checks_and_launches_a_partition_by_clicki
 
     executable = chromium_path()
     dg = str(Path(sys.executable).with_name("dg"))
-    with (dev_server(tmp_path, [dg, "dev", "-w", WORKSPACE]) as (graphql, port, _),
+    with (dev_server(tmp_path, [dg, "dev", "-w", WORKSPACE], instance_config=roomy_instance) as (graphql, port, _),
           sync_playwright() as playwright):
         base = f"http://127.0.0.1:{port}"
         assert graphql.wait_for_run(graphql.launch("model_snapshot"), timeout_s=300) == "SUCCESS"
