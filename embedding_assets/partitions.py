@@ -11,15 +11,14 @@ files; the store, keyed by file, is untouched).
 """
 
 import contextlib
-import os
 import warnings
 from collections.abc import Sequence
 
 from dagster import BackfillPolicy, BetaWarning, StaticPartitionsDefinition
 
-from embedding_core.landing import bucket_keys
+from embedding_core.landing import bucket_count, bucket_keys
 
-LANDING_BUCKETS = int(os.environ.get("EMBEDDING_LANDING_BUCKETS") or 16)
+LANDING_BUCKETS = bucket_count()
 corpus_partitions = StaticPartitionsDefinition(list(bucket_keys(LANDING_BUCKETS)))
 
 # A backfill runs up to this many buckets per run: the model loads once per run, and a

@@ -24,12 +24,14 @@ from collections.abc import Sequence
 
 from embedding_core.fs import default_store_root, is_uri
 from embedding_core.hub import folder_content_hash
+from embedding_core.landing import bucket_count, bucket_of
 from embedding_core.store import (
     CATALOG_FILE_NAME,
     EmbeddingStore,
     ModelSnapshot,
     Promotion,
     SearchHit,
+    VerifyReport,
     VersionError,
     VersionSet,
 )
@@ -220,17 +222,39 @@ def store_main(argv: Sequence[str] | None = None) -> int:
         print(f"embedding-store {args.command}: {error}", file=sys.stderr)
         return 1
     report = store.verify(read_rows=args.read_rows)
+    repair = repair_advice(store, report)
     if args.json:
-        print(json.dumps(dataclasses.asdict(report)))
-    else:
-        print(f"{store.catalog_label}: {report.files_checked} data files checked, "
-              f"{len(report.damaged_files)} damaged")
-        for file in report.damaged_files:
-            print(f"  {file.path}  [{file.table}; partitions {', '.join(file.partitions) or '-'}"
-                  f"{'; current' if file.current else ''}]: {file.problem}")
-        if report.damaged_partitions:
-            print(f"damaged partitions (materialize them again to repair): {', '.join(report.damaged_partitions)}")
+        print(json.dumps({**dataclasses.asdict(report), "repair": repair}))
+        return 0 if report.ok else 1
+    print(f"{store.catalog_label}: {report.files_checked} data files checked, {len(report.damaged_files)} damaged")
+    for file in report.damaged_files:
+        print(f"  {file.path}  [{file.table}; partitions {', '.join(file.partitions) or '-'}"
+              f"{'; current' if file.current else ''}]: {file.problem}")
+    if repair["partitions"]:
+        print("damaged partitions (landing file, Dagster partition): " + ", ".join(
+            f"{key} ({p['landing_file'] or 'no landing file'}, {p['bucket']})" for key, p in repair["partitions"].items()))
+        print(f"materialize corpus + embeddings of {', '.join(repair['buckets'])} to repair them "
+              "(the UI's Materialize, or):")
+        print(f"  {repair['command']}")
+    if report.damaged_indexes:
+        print("materialize vector_index to build the damaged index again (or):")
+        print(f"  {repair['index_command']}")
     return 0 if report.ok else 1
+
+
+def repair_advice(store: EmbeddingStore, report: VerifyReport) -> dict:
+    """What repairs the damage `report` found: each damaged partition's landing file and
+    Dagster partition (its landing bucket), the buckets to materialize and the backfill
+    command that does it; the command that builds a damaged vector index again."""
+    records = store.landing_records(report.damaged_partitions) if report.damaged_partitions else {}
+    partitions = {key: {"landing_file": records[key].relative_path if key in records else None,
+                        "bucket": bucket_of(key, bucket_count())} for key in report.damaged_partitions}
+    buckets = sorted({p["bucket"] for p in partitions.values()})
+    return {"partitions": partitions, "buckets": buckets,
+            "command": f"{sys.executable} -m embedding_assets.backfill --partitions {','.join(buckets)}"
+            if buckets else None,
+            "index_command": f"{os.path.join(os.path.dirname(sys.executable), 'dagster')} asset materialize "
+            "-m embedding_assets.definitions --select vector_index" if report.damaged_indexes else None}
 
 
 def _model_name(store: EmbeddingStore, given: str | None, required: bool) -> str | None:

@@ -19,7 +19,6 @@ States of a landing file's record:
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ import embedding_core.store.queries as queries
 from embedding_core.store.catalog import Catalog
 from embedding_core.store.files import sql_str
 from embedding_core.store.records import CorpusVersion, LandingRecord, sha256_json
-from embedding_core.store.rows import validated_corpus
+from embedding_core.store.rows import new_write_id, validated_corpus
 
 __all__ = ["CorpusChange", "corpus_content_version", "current_versions", "landing_records", "landing_state",
            "write_corpus_changes"]
@@ -107,7 +106,7 @@ def write_corpus_changes(catalog: Catalog, changes: Sequence[CorpusChange], run_
             if before is not None and before.write_id not in damaged:
                 write_id = before.write_id
             else:
-                write_id = uuid.uuid4().hex
+                write_id = new_write_id()
                 new_rows.append(table.add_column(0, "write_id", pa.array([write_id] * table.num_rows,
                                                                          pa.string())))
             records.append([partition, versions[partition], table.num_rows, change.rejected_rows,

@@ -4,6 +4,8 @@ distinct text once, splitting texts into chunk rows, and turning stored vector l
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -13,8 +15,17 @@ import pyarrow.compute as pc
 
 from embedding_core.store.records import CORPUS_SCHEMA, text_sha256
 
-__all__ = ["CHUNK_COLUMNS", "Chunker", "check_encoded", "chunk_rows", "unique_with_first_index",
+__all__ = ["CHUNK_COLUMNS", "Chunker", "check_encoded", "chunk_rows", "new_write_id", "unique_with_first_index",
            "validated_corpus", "vectors_to_numpy"]
+
+
+def new_write_id() -> str:
+    """The id of one write's rows: 32 hex digits, the time first, so a later write sorts
+    after every earlier one. DuckLake skips a data file by the min and max write id it holds:
+    with ids in time order, a file's range does not span the writes of later commits, and a
+    damaged file stays out of their reads (`damage`)."""
+    return f"{time.time_ns():016x}{secrets.token_hex(8)}"
+
 
 # The columns a chunked version's rows add (`views.CHUNK_COLUMNS_SQL`).
 CHUNK_COLUMNS = ("chunk", "char_start", "char_end")

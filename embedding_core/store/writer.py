@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
@@ -34,6 +33,7 @@ from embedding_core.store.rows import (
     Chunker,
     check_encoded,
     chunk_rows,
+    new_write_id,
     unique_with_first_index,
     vectors_to_numpy,
 )
@@ -129,7 +129,7 @@ def write_embeddings_batch(
         rows = rows_by_write[corpus.write_id]
         shas = rows.column("text_sha256").to_pylist()
         vectors = np.stack([known[sha] for sha in shas]) if shas else np.empty((0, width), dtype=dtype)
-        write_id = uuid.uuid4().hex
+        write_id = new_write_id()
         vector_rows = pa.table({
             "write_id": pa.array([write_id] * rows.num_rows, pa.string()),
             "id": rows.column("id"), "text_sha256": rows.column("text_sha256"),

@@ -102,7 +102,8 @@ def test_a_damaged_data_file_takes_down_only_its_partition_until_it_is_written_a
     assert store.stale_partitions(SNAPSHOT, PARAMS) == ["b"]
     command = verify_command(store)
     assert command.returncode == 1, command.stderr
-    assert broken in command.stdout and "damaged partitions (materialize them again to repair): b" in command.stdout
+    assert broken in command.stdout
+    assert "damaged partitions (landing file, Dagster partition): b (no landing file, bucket-" in command.stdout
 
     # Materializing the partition again repairs it, and the damaged file leaves the lake;
     # earlier records stay.
