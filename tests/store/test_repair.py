@@ -16,6 +16,7 @@ import glob
 import json
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 
 import pytest
@@ -203,3 +204,63 @@ def test_materializing_what_verify_names_repairs_the_local_store(local_store, tm
         relative = local_store.files[(kind, side)]
     path = damage_local(store, relative, how)
     check_repair(store, local_store, path, kind, side, how)
+
+
+def test_a_damaged_corpus_whose_landing_file_is_gone_fails_its_bucket_naming_file_and_partition(local_store, tmp_path):
+    store = local_copy(local_store, tmp_path)
+    landing = shutil.copytree(local_store.landing, tmp_path / "landing")
+    os.remove(landing / SINGLE)
+    path = damage_local(store, local_store.files[("corpus_rows", "single")], "delete")
+    report = sync_buckets(LandingFolder(str(landing)), store, [SINGLE_BUCKET, SHARED_BUCKET], BUCKETS)
+    assert report.failed == {SINGLE: f"landing file {SINGLE} (partition {SINGLE!r}) is gone and its stored corpus "
+                                     f"rows lie in a damaged data file ({path}): put the file back in the landing "
+                                     f"folder and materialize {SINGLE_BUCKET} again"}
+    assert report.bucket_of[SINGLE] == SINGLE_BUCKET and sorted(report.unchanged) == sorted(SHARED)
+
+
+# ----------------------------------------------------------------------------- S3
+
+# One case per damage kind and per way of damage on object storage (the local matrix has them all).
+S3_CASES = [("delete", "corpus_rows", "shared"), ("truncate", "index", "single"),
+            ("zero_middle", "embedding_rows", "shared")]
+
+
+@pytest.fixture(scope="module")
+def s3_store(s3_server, tmp_path_factory):
+    """The undamaged store on S3 (its catalog a local DuckDB file), and a client."""
+    base = tmp_path_factory.mktemp("undamaged_s3")
+    landing = str(base / "landing")
+    write_landing(landing)
+    client = s3_server.client()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in s3_server.env().items():
+            patch.setenv(key, value)
+        patch.setenv("EMBEDDING_INDEX_CACHE", str(base / "index_cache"))
+        bucket = s3_server.create_bucket(f"repair-{uuid.uuid4().hex[:12]}").removeprefix("s3://")
+
+        def keys() -> set[str]:
+            return {item["Key"].removeprefix("undamaged/") for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix="undamaged/") for item in page.get("Contents", [])}
+
+        yield build(f"s3://{bucket}/undamaged", str(base / "catalog.ducklake"), landing, keys), client, bucket
+
+
+@pytest.mark.parametrize(("how", "kind", "side"), S3_CASES, ids=["-".join(case) for case in S3_CASES])
+def test_materializing_what_verify_names_repairs_a_store_on_s3(s3_store, tmp_path, monkeypatch, how, kind, side):
+    built, client, bucket = s3_store
+    monkeypatch.setenv("EMBEDDING_INDEX_CACHE", str(tmp_path / "index_cache"))
+    prefix = f"case-{uuid.uuid4().hex[:12]}"
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="undamaged/"):
+        for item in page.get("Contents", []):
+            client.copy_object(Bucket=bucket, Key=item["Key"].replace("undamaged/", f"{prefix}/", 1),
+                               CopySource={"Bucket": bucket, "Key": item["Key"]})
+    shutil.copy(built.catalog, tmp_path / "catalog.ducklake")
+    store = EmbeddingStore(f"s3://{bucket}/{prefix}", tmp_path / "catalog.ducklake")
+    relative = built.index["usearch"] if kind == "index" else built.files[(kind, side)]
+    key = f"{prefix}/{relative}"
+    data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    client.delete_object(Bucket=bucket, Key=key)
+    result = damaged(data, how, key.endswith(".parquet"))
+    if result is not None:
+        client.put_object(Bucket=bucket, Key=key, Body=result)
+    check_repair(store, built, f"s3://{bucket}/{key}", kind, side, how)
