@@ -136,17 +136,21 @@ def test_two_writers_of_one_partition_both_commit_and_the_first_is_served(lake, 
 
 
 def test_a_small_shard_started_while_a_large_one_encodes_finishes_first(lake, tmp_path):
-    write_shard(lake, "large", 5000)
+    """No lock is held while encoding: the large shard's writer stays in its encode until the
+    small one has committed (were encoding to hold the store, the small writer would wait)."""
+    write_shard(lake, "large", 500)
     write_shard(lake, "small", 50)
-    large = start_writer(lake, "large", "--encode-seconds", "40", "--ready", str(tmp_path / "large-encoding"))
+    release = tmp_path / "release-large"
+    large = start_writer(lake, "large", "--ready", str(tmp_path / "large-encoding"), "--encode-until", str(release))
     wait_for(tmp_path / "large-encoding", large)
     small = finish(start_writer(lake, "small"))
-    assert large.poll() is None, "the large shard finished before the small one"
+    assert large.poll() is None, "the large shard's writer ended while it should be encoding"
+    release.touch()
     large_result = finish(large)
     assert small["snapshot_id"] < large_result["snapshot_id"]
     with lake.connect() as con:
         assert con.execute("SELECT partition, count(*) FROM embeddings GROUP BY ALL ORDER BY 1").fetchall() == [
-            ("large", 5000), ("small", 50)]
+            ("large", 500), ("small", 50)]
 
 
 @pytest.mark.parametrize("moment", ["encode", "commit"])
@@ -160,8 +164,9 @@ def test_a_writer_killed_mid_encode_or_mid_commit_leaves_the_previous_version_cu
 
     marker = tmp_path / moment
     option = "--ready" if moment == "encode" else "--hang-in-commit"
-    writer = start_writer(lake, "docs", "--revision", "e" * 40, "--encode-seconds", "600" if moment == "encode" else "0",
-                          option, str(marker))
+    # Mid-encode: held until a file nobody creates; mid-commit: hung in the open transaction.
+    hold = ["--encode-until", str(tmp_path / "never")] if moment == "encode" else []
+    writer = start_writer(lake, "docs", "--revision", "e" * 40, *hold, option, str(marker))
     wait_for(marker, writer)
     writer.send_signal(signal.SIGKILL)
     assert writer.wait() == -signal.SIGKILL

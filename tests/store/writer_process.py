@@ -6,10 +6,11 @@ Embeds the partition's current corpus with `TextHashEncoder(DIM)` and prints the
 JSON. Options shape the timing: `--meet DIR --writers N` holds the writer at a barrier
 until N writers have reached it (`--meet-in encode`: all encode at once; `--meet-in commit`:
 inside the commit transaction, rows written, so N transactions are open together and their
-commits genuinely conflict), `--encode-seconds` makes encoding slow, `--ready`
-names a file touched when encoding starts, `--hang-in-commit` a file touched inside the
-commit transaction (rows written, not committed) before the writer hangs there, and
-`--busy-timeout` how long it waits for a catalog file another process holds. It logs to stderr.
+commits genuinely conflict), `--encode-until FILE` holds encoding until the file exists
+(an event of the test, not a clock), `--ready` names a file touched when encoding starts,
+`--hang-in-commit` a file touched inside the commit transaction (rows written, not
+committed) before the writer hangs there, and `--busy-timeout` how long it waits for a
+catalog file another process holds. It logs to stderr.
 """
 
 import argparse
@@ -24,6 +25,14 @@ from embedding_core.store import writer as store_writer
 from tests.store.fakes import SNAPSHOT, TextHashEncoder, bumped
 
 
+def wait_until_exists(path: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{path} never appeared")
+        time.sleep(0.05)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     for name in ("root", "catalog", "partition"):
@@ -34,7 +43,7 @@ def main() -> None:
     parser.add_argument("--meet", type=Path)
     parser.add_argument("--writers", type=int, default=1)
     parser.add_argument("--meet-in", choices=["encode", "commit"], default="commit")
-    parser.add_argument("--encode-seconds", type=float, default=0.0)
+    parser.add_argument("--encode-until", type=Path)
     parser.add_argument("--ready", type=Path)
     parser.add_argument("--hang-in-commit", type=Path)
     parser.add_argument("--busy-timeout", type=float, default=600.0)
@@ -59,7 +68,8 @@ def main() -> None:
     def encode(texts: list[str]):
         if args.ready:
             args.ready.touch()
-        time.sleep(args.encode_seconds)
+        if args.encode_until:
+            wait_until_exists(args.encode_until)
         if args.meet and args.meet_in == "encode":
             meet()
         return encoder(texts)
