@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from embedding_core.cli import main as search_main
+from embedding_core.cli import store_main
 from embedding_core.corpus import read_corpus_file
 from embedding_core.snapshot import EncoderConfig
 from embedding_core.store import EmbeddingStore, version_key
@@ -19,23 +21,36 @@ from tests.store.test_serving_versions import (
     MODEL,
     A,
     B,
-    half_finished_rollout,
     served,
     write,
 )
 
 
-def store_command(*args: str) -> subprocess.CompletedProcess:
+def store_process(*args: str) -> subprocess.CompletedProcess:
+    """`embedding-store ARGS` run as a process."""
     command = str(Path(sys.executable).with_name("embedding-store"))
     return subprocess.run([command, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
-@pytest.mark.slow
-def test_versions_promote_and_rollback_commands(tmp_path):
-    store = half_finished_rollout(tmp_path)
-    root = str(tmp_path / "store")
+@pytest.fixture
+def store_command(capsys):
+    """``store_command(*args)``: `embedding-store ARGS` through the command's entry point in this
+    process (its exit status and output; the first call of each test runs it as a process)."""
 
-    listed = store_command("versions", "--store", root)
+    def run(*args: str) -> subprocess.CompletedProcess:
+        status = store_main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["embedding-store", *args], status, out, err)
+
+    return run
+
+
+@pytest.mark.slow
+def test_versions_promote_and_rollback_commands(half_finished_rollout, store_command):
+    store = half_finished_rollout
+    root = store.root
+
+    listed = store_process("versions", "--store", root)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0] == f"{store.catalog_label}: 2 version set(s)"
@@ -74,10 +89,10 @@ def test_versions_promote_and_rollback_commands(tmp_path):
     assert listed[4].endswith(": recall +2%")
 
 
-def search_command(query: str, root: str, *options: str) -> tuple[str, str]:
+def search_process(query: str, root: str) -> tuple[str, str]:
     """`embedding-search` run as a process: its header line and its best hit's line."""
     command = str(Path(sys.executable).with_name("embedding-search"))
-    result = subprocess.run([command, query, "--store", root, "--top-k", "1", *options], capture_output=True,
+    result = subprocess.run([command, query, "--store", root, "--top-k", "1"], capture_output=True,
                             text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     header, best, *_ = result.stdout.splitlines()
@@ -85,11 +100,12 @@ def search_command(query: str, root: str, *options: str) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_search_command_encodes_the_query_as_the_serving_version_was_encoded(tmp_path, bundled_model_path):
+def test_search_command_encodes_the_query_as_the_serving_version_was_encoded(tmp_path, bundled_model_path, capsys):
     """A candidate of other parameters (normalized, truncated to 64 dims) written for one
     partition while the model's configuration says so: `embedding-search` still encodes the
     query as the serving version's vectors were (384 dims) and finds the second partition's
-    text itself; `--version` queries the candidate, encoded with its parameters."""
+    text itself (run as a process); `--version` queries the candidate, encoded with its
+    parameters (through the command's entry point)."""
     store = EmbeddingStore(tmp_path / "store")
     serving_config = EncoderConfig(bundled_model_path)
     candidate_config = EncoderConfig(bundled_model_path, normalize_embeddings=True, truncate_dim=64)
@@ -107,11 +123,12 @@ def test_search_command_encodes_the_query_as_the_serving_version_was_encoded(tmp
     assert store.serving_version(snapshot.model).key == key
 
     target = shards["p2"].column("text")[4].as_py()
-    header, best = search_command(target, store.root)
+    header, best = search_process(target, store.root)
     assert header.startswith(f"{snapshot.model}@{snapshot.revision[:19]}  version {key} (serving)  ")
     assert best == f" 1. 1.0000  [p2] {shards['p2'].column('id')[4].as_py()}"
 
     own = shards["p1"].column("text")[7].as_py()
-    header, best = search_command(own, store.root, "--version", candidate)
+    assert search_main([own, "--store", store.root, "--top-k", "1", "--version", candidate]) == 0
+    header, best, *_ = capsys.readouterr().out.splitlines()
     assert f"  version {candidate} (candidate)  " in header
     assert best == f" 1. 1.0000  [p1] {shards['p1'].column('id')[7].as_py()}"

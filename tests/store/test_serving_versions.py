@@ -47,15 +47,14 @@ def write(store: EmbeddingStore, partition: str, snapshot, params: EmbeddingPara
     return store.write_embeddings(partition, corpus, snapshot, params, enc or encoder(snapshot))
 
 
-def half_finished_rollout(tmp_path) -> EmbeddingStore:
-    """Partitions p1 and p2 embedded with revision A; revision B written for p1 only."""
-    store = EmbeddingStore(tmp_path / "store")
+def write_half_finished_rollout(store: EmbeddingStore) -> None:
+    """Partitions p1 and p2 embedded with revision A; revision B written for p1 only (the
+    `half_finished_rollout` fixture: a copy of this store, written once per session)."""
     store.record_model_snapshot(A)
     write(store, "p1", A)
     write(store, "p2", A)
     store.record_model_snapshot(B)
     write(store, "p1", B)
-    return store
 
 
 def served(store: EmbeddingStore, **connect) -> list[tuple]:
@@ -65,8 +64,8 @@ def served(store: EmbeddingStore, **connect) -> list[tuple]:
                            [MODEL]).fetchall()
 
 
-def test_a_half_finished_rollout_serves_the_old_revision_everywhere_and_the_candidate_by_key(tmp_path):
-    store = half_finished_rollout(tmp_path)
+def test_a_half_finished_rollout_serves_the_old_revision_everywhere_and_the_candidate_by_key(half_finished_rollout):
+    store = half_finished_rollout
     target = texts("p2")[3]
 
     # Views: revision A in both partitions, nothing of B mixed in.
@@ -115,8 +114,8 @@ def test_a_half_finished_rollout_serves_the_old_revision_everywhere_and_the_cand
     assert store.version_snapshot(sets[KEY_B]) == B
 
 
-def test_new_partitions_under_the_serving_configuration_extend_it(tmp_path):
-    store = half_finished_rollout(tmp_path)
+def test_new_partitions_under_the_serving_configuration_extend_it(half_finished_rollout):
+    store = half_finished_rollout
     write(store, "p3", A)  # a new landing file, embedded as the serving version is
     assert served(store) == [("p1", A.revision), ("p2", A.revision), ("p3", A.revision)]
     assert [(s.key, s.partitions_covered, s.partitions_total) for s in store.version_sets()] == [
@@ -124,8 +123,8 @@ def test_new_partitions_under_the_serving_configuration_extend_it(tmp_path):
     assert store.search(encoder(A).vector(texts("p3")[0]), MODEL, top_k=1)[0].id == "p30"
 
 
-def test_completing_and_promoting_switches_views_search_and_index_at_once_and_rollback_restores(tmp_path):
-    store = half_finished_rollout(tmp_path)
+def test_completing_and_promoting_switches_views_search_and_index_at_once_and_rollback_restores(half_finished_rollout):
+    store = half_finished_rollout
     (index_a,) = store.build_vector_indexes()
     write(store, "p2", B)  # the rollout completes
     assert store.version_set(KEY_B).complete
@@ -181,8 +180,8 @@ def test_promoting_a_set_of_another_dimension_retypes_the_embeddings_view_in_the
     assert store.search(TextHashEncoder(dim=4).vector(texts("p1")[2]), MODEL, top_k=1)[0].id == "p12"
 
 
-def test_bad_promotions_and_rollbacks_name_the_item_and_store_nothing(tmp_path):
-    store = half_finished_rollout(tmp_path)
+def test_bad_promotions_and_rollbacks_name_the_item_and_store_nothing(half_finished_rollout):
+    store = half_finished_rollout
     other = bumped(A, model="test/other", model_key="test/other", revision="c" * 40)
     write(store, "p1", other)
     key_other = version_key(other.revision, PARAMS.params_hash)
@@ -216,8 +215,8 @@ def test_bad_promotions_and_rollbacks_name_the_item_and_store_nothing(tmp_path):
     assert store.rollback(MODEL).to_key == KEY_A
 
 
-def test_maintenance_keeps_the_serving_version_the_previous_one_candidates_and_their_indexes(tmp_path):
-    store = half_finished_rollout(tmp_path)
+def test_maintenance_keeps_the_serving_version_the_previous_one_candidates_and_their_indexes(half_finished_rollout):
+    store = half_finished_rollout
     C = bumped(A, revision="c" * 40)
     key_c = version_key(C.revision, PARAMS.params_hash)
     for snapshot in (B, C):
