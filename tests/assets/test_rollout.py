@@ -23,6 +23,7 @@ from dagster import (
     AssetSelection,
     DagsterInstance,
     Definitions,
+    instance_for_test,
     materialize,
 )
 from safetensors.torch import load_file, save_file
@@ -68,16 +69,11 @@ def hub_cache(tmp_path_factory) -> Path:
     return cache
 
 
-@pytest.fixture
-def rollout_landing(tmp_path) -> Path:
-    return write_sample_slice(tmp_path / "landing", rows=ROWS)
-
-
 class Rollout:
     """One store, landing folder and instance; Definitions per encoder configuration."""
 
-    def __init__(self, tmp_path: Path, landing: Path, cache: Path, instance: DagsterInstance) -> None:
-        self.store_root, self.landing, self.cache, self.instance = str(tmp_path / "store"), str(landing), cache, instance
+    def __init__(self, store_root: Path, landing: Path, cache: Path, instance: DagsterInstance) -> None:
+        self.store_root, self.landing, self.cache, self.instance = str(store_root), str(landing), cache, instance
 
     def defs(self, revision: str = COMMIT_A, gate: PromotionGateResource | None = None, backend: str = "torch",
              **encoding) -> Definitions:
@@ -112,9 +108,23 @@ class Rollout:
         return records[0].asset_materialization if records else None
 
 
+@pytest.fixture(scope="module")
+def serving_a(tmp_path_factory, hub_cache) -> tuple[Path, Path]:
+    """(landing folder, store) with every bucket embedded by revision A, which serves: each
+    test starts from a copy of that store (a store copied whole is the same store)."""
+    folder = tmp_path_factory.mktemp("serving_a")
+    landing = write_sample_slice(folder / "landing", rows=ROWS)
+    with instance_for_test() as instance:
+        rollout = Rollout(folder / "store", landing, hub_cache, instance)
+        rollout.embed(rollout.defs(COMMIT_A))
+    return landing, folder / "store"
+
+
 @pytest.fixture
-def rollout(tmp_path, rollout_landing, hub_cache, instance) -> Rollout:
-    return Rollout(tmp_path, rollout_landing, hub_cache, instance)
+def rollout(tmp_path, serving_a, hub_cache, instance) -> Rollout:
+    landing, store = serving_a
+    shutil.copytree(store, tmp_path / "store")
+    return Rollout(tmp_path / "store", landing, hub_cache, instance)
 
 
 def metrics_table(evaluation) -> dict[tuple[str, str], dict]:
@@ -137,7 +147,6 @@ def write_beir_set(folder: Path) -> Path:
 
 def test_a_half_finished_rollout_serves_a_then_the_gate_promotes_b_and_search_switches(rollout, tmp_path):
     a = rollout.defs(COMMIT_A)
-    rollout.embed(a)
     store = a.resources["embedding_store"].open()
     key_a = configured_version(store, a.resources["encoder"].open()).key
     assert store.serving_version(REPO).key == key_a  # a fresh store serves its first version
@@ -205,7 +214,6 @@ def test_a_half_finished_rollout_serves_a_then_the_gate_promotes_b_and_search_sw
 
 def test_a_candidate_with_noise_in_its_weights_is_held_back_and_a_lossy_backend_is_judged_alike(rollout):
     a = rollout.defs(COMMIT_A)
-    rollout.embed(a)
     store = a.resources["embedding_store"].open()
     key_a = store.serving_version(REPO).key
 
@@ -257,7 +265,6 @@ def test_a_candidate_with_noise_in_its_weights_is_held_back_and_a_lossy_backend_
 
 def test_chunking_on_and_off_go_through_the_same_gate(rollout):
     a = rollout.defs(COMMIT_A)
-    rollout.embed(a)
     store = a.resources["embedding_store"].open()
     key_a = store.serving_version(REPO).key
 
