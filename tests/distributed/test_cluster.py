@@ -43,9 +43,11 @@ SHARDS = ["shard_a.jsonl", "shard_b.jsonl", "shard_c.jsonl", "shard_d.jsonl"]
 BUCKETS = {"shard_a.jsonl": "bucket-03", "shard_b.jsonl": "bucket-10", "shard_c.jsonl": "bucket-11",
            "shard_d.jsonl": "bucket-13"}
 ROWS_PER_SHARD = 12
-# The shard re-landed bigger for the kill test: long enough to encode that the kill lands
-# mid-step on a 2-core machine.
-BIG_ROWS = 2500
+# The shard re-landed bigger for the kill test: seconds of encoding on one CPU thread, so the
+# kill (sent as soon as the step says it encodes) lands mid-step; the rerun encodes them all.
+BIG_ROWS = 1000
+# The two shards re-landed for the Postgres kill: paragraphs (about 100 words each).
+PG_ROWS = 200
 STORE = os.environ.get("EMBEDDING_TEST_CLUSTER_STORE", "s3")  # s3: Postgres catalog + S3 data
 
 
@@ -74,7 +76,9 @@ def cluster(landing):
     try:
         yield cluster_mod.start(cluster_mod.ClusterConfig(
             state_dir=state, webserver_port=0, workers=2, store=STORE, landing_dir=str(landing),
-            env={"OMP_NUM_THREADS": "1"},  # two workers share two cores
+            # two workers share two cores, and encode on them on any machine (a GPU would finish
+            # the kill test's shard before the kill)
+            env={"OMP_NUM_THREADS": "1", "EMBEDDING_DEVICE": "cpu"},
         ))
     finally:
         stopped = cluster_mod.stop(state)
@@ -339,9 +343,9 @@ def test_postgres_killed_mid_backfill_then_restarted_a_rerun_stores_every_text_o
     _store_env(cluster, monkeypatch)
     targets = SHARDS[1:3]
     texts = _rows("mixed_texts.jsonl")
-    for index, name in enumerate(targets):  # new content: a long encode, so the kill lands mid-way
+    for index, name in enumerate(targets):  # new content: an encode of seconds, so the kill lands mid-way
         rows = _rows_of(landing / name)[:ROWS_PER_SHARD]
-        rows += [{"id": f"pg-{index}-{i}", "text": r["text"]} for i, r in enumerate(texts[index::2][:600])]
+        rows += [{"id": f"pg-{index}-{i}", "text": r["text"]} for i, r in enumerate(texts[index::2][:PG_ROWS])]
         _write_jsonl(landing / name, rows)
     known = set(_runs(cluster))
     env = {**os.environ, **cluster.env}
