@@ -1,14 +1,17 @@
 """The OpenVINO build cache: built once under a lock by racing processes, rebuilt when damaged,
-and quiet on the default path. Every test starts from an empty cache folder of its own."""
+and quiet on the default path. Every test has a cache folder of its own: empty where the build
+is what it tests, else holding a copy of the entry the session built once."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,15 +38,25 @@ def fresh_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+@pytest.fixture
+def built_cache(load_backend, backend_cache, tmp_path, monkeypatch):
+    """A cache folder of the test's own holding a copy of the bundled model's OpenVINO fp32
+    entry, built once in the session's cache."""
+    entry = Path(load_backend("openvino").transformer.runtime.path).parent
+    folder = tmp_path / "cache"
+    shutil.copytree(entry, folder / entry.relative_to(backend_cache))
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder
+
+
 def fp32_entry(folder):
     (xml,) = folder.rglob("fp32/model.xml")
     return xml.parent
 
 
 @pytest.mark.parametrize("damage", ["truncated weights", "truncated graph, no manifest", "zeroed weights"])
-def test_a_damaged_cache_entry_is_rebuilt(damage, fresh_cache, bundled_model_path, model, parity_texts, caplog):
-    SentenceTransformer(bundled_model_path, device="cpu", backend="openvino")
-    entry = fp32_entry(fresh_cache)
+def test_a_damaged_cache_entry_is_rebuilt(damage, built_cache, bundled_model_path, model, parity_texts, caplog):
+    entry = fp32_entry(built_cache)
     weights, graph = entry / "model.bin", entry / "model.xml"
     size = weights.stat().st_size
     if damage == "truncated weights":  # a copy or disk that gave up half-way
@@ -104,10 +117,9 @@ def test_the_default_path_is_quiet(fresh_cache):
     assert len(list(fresh_cache.rglob("model.xml"))) == 2  # it did build both, quietly
 
 
-def test_a_cached_graph_serves_without_loading_the_pytorch_model(fresh_cache, bundled_model_path, parity_texts,
+def test_a_cached_graph_serves_without_loading_the_pytorch_model(built_cache, bundled_model_path, parity_texts,
                                                                  reference):
-    SentenceTransformer(bundled_model_path, device="cpu", backend="openvino")  # builds the entry
-    entry = fp32_entry(fresh_cache)
+    entry = fp32_entry(built_cache)
     assert {"model.xml", "model.bin", "probe.npz", cache.MANIFEST} <= {p.name for p in entry.iterdir()}
     # A fresh process finds the entry by the model's revision: transformers' BERT code is
     # never imported, the PyTorch weights never loaded, and the vectors are the reference's.
@@ -120,7 +132,7 @@ def test_a_cached_graph_serves_without_loading_the_pytorch_model(fresh_cache, bu
                           "bert_code": "transformers.models.bert.modeling_bert" in sys.modules,
                           "dim": model.get_sentence_embedding_dimension(),
                           "vectors": vectors.tolist()}}))
-    """, fresh_cache)
+    """, built_cache)
     out, err = check.communicate(timeout=300)
     assert check.returncode == 0, err
     result = json.loads(out.strip().splitlines()[-1])
@@ -128,8 +140,7 @@ def test_a_cached_graph_serves_without_loading_the_pytorch_model(fresh_cache, bu
     assert_rows_match(np.array(result["vectors"], dtype=np.float32), reference.encode(list(parity_texts)))
 
 
-def test_the_pytorch_model_loads_on_first_use_with_the_conversions_asked_before(fresh_cache, bundled_model_path):
-    SentenceTransformer(bundled_model_path, device="cpu", backend="openvino")  # builds the entry
+def test_the_pytorch_model_loads_on_first_use_with_the_conversions_asked_before(built_cache, bundled_model_path):
     model = SentenceTransformer(bundled_model_path, device="cpu", backend="openvino")
     transformer = model.transformer
     assert not transformer.torch_loaded
@@ -139,9 +150,8 @@ def test_the_pytorch_model_loads_on_first_use_with_the_conversions_asked_before(
     assert any(name.startswith("0.auto_model.") for name in model.state_dict())
 
 
-def test_a_recorded_probe_that_disagrees_rebuilds_the_entry(fresh_cache, bundled_model_path, caplog):
-    SentenceTransformer(bundled_model_path, device="cpu", backend="openvino")
-    probe = fp32_entry(fresh_cache) / "probe.npz"
+def test_a_recorded_probe_that_disagrees_rebuilds_the_entry(built_cache, bundled_model_path, caplog):
+    probe = fp32_entry(built_cache) / "probe.npz"
     with np.load(probe) as recorded:
         arrays = dict(recorded)
     arrays["expected"] = -arrays["expected"]  # same size, wrong numbers: the manifest cannot tell
