@@ -148,10 +148,13 @@ def dev_server(tmp_path: Path, command: list[str], landing: Path | None = None,
 @pytest.fixture
 def dagster_dev(tmp_path):
     """Plain `dagster dev` in the project folder, DAGSTER_HOME unset (what works without dg):
-    the instance is the top-level dagster.yaml's, in a temporary folder."""
+    the instance is the top-level dagster.yaml's, in a temporary folder that it removes when
+    stopped: the checkout is left as it was."""
+    before = set(PROJECT.glob(".tmp_dagster_home_*"))
     with dev_server(tmp_path, [str(Path(sys.executable).with_name("dagster")), "dev"],
                     in_project=True) as (graphql, _, _):
         yield graphql, tmp_path
+    assert set(PROJECT.glob(".tmp_dagster_home_*")) <= before
 
 
 CHECK_STATUSES = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
