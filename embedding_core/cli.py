@@ -182,10 +182,12 @@ def store_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="embedding-store",
                                      description="Check an embedding store and manage the versions it serves.")
     commands = parser.add_subparsers(dest="command", required=True)
-    verify = commands.add_parser("verify", help="check that every data file exists, has its recorded "
-                                 "size and a readable Parquet footer; exit status 1 when one is damaged")
+    verify = commands.add_parser("verify", help="check that every data file and vector index file exists, "
+                                 "has its recorded size and a readable footer; name the damaged ones and print "
+                                 "the command that repairs them; exit status 1 when one is damaged")
     _store_arguments(verify)
-    verify.add_argument("--read-rows", action="store_true", help="also read every row (reads the whole lake)")
+    verify.add_argument("--read-rows", action="store_true", help="also read every row (reads the whole lake and "
+                        "each index); what only this finds is recorded, so the next materialization repairs it")
     verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
     versions = commands.add_parser("versions", help="every version set of each model: key, revision, "
                                    "params, coverage, complete, serving, last promotion and its metrics")

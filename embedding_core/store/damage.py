@@ -296,16 +296,17 @@ def record_damage(catalog_: catalog.Catalog, files: Iterable[DamagedFile]) -> No
                     "reading their rows")
 
 
-def retire_damaged_files(catalog_: catalog.Catalog, run_id: str | None = None) -> list[str]:
-    """Take out of the lake every damaged data file none of whose writes backs the latest
-    version of a partition any more (all were written again): the records of its writes go
-    in one commit, and the file leaves the catalog at that commit, so `verify` is clean.
-    DuckLake cannot delete rows it cannot read, nor drop a file: the file's catalog entry
-    gets the commit as its end. Returns the files retired."""
+def retire_damaged_files(catalog_: catalog.Catalog, write_ids: Iterable[str], run_id: str | None = None
+                         ) -> list[str]:
+    """Take out of the lake each damaged data file holding `write_ids` none of whose writes
+    backs the latest version of a partition any more (all were written again): the records
+    of its writes go in one commit, and the file leaves the catalog at that commit, so
+    `verify` is clean. DuckLake cannot delete rows it cannot read, nor drop a file: the
+    file's catalog entry gets the commit as its end. Returns the files retired."""
     with catalog_.connection() as con:
         live = {w for (w,) in con.execute("SELECT write_id FROM current_corpus_versions UNION "
                                           "SELECT write_id FROM latest_embedding_versions").fetchall()}
-        retiring = [(file, found) for file, found in _damaged_lake_files(con, None, False, True)[1]
+        retiring = [(file, found) for file, found in _damaged_lake_files(con, write_ids, False, True)[1]
                     if found.write_ids and not live & set(found.write_ids) and file.file_id is not None]
     if not retiring:
         return []

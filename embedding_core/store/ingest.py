@@ -134,7 +134,7 @@ def write_corpus_changes(catalog: Catalog, changes: Sequence[CorpusChange], run_
                                                           else {"partition_count": len(partitions)})}),
                    after=lambda con: after_commit.update(current_versions(con, wanted)))
     if damaged:  # the damaged files' rows may all be written again by now
-        damage.retire_damaged_files(catalog, run_id)
+        damage.retire_damaged_files(catalog, damaged, run_id)
     return after_commit
 
 

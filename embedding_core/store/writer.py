@@ -152,7 +152,7 @@ def write_embeddings_batch(
     committed, created, stored_rows = _commit_versions(catalog, records, run_id, damaged,
                                                        read_back_of=corpora if read_back else ())
     if damaged:  # the damaged files' rows may all be written again by now
-        damage.retire_damaged_files(catalog, run_id)
+        damage.retire_damaged_files(catalog, damaged, run_id)
     results = []
     for vid in vids:
         encoded = encoded_rows.get(vid, 0) if vid in created else 0
