@@ -276,7 +276,10 @@ class EmbeddingStore(ServingMethods):
         report = replace(report, damaged_files=report.damaged_files + [
             damage.DamagedFile(self.uri(path), damage.INDEX_TABLE, problem, (), current=True)
             for path, problem in indexes])
-        damage.record_damage(self._catalog, report.damaged_files)
+        try:
+            damage.record_damage(self._catalog, report.damaged_files)
+        except duckdb.Error as error:  # a catalog this user may only read: the report stands
+            logger.warning("verify could not record the damage it found in %s: %s", self.catalog_label, error)
         return report
 
     # ------------------------------------------------------------------ writing
