@@ -44,6 +44,8 @@ COMMIT_B = "b" * 40
 COMMIT_C = "c" * 40
 ROWS = 30  # per landing file: 23 known-item queries (a single sentence makes none)
 DOCS_BUCKET = bucket_of("python_docs.jsonl", 16)
+# Several revisions embedded and judged through Dagster with the real model: end to end.
+pytestmark = pytest.mark.slow
 
 
 def write_revision(cache: Path, commit: str, noise: float) -> None:
