@@ -26,8 +26,10 @@ INT8 = ["onnx-int8", "openvino-int8"]
 )
 @pytest.mark.parametrize("backend", EXACT)
 def test_fp32_backend_matches_reference(load_backend, backend, reference_vectors, parity_texts, options):
+    # Every text with the defaults; every 4th (still every length) with each other option.
+    step = 4 if options else 1
     fast = load_backend(backend)
-    assert_rows_match(fast.encode(parity_texts, **options), reference_vectors(**options))
+    assert_rows_match(fast.encode(parity_texts[::step], **options), reference_vectors(**options)[::step])
 
 
 @pytest.mark.parametrize("backend", EXACT)
