@@ -30,9 +30,15 @@ RECALL_QUERIES = 100
 
 # Build when missing, and after any bucket of embeddings was materialized (an update of the
 # previous index, not a rebuild); one run at a time. Not `eager()`: buckets that never got a
-# landing file stay missing, and eager waits for every dependency partition.
+# landing file stay missing, and eager waits for every dependency partition. An update of the
+# embeddings counts until a later request: both are timed, so one that lands while an index
+# run is queued or running (after it read the store) still asks for the next run. Dagster's
+# `any_deps_updated().since_last_handled()` loses it: its reset has no time, and wins a tick
+# on which both happened.
 VECTOR_INDEX_AUTOMATION = (
-    (AutomationCondition.missing() | AutomationCondition.any_deps_updated()).since_last_handled()
+    (AutomationCondition.missing().since_last_handled()
+     | AutomationCondition.any_deps_match(AutomationCondition.newly_updated())
+     .since(AutomationCondition.newly_requested()))
     & ~AutomationCondition.any_deps_in_progress()
     & ~AutomationCondition.in_progress()
 ).with_label("missing or embeddings updated")

@@ -114,3 +114,27 @@ def test_weekly_store_maintenance_requests_a_run_that_maintains_the_store(tmp_pa
     assert metadata["expired_embedding_versions"].value == 0  # replaced minutes ago: kept
     assert [v.version_id for v in store.embedding_versions("docs")] == [replaced.version_id, newer.version_id]
     assert store.current_embedding_version("docs", newer.model) == serving
+
+
+def test_embeddings_updated_while_an_index_run_is_pending_ask_for_one_more_index_run(defs, instance):
+    """The index run a tick asks for reads the store when it runs; embeddings materialized after
+    that, before the next tick, must ask for another run (a lost update left the index behind
+    the store for good: seen through the daemon in test_landing_daemon)."""
+    def index_runs(tick) -> int:
+        return tick.get_num_requested(AssetKey("vector_index"))
+
+    def build_index() -> bool:
+        return defs.resolve_job_def("index_vectors").execute_in_process(instance=instance).success
+
+    tick = evaluate_automation_conditions(defs, instance)  # the first evaluation asks for nothing
+    materialize_everything(defs, instance)
+    tick = evaluate_automation_conditions(defs, instance, cursor=tick.cursor)
+    assert index_runs(tick) == 1
+    # the requested run, then a bucket embedded again, both before the next tick
+    assert build_index()
+    assert materialize_selection(defs, instance, [AssetKey("embeddings")], SAMPLE_BUCKETS[:1])[0].success
+    tick = evaluate_automation_conditions(defs, instance, cursor=tick.cursor)
+    assert index_runs(tick) == 1
+    assert build_index()
+    tick = evaluate_automation_conditions(defs, instance, cursor=tick.cursor)
+    assert index_runs(tick) == 0  # the index's own materialization asks for nothing more
