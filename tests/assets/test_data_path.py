@@ -44,11 +44,12 @@ def test_each_step_attaches_the_catalog_a_bounded_number_of_times(defs, instance
                                     everything, max_partitions_per_run=len(everything))
     assert [result.success for result in results] == [True]
     # the step: one open (schema check) for both halves
-    # corpus: landing records, lookup, commit (which reads the versions back)
+    # corpus: landing records, the damage check of the stored files (recorded sizes), lookup,
+    # commit (which reads the versions back)
     # embeddings: snapshot, bucket state, then per bucket with files a lookup, a commit and
     # the read of its texts (the truncation count covers reused texts too)
     # spot check: open, snapshot, bucket state, versions, the sampled rows
-    assert dict(attaches) == {"open": 1, "corpus": 3, "embeddings": 2 + 3 * len(buckets),
+    assert dict(attaches) == {"open": 1, "corpus": 4, "embeddings": 2 + 3 * len(buckets),
                               "embeddings_match_model": 5}
     # Each bucket's new vectors were read back once, in its commit's connection.
     assert vector_reads == {1: len(buckets)}
