@@ -80,12 +80,12 @@ def partition_key_for_file(relative_path: str) -> str:
     return key
 
 
-@functools.cache
 def bucket_count() -> int:
     """How many landing buckets there are: ``EMBEDDING_LANDING_BUCKETS``, 16 by default."""
     return int(os.environ.get("EMBEDDING_LANDING_BUCKETS") or 16)
 
 
+@functools.cache
 def bucket_keys(count: int) -> tuple[str, ...]:
     """The names of `count` landing buckets: ``bucket-00``, ``bucket-01``, ..."""
     if not 1 <= count <= 1000:
