@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -252,11 +253,17 @@ def repair_advice(store: EmbeddingStore, report: VerifyReport) -> dict:
     partitions = {key: {"landing_file": records[key].relative_path if key in records else None,
                         "bucket": bucket_of(key, bucket_count())} for key in report.damaged_partitions}
     buckets = sorted({p["bucket"] for p in partitions.values()})
+    # The commands name this store (a Postgres catalog, which holds a password, is left to
+    # $EMBEDDING_CATALOG), whatever the environment they are run in says.
+    store_env = f"env EMBEDDING_STORE_ROOT={shlex.quote(str(store.root))}"
+    catalog = str(store.catalog or "")
+    if catalog and not catalog.startswith("postgres:") and catalog != os.path.join(str(store.root), CATALOG_FILE_NAME):
+        store_env += f" EMBEDDING_CATALOG={shlex.quote(catalog)}"
     return {"partitions": partitions, "buckets": buckets,
-            "command": f"{sys.executable} -m embedding_assets.backfill --partitions {','.join(buckets)}"
+            "command": f"{store_env} {sys.executable} -m embedding_assets.backfill --partitions {','.join(buckets)}"
             if buckets else None,
-            "index_command": f"{os.path.join(os.path.dirname(sys.executable), 'dagster')} asset materialize "
-            "-m embedding_assets.definitions --select vector_index" if report.damaged_indexes else None}
+            "index_command": f"{store_env} {os.path.join(os.path.dirname(sys.executable), 'dagster')} asset "
+            "materialize -m embedding_assets.definitions --select vector_index" if report.damaged_indexes else None}
 
 
 def _model_name(store: EmbeddingStore, given: str | None, required: bool) -> str | None:

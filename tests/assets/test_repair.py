@@ -62,9 +62,11 @@ def test_the_command_verify_prints_repairs_a_corpus_file_shared_by_every_partiti
     named = next(line for line in lines if line.startswith("damaged partitions"))
     assert all(f"{name} ({name}, bucket-" in named for name in SHARDS), named
     command = lines[lines.index(next(line for line in lines if line.startswith("materialize corpus"))) + 1]
-    assert command.strip().startswith(f"{sys.executable} -m embedding_assets.backfill --partitions bucket-")
-
-    repaired = run(shlex.split(command), env)
+    assert command.strip().startswith(f"env EMBEDDING_STORE_ROOT={root} {sys.executable} -m "
+                                      "embedding_assets.backfill --partitions bucket-"), command
+    # the command names the store: it repairs this one whatever the shell's environment says
+    elsewhere = {key: value for key, value in env.items() if key != "EMBEDDING_STORE_ROOT"}
+    repaired = run(shlex.split(command), elsewhere)
     assert repaired.returncode == 0, repaired.stderr[-3000:]
     # Each bucket's run read its landing file again; its vectors were intact: nothing encoded.
     assert re.findall(r"bucket-\d+: 1 file\(s\), \d+ new version\(s\), (\d+) texts encoded", repaired.stderr
